@@ -1,0 +1,158 @@
+"""``mammo-kt``: the command line.
+
+    mammo-kt reproduce [--profile demo|smoke|full] [--data-root DIR] [--device cpu|cuda]
+    mammo-kt verify-data --root DIR [--dataset cbis-ddsm] [--manifest data_manifest.csv]
+    mammo-kt pin-data --root DIR --dataset NAME --source TEXT --licence TEXT --out my_manifest.csv
+    mammo-kt train --csv cases.csv --out runs/mine [--method transfer] [--arch densenet121] ...
+    mammo-kt explain --checkpoint best.pt --image mammogram.dcm --mask mask.png --out explanation/
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .records import DataError
+
+
+def _verify(a: argparse.Namespace) -> int:
+    from .manifest import verify_manifest
+
+    report = verify_manifest(a.manifest, a.root, dataset=a.dataset)
+    print(report.to_frame().to_string(index=False) if hasattr(report, "to_frame") else report)
+    report.raise_if_bad()
+    print("ok: every file listed is present and unaltered")
+    return 0
+
+
+def _pin(a: argparse.Namespace) -> int:
+    from .manifest import generate_manifest
+
+    df = generate_manifest(a.root, a.dataset, a.source, a.licence, out_csv=a.out)
+    print(f"pinned {len(df)} files of {a.root} in {a.out}")
+    return 0
+
+
+def _train(a: argparse.Namespace) -> int:
+    from .generic import load_generic
+    from .preprocess import preprocess
+    from .protocol import RunSpec, run_cv
+    from .training import TrainConfig
+
+    out = Path(a.out)
+    res = load_generic(a.csv, on_error="skip")
+    if res.exclusions:
+        print(f"{len(res.exclusions)} rows excluded (see {out / 'exclusions.csv'})")
+    out.mkdir(parents=True, exist_ok=True)
+    res.exclusions_frame().to_csv(out / "exclusions.csv", index=False)
+    rois = preprocess(res.records, out / "cache", size=a.size, on_error="skip", workers=a.workers)
+    cfg = TrainConfig(method=a.method, epochs=a.epochs, beta=a.beta, batch_size=a.batch_size, lr=a.lr,
+                      device=a.device, seed=a.seed)
+    spec = RunSpec(a.method, a.weights, cfg)
+    result = run_cv(rois, [spec], out, arch=a.arch, n_splits=a.folds, seed=a.seed,
+                    imagenet_fallback="error")
+    print(result.summary().to_string(index=False))
+    print(f"per-fold checkpoints: {out / a.method}/fold_*/best.pt")
+    return 0
+
+
+def _explain(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .explain import explain_roi
+    from .imageio import read_image, to_unit_float
+    from .model import build_model
+    from .report import save_figure
+    from .roi import extract_roi
+
+    model = build_model(a.arch, weights=a.checkpoint)
+    image = to_unit_float(read_image(a.image))
+    if a.mask:
+        mask = (read_image(a.mask) > 0).astype(np.uint8)
+        if mask.shape != image.shape:
+            raise DataError(f"mask shape {mask.shape} differs from the image's {image.shape}", a.mask)
+        roi = extract_roi(image, mask, size=a.size).image
+        mask_roi = extract_roi(image, mask, size=a.size).mask
+    else:
+        from skimage.transform import resize
+
+        roi = resize(image, (a.size, a.size), order=3, anti_aliasing=True).astype(np.float32).clip(0, 1)
+        mask_roi = None
+    expl = explain_roi(model, roi, device=a.device)
+    out = Path(a.out)
+    expl.to_json(out / "explanation.json")
+    save_figure(expl.plot(roi, mask=mask_roi), "explanation", out.parent if out.name == "figures" else out)
+    names = ["benign", "malignant"]
+    lesion = float(np.mean(np.asarray(expl.cell_labels) == "Lesion"))
+    print(f"prediction: {names[expl.prediction]} (p = {float(np.max(expl.probabilities)):.3f}); "
+          f"{100 * lesion:.0f}% of the {expl.grid}x{expl.grid} cells read as Lesion")
+    print(f"wrote {out / 'explanation.json'} and the figure")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mammo-kt", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("reproduce", help="run all notebooks (see: mammo-kt reproduce --help)", add_help=False)
+
+    v = sub.add_parser("verify-data", help="check a local copy of a dataset against data_manifest.csv")
+    v.add_argument("--root", required=True)
+    v.add_argument("--manifest", default="data_manifest.csv")
+    v.add_argument("--dataset", default=None)
+    v.set_defaults(func=_verify)
+
+    p = sub.add_parser("pin-data", help="write a manifest (sizes, sha256) of a lab's own copy")
+    p.add_argument("--root", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--source", default="")
+    p.add_argument("--licence", default="")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_pin)
+
+    t = sub.add_parser("train", help="k-fold train/evaluate the method on a generic CSV of your own data")
+    t.add_argument("--csv", required=True, help="columns image_path, mask_path, label, patient_id")
+    t.add_argument("--out", required=True)
+    t.add_argument("--method", choices=("transfer", "finetune"), default="transfer")
+    t.add_argument("--arch", choices=("densenet121", "small"), default="densenet121")
+    t.add_argument("--weights", default="imagenet", help="imagenet | none | path to a .pth checkpoint")
+    t.add_argument("--size", type=int, default=224)
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--beta", type=float, default=1.0)
+    t.add_argument("--folds", type=int, default=5)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--workers", type=int, default=None)
+    t.add_argument("--device", default="cpu")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("explain", help="Lesion/Background explanation (Eq. 6) of one ROI")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--arch", choices=("densenet121", "small"), default="densenet121")
+    e.add_argument("--image", required=True, help="full image (with --mask) or a ready ROI")
+    e.add_argument("--mask", default=None, help="binary mass mask at the image's size: the mass-centred ROI is cut")
+    e.add_argument("--size", type=int, default=224)
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=_explain)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "reproduce":
+        from .reproduce import main as reproduce_main
+
+        return reproduce_main(argv[1:])
+    a = build_parser().parse_args(argv)
+    try:
+        return a.func(a)
+    except (DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,546 @@
+"""The reproduction's steps, one function per notebook, each resumable and cached on disk.
+
+Notebooks call these with a :class:`~mammo_lib.config.Config` and only display what they return.
+Every step reads what an earlier step made through the same cached functions, so each notebook
+also runs on its own (and a rerun costs little).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .config import Config
+from .records import LoadResult
+from .report import read_table, save_figure, write_json, write_table
+
+TABLE2_SPECS = ("imagenet_finetune", "imagenet_transfer", "ddsm_finetune", "ddsm_transfer")
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Datasets:
+    """ROI sets of one profile: the cross-validation set (BCDR or its phantom twin), an optional
+    shifted rendering of it for the test folds (phantom only), and the pre-training set split
+    into its official train and test parts (CBIS-DDSM or its phantom twin)."""
+
+    cv: Any
+    cv_test: Any | None
+    pre_train: Any
+    pre_test: Any
+    exclusions: pd.DataFrame
+    sources: dict[str, LoadResult] = field(default_factory=dict)
+    variant: str = "mass_centred"
+
+
+def _phantom_records(cfg: Config, *, progress: bool) -> dict[str, LoadResult]:
+    from .generic import load_generic
+    from .phantom import PhantomConfig, generate_phantom
+
+    ph = cfg.section("phantom")
+    common = {"seed": int(ph.get("seed", cfg["seed"])), "image_shape": tuple(ph.get("image_shape", (640, 512)))}
+    bl = ph.get("bcdr_like", {})
+    dl = ph.get("ddsm_like", {})
+    base = cfg.work_dir / "phantom"
+    bdir = generate_phantom(base / "bcdr_like", PhantomConfig(**common, **bl), kind="bcdr_like", progress=progress)
+    ddir = generate_phantom(base / "ddsm_like", PhantomConfig(**common, **dl), kind="ddsm_like", progress=progress)
+    out = {
+        "bcdr_like": load_generic(bdir / "cases.csv"),
+        "bcdr_like_shifted": load_generic(bdir / "cases_shifted.csv"),
+        "ddsm_like": load_generic(ddir / "cases.csv"),
+    }
+    for name, res in out.items():
+        for r in res.records:
+            r.dataset = f"phantom-{name}"
+    return out
+
+
+def _real_records(cfg: Config) -> dict[str, LoadResult]:
+    from .bcdr import balanced_draw, load_bcdr
+    from .cbis_ddsm import load_cbis_ddsm
+
+    rd = cfg.section("real_data")
+    root = cfg.data_root
+    assert root is not None  # guarded by Config.uses_phantom
+    cb = rd["cbis_ddsm"]
+    cbis = load_cbis_ddsm([root / p for p in cb["csv"]], root / cb["dicom_root"], on_error="skip")
+    d01 = rd["bcdr_d01"]
+    f01 = rd["bcdr_f01"]
+    bd = load_bcdr(root / d01["outlines"], root / d01["images"], subset="D01", on_error="skip")
+    bf = load_bcdr(root / f01["outlines"], root / f01["images"], subset="F01", on_error="skip")
+    draw = f01.get("draw", {})
+    bf_drawn = balanced_draw(bf, n_benign=int(draw.get("n_benign", 59)),
+                             n_malignant=int(draw.get("n_malignant", 74)), seed=int(draw.get("seed", 2025)))
+    bcdr = LoadResult(list(bd.records) + list(bf_drawn.records), list(bd.exclusions) + list(bf.exclusions))
+    return {"bcdr": bcdr, "cbis_ddsm": cbis}
+
+
+def load_sources(cfg: Config, *, progress: bool = True) -> dict[str, LoadResult]:
+    """Records of every dataset the profile uses (phantom generated on first use)."""
+    return _real_records(cfg) if not cfg.uses_phantom else _phantom_records(cfg, progress=progress)
+
+
+def roi_sets(cfg: Config, *, variant: str = "mass_centred", progress: bool = True,
+             sources: dict[str, LoadResult] | None = None) -> Datasets:
+    """Preprocess every dataset of the profile into ROI sets (cached under ``work_dir/cache``)."""
+    from .preprocess import preprocess
+
+    sources = sources or load_sources(cfg, progress=progress)
+    kw = dict(variant=variant, size=int(cfg["roi_size"]), min_context=int(cfg["min_context"]),
+              seed=int(cfg["seed"]), intensity=cfg.get("intensity", "minmax"),
+              workers=int(cfg.get("workers", 2)), on_error="skip", progress=progress)
+    cache = cfg.work_dir / "cache"
+    if cfg.uses_phantom:
+        cv = preprocess(sources["bcdr_like"].records, cache, **kw)
+        # Test folds see the shifted rendering; a random crop variant is evaluated on the plain box.
+        test_kw = dict(kw, variant="original" if variant == "overlap_0.9" else variant)
+        cv_test = preprocess(sources["bcdr_like_shifted"].records, cache, **test_kw)
+        pre = preprocess(sources["ddsm_like"].records, cache, **kw)
+    else:
+        cv = preprocess(sources["bcdr"].records, cache, **kw)
+        cv_test = None
+        if variant == "overlap_0.9":
+            cv_test = preprocess(sources["bcdr"].records, cache, **dict(kw, variant="original"))
+        pre = preprocess(sources["cbis_ddsm"].records, cache, **kw)
+    split = pre.index["split"].astype(str).str.lower().to_numpy()
+    pre_train = pre.subset(np.flatnonzero(split == "train"))
+    pre_test = pre.subset(np.flatnonzero(split == "test"))
+    excl = [res.exclusions_frame().assign(dataset=name) for name, res in sources.items()]
+    for name, rs in (("cv", cv), ("cv_test", cv_test), ("pretrain", pre)):
+        if rs is not None and len(rs.exclusions):
+            excl.append(rs.exclusions.assign(dataset=name))
+    exclusions = pd.concat([e for e in excl if len(e)], ignore_index=True) if any(len(e) for e in excl) else \
+        pd.DataFrame(columns=["source_file", "source_row", "reason", "case_id", "stage", "dataset"])
+    return Datasets(cv=cv, cv_test=cv_test, pre_train=pre_train, pre_test=pre_test,
+                    exclusions=exclusions, sources=sources, variant=variant)
+
+
+def dataset_table(ds: Datasets) -> pd.DataFrame:
+    """Counts per dataset, split and class (what the paper's Sec. 3.1 reports)."""
+    rows = []
+    for name, rs in (("cross-validation set", ds.cv), ("pre-training train", ds.pre_train),
+                     ("pre-training test", ds.pre_test)):
+        idx = rs.index
+        rows.append({"set": name, "dataset": ", ".join(sorted(idx["dataset"].astype(str).unique())),
+                     "masses": len(idx), "benign": int((idx["label"] == 0).sum()),
+                     "malignant": int((idx["label"] == 1).sum()), "patients": idx["patient_id"].nunique(),
+                     "padded ROIs": int(idx["padded"].sum()) if "padded" in idx else 0})
+    return pd.DataFrame(rows)
+
+
+def step_data(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Notebook 01: make/load the data, preprocess to ROIs, write counts, exclusions, Fig. 2."""
+    from . import figures
+    from .imageio import load_record
+
+    ds = roi_sets(cfg, progress=progress)
+    rd = cfg.results_dir
+    counts = dataset_table(ds)
+    write_table(counts, "datasets", rd)
+    write_table(ds.exclusions, "exclusions", rd)
+    summ = (ds.exclusions.groupby(["dataset", "stage", "reason"]).size().reset_index(name="cases")
+            if len(ds.exclusions) else pd.DataFrame({"dataset": [], "stage": [], "reason": [], "cases": []}))
+    write_table(summ, "exclusions_summary", rd)
+    src = ds.sources["bcdr_like" if cfg.uses_phantom else "bcdr"].records
+    # Fig. 2: the two ROI contexts of one mass (the first malignant one).
+    rec = next((r for r in src if r.label == 1), src[0])
+    case = load_record(rec)
+    fig = figures.fig2_roi_contexts(case.image, case.mask, min_context=int(cfg["min_context"]))
+    save_figure(fig, "fig2_roi_contexts", rd)
+    return {"datasets": ds, "counts": counts, "exclusions": ds.exclusions, "exclusions_summary": summ}
+
+
+# --------------------------------------------------------------------------------------------
+# Training configurations
+# --------------------------------------------------------------------------------------------
+def train_config(cfg: Config, **overrides: Any):
+    """A :class:`~mammo_lib.training.TrainConfig` from the profile's ``train`` section."""
+    from .training import TrainConfig
+
+    t = cfg.section("train")
+    kw = dict(epochs=int(t["epochs"]), batch_size=int(t["batch_size"]), optimizer=t.get("optimizer", "adam"),
+              lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0.0)), beta=float(t.get("beta", 1.0)),
+              omega=tuple(int(j) for j in t.get("omega", (4,))), distance_form=t.get("distance_form", "paper"),
+              trainable=t.get("trainable", "group4+classifier"), augment=tuple(t.get("augment", ())),
+              seed=int(cfg["seed"]), device=cfg["device"])
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+def imagenet_init(cfg: Config) -> str:
+    """What an 'ImageNet' row initialises from: the weights when available, else the profile's fallback."""
+    from .model import WeightsUnavailableError, build_model
+
+    w = cfg.get("imagenet_weights", "imagenet")
+    if w == "none":
+        return "none"
+    try:
+        build_model(cfg["arch"], weights=w if w != "imagenet" else "imagenet")
+        return w
+    except (WeightsUnavailableError, ValueError) as err:
+        if cfg.get("imagenet_fallback", "error") == "none":
+            return "none"
+        raise WeightsUnavailableError(str(err)) from err
+
+
+def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Notebook 03: the DDSM pre-training stage (CBIS-DDSM train set, patient-grouped validation,
+    official test set); its checkpoint starts the 'DDSM' rows of Table 2."""
+    from .protocol import pretrain
+
+    ds = roi_sets(cfg, progress=progress)
+    p = cfg.section("pretrain")
+    tcfg = train_config(cfg, epochs=int(p.get("epochs", cfg["train"]["epochs"])),
+                        trainable=p.get("trainable", "all"), method="finetune")
+    init = imagenet_init(cfg)
+    res = pretrain(ds.pre_train, ds.pre_test, cfg.work_dir / "pretrain", arch=cfg["arch"],
+                   weights=init, cfg=tcfg, seed=int(cfg["seed"]), progress=progress)
+    m = dict(res.metrics)
+    row = {"init": "ImageNet" if init not in ("none",) else "none (ImageNet weights unavailable)",
+           "train masses": len(ds.pre_train), "test masses": len(ds.pre_test),
+           "best epoch": m.get("best_epoch"), "test accuracy %": round(100 * m["accuracy"], 1),
+           "test AUC": round(m.get("auc", float("nan")), 3),
+           "sensitivity %": round(100 * m["sensitivity"], 1), "specificity %": round(100 * m["specificity"], 1)}
+    table = pd.DataFrame([row])
+    write_table(table, "pretraining", cfg.results_dir)
+    return {"result": res, "table": table, "checkpoint": res.checkpoint}
+
+
+def ddsm_checkpoint(cfg: Config, *, progress: bool = True) -> Path:
+    return Path(step_pretrain(cfg, progress=progress)["checkpoint"])
+
+
+# --------------------------------------------------------------------------------------------
+# Table 1, Table 2, Fig. 4(b), beta selection
+# --------------------------------------------------------------------------------------------
+def _specs(cfg: Config, names: tuple[str, ...], beta: float, ddsm_ckpt: Path | None, **train_over: Any):
+    from .protocol import RunSpec
+
+    init_im = imagenet_init(cfg)
+    out = []
+    for name in names:
+        if name == "mask_only":
+            out.append(RunSpec(name, init_im, train_config(cfg, method="finetune", input="mask", **train_over)))
+            continue
+        pre, method = name.split("_", 1)
+        init = init_im if pre == "imagenet" else str(ddsm_ckpt)
+        meth = "transfer" if method == "transfer" else "finetune"
+        out.append(RunSpec(name, init, train_config(cfg, method=meth, beta=beta, **train_over)))
+    return out
+
+
+def step_beta(cfg: Config, *, progress: bool = True) -> float:
+    """Choose beta (Eq. 5) on the inner validation split of fold 0 (SPEC 4 decision), once per profile."""
+    from .protocol import RunSpec, inner_split, make_folds
+    from .training import TensorData, train_model
+    from .model import build_model, set_trainable
+
+    import json
+
+    rd = cfg.results_dir
+    grid = [float(b) for b in cfg.section("cv").get("beta_grid", [cfg["train"]["beta"]])]
+    digest = cfg.digest("train", "cv", "seed", "arch", "roi_size", "phantom", "data_root")
+    stamp = cfg.work_dir / "beta" / "selection.json"
+    if stamp.exists():
+        saved = json.loads(stamp.read_text())
+        if saved.get("digest") == digest:
+            return float(saved["beta"])
+    ds = roi_sets(cfg, progress=progress)
+    ckpt = ddsm_checkpoint(cfg, progress=progress)
+    labels, groups = ds.cv.labels, ds.cv.groups
+    folds = make_folds(labels, groups, n_splits=int(cfg.section("cv")["n_splits"]), seed=int(cfg["seed"]))
+    train_idx = np.flatnonzero(folds != 0)
+    tr, va = inner_split(labels[train_idx], groups[train_idx], val_fraction=0.2, seed=int(cfg["seed"]))
+    tr, va = train_idx[tr], train_idx[va]
+    rows = []
+    for beta in grid:
+        tcfg = train_config(cfg, method="transfer", beta=beta)
+        model = build_model(cfg["arch"], weights=str(ckpt), seed=int(cfg["seed"]))
+        set_trainable(model, tcfg.trainable)
+        res = train_model(model, TensorData.from_roiset(ds.cv, tr), TensorData.from_roiset(ds.cv, va), tcfg,
+                          checkpoint_dir=cfg.work_dir / "beta" / f"beta_{beta:g}", progress=progress)
+        h = res.history
+        best = h.loc[h["epoch"] == res.best_epoch].iloc[0]
+        rows.append({"beta": beta, "val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),
+                     "best_epoch": int(res.best_epoch)})
+    df = pd.DataFrame(rows).sort_values("beta").reset_index(drop=True)
+    order = df.sort_values(["val_accuracy", "val_loss", "beta"], ascending=[False, True, True])
+    df["chosen"] = df.index == order.index[0]
+    write_table(df, "beta_selection", rd)
+    beta = float(df.loc[df["chosen"], "beta"].iloc[0])
+    write_json(stamp, {"digest": digest, "beta": beta})
+    return beta
+
+
+def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Notebook 05: Table 2's four configurations and the Fig. 4(b) mask-only model, five-fold CV."""
+    from . import figures
+    from .protocol import run_cv
+    from .report import table2_comparison
+
+    ds = roi_sets(cfg, progress=progress)
+    ckpt = ddsm_checkpoint(cfg, progress=progress)
+    beta = step_beta(cfg, progress=progress)
+    specs = _specs(cfg, TABLE2_SPECS + ("mask_only",), beta, ckpt)
+    res = run_cv(ds.cv, specs, cfg.work_dir / "cv", arch=cfg["arch"], n_splits=int(cfg.section("cv")["n_splits"]),
+                 seed=int(cfg["seed"]), ddsm_checkpoint=ckpt, test_data=ds.cv_test, progress=progress)
+    rd = cfg.results_dir
+    summary = res.summary()
+    write_table(res.per_fold, "table2_per_fold", rd)
+    write_table(res.predictions, "table2_predictions", rd)
+    write_table(summary, "table2_summary", rd)
+    comp = table2_comparison(summary[summary["spec"].isin(TABLE2_SPECS)])
+    write_table(comp, "table2_comparison", rd)
+    # Fig. 4(b): mask-only vs ROI-only (the ImageNet fine-tune model is the ROI-only model).
+    from . import paper
+    s = summary.set_index("spec")
+    fig4 = pd.DataFrame([
+        {"model": "mask only", "accuracy % (ours)": round(100 * s.loc["mask_only", "acc_mean"], 1),
+         "accuracy % (paper)": paper.FIG4_ACCURACY["mask_only"]},
+        {"model": "ROI only (= ImageNet fine-tune)", "accuracy % (ours)": round(100 * s.loc["imagenet_finetune", "acc_mean"], 1),
+         "accuracy % (paper)": paper.FIG4_ACCURACY["roi_only"]},
+    ])
+    write_table(fig4, "fig4b", rd)
+    cms = {spec: np.array([[s.loc[spec, "tn"], s.loc[spec, "fp"]], [s.loc[spec, "fn"], s.loc[spec, "tp"]]])
+           for spec in TABLE2_SPECS}
+    save_figure(figures.confusion_matrices(cms, title="Table 2: summed confusion matrices"), "table2_confusion", rd)
+    save_figure(figures.confusion_matrices({"mask only": _cm(s, "mask_only"), "ROI only": _cm(s, "imagenet_finetune")},
+                                           title="Fig. 4(b)"), "fig4b_confusion", rd)
+    return {"cv": res, "summary": summary, "comparison": comp, "fig4b": fig4, "beta": beta}
+
+
+def _cm(s: pd.DataFrame, spec: str) -> np.ndarray:
+    return np.array([[s.loc[spec, "tn"], s.loc[spec, "fp"]], [s.loc[spec, "fn"], s.loc[spec, "tp"]]])
+
+
+def step_table1(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Notebook 02: Table 1's ROI extraction / augmentation configurations, fine-tuned, k-fold CV
+    on the profile's cross-validation set (the paper used OMI-DB, which is restricted)."""
+    from . import paper
+    from .protocol import RunSpec, run_cv
+    from .roi import TABLE1_CONFIGS
+
+    t1 = cfg.section("table1")
+    rows = []
+    per_fold = []
+    init = imagenet_init(cfg)
+    for name, (variant, augs) in TABLE1_CONFIGS.items():
+        ds = roi_sets(cfg, variant=variant, progress=progress)
+        tcfg = train_config(cfg, method="finetune", augment=tuple(augs), epochs=int(t1.get("epochs", cfg["train"]["epochs"])))
+        res = run_cv(ds.cv, [RunSpec(name, init, tcfg)], cfg.work_dir / "table1", arch=cfg["arch"],
+                     n_splits=int(t1.get("n_splits", 5)), seed=int(cfg["seed"]), test_data=ds.cv_test, progress=progress)
+        s = res.summary().iloc[0]
+        label, acc_paper = paper.TABLE1[name]
+        rows.append({"configuration": label, "crop": variant, "augmentation": ", ".join(augs) or "none",
+                     "init used": s.get("init_used", init),
+                     "accuracy % (ours)": f"{100 * s['acc_mean']:.1f} ± {100 * s['acc_std']:.1f}",
+                     "accuracy % (paper, OMI-DB)": acc_paper})
+        per_fold.append(res.per_fold)
+    table = pd.DataFrame(rows)
+    write_table(table, "table1", cfg.results_dir)
+    write_table(pd.concat(per_fold, ignore_index=True), "table1_per_fold", cfg.results_dir)
+    return {"table": table}
+
+
+# --------------------------------------------------------------------------------------------
+# Fig. 4(a), Fig. 6
+# --------------------------------------------------------------------------------------------
+def pretrained_network(cfg: Config, *, progress: bool = True):
+    """The 'pre-trained network' of Fig. 4(a)/Fig. 6: ImageNet weights when available, else the
+    DDSM pre-trained checkpoint (the report says which)."""
+    from .model import build_model
+
+    init = imagenet_init(cfg)
+    if init != "none":
+        return build_model(cfg["arch"], weights=init), "ImageNet"
+    ckpt = ddsm_checkpoint(cfg, progress=progress)
+    return build_model(cfg["arch"], weights=str(ckpt)), "DDSM pre-trained (ImageNet weights unavailable)"
+
+
+def step_distances(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Notebook 04: Eq. 4 distances d^j, j = 1..4, over the training set (Fig. 6) and the activation
+    maps at several levels for one example (Fig. 4a)."""
+    import torch
+
+    from . import figures
+    from .activation import GroupActivations, activation_distances, activation_map
+    from .model import mask_to_model_input, to_model_input
+
+    ds = roi_sets(cfg, progress=progress)
+    model, used = pretrained_network(cfg, progress=progress)
+    df = activation_distances(model, ds.cv.images, ds.cv.masks, groups=(1, 2, 3, 4),
+                              batch_size=32, device=cfg["device"], progress=progress)
+    df["log_d_plus_10"] = np.log(df["d"].clip(lower=1e-12)) + 10
+    summary = (df.groupby("group")["d"].describe()[["mean", "std", "25%", "50%", "75%"]].reset_index()
+               .assign(network=used))
+    rd = cfg.results_dir
+    write_table(summary, "fig6_summary", rd)
+    save_figure(figures.fig6_distance_distribution(df), "fig6_distances", rd)
+    # Fig. 4(a): one example (the first malignant mass).
+    i = int(np.flatnonzero(ds.cv.labels == 1)[0])
+    x = to_model_input(torch.from_numpy(ds.cv.images[i:i + 1]))
+    m = mask_to_model_input(torch.from_numpy(ds.cv.masks[i:i + 1]))
+    with torch.inference_mode(), GroupActivations(model, groups=(1, 2, 3, 4), mode="eval") as acts:
+        model(x)
+        maps_roi = {j: activation_map(acts[j])[0].numpy() for j in (1, 2, 3, 4)}
+        model(m)
+        maps_mask = {j: activation_map(acts[j])[0].numpy() for j in (1, 2, 3, 4)}
+    save_figure(figures.fig4_activation_levels(ds.cv.images[i], ds.cv.masks[i], maps_roi, maps_mask),
+                "fig4a_activation_levels", rd)
+    return {"distances": df, "summary": summary, "network": used}
+
+
+# --------------------------------------------------------------------------------------------
+# Significance
+# --------------------------------------------------------------------------------------------
+def step_significance(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
+    """Notebook 06: paired t-test and Wilcoxon over folds, McNemar on pooled predictions, bootstrap CI."""
+    from . import paper
+    from .stats import significance_table
+
+    res = step_table2(cfg, progress=progress)["cv"]
+    table = significance_table(res, [("imagenet_finetune", "imagenet_transfer"), ("ddsm_finetune", "ddsm_transfer")],
+                               seed=int(cfg["seed"]))
+    table["paper p"] = [paper.P_VALUES["imagenet"], paper.P_VALUES["ddsm"]][: len(table)]
+    write_table(table, "significance", cfg.results_dir, floatfmt=".4g")
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Fig. 7 and localisation
+# --------------------------------------------------------------------------------------------
+def fold_model(cfg: Config, spec: str, fold: int, *, root: str = "cv"):
+    """The model selected on the inner validation split for ``spec`` and ``fold``."""
+    from .model import build_model
+
+    path = cfg.work_dir / root / spec / f"fold_{fold}" / "best.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} missing: run notebook 05 (Table 2) first")
+    return build_model(cfg["arch"], weights=str(path))
+
+
+def group4_maps(model, images: np.ndarray, *, batch_size: int = 32, device: str = "cpu") -> np.ndarray:
+    """F^4 (Eq. 3) for every ROI, (N, g, g), under inference mode with the model's mode restored."""
+    import torch
+
+    from .activation import GroupActivations, activation_map
+    from .model import to_model_input
+
+    model = model.to(device)
+    out = []
+    with torch.inference_mode(), GroupActivations(model, groups=(4,), mode="eval") as acts:
+        for s in range(0, len(images), batch_size):
+            model(to_model_input(torch.from_numpy(images[s:s + batch_size]).to(device)))
+            out.append(activation_map(acts[4]).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 1, 1), np.float32)
+
+
+def step_localization(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Notebook 07: Fig. 7 overlays (fine-tune vs transfer) and, beyond the paper, the share of
+    group-4 activation energy on the mass and on the planted confounders, per test fold."""
+    from . import figures
+    from .localization import localization_table, summarize_localization
+    from .protocol import make_folds
+
+    ds = roi_sets(cfg, progress=progress)
+    step_table2(cfg, progress=progress)
+    test = ds.cv_test if ds.cv_test is not None else ds.cv
+    folds = make_folds(ds.cv.labels, ds.cv.groups, n_splits=int(cfg.section("cv")["n_splits"]), seed=int(cfg["seed"]))
+    tables, maps = [], {}
+    for spec in TABLE2_SPECS:
+        parts = []
+        spec_maps = np.zeros((len(ds.cv),) + (1, 1), np.float32)
+        for k in sorted(set(folds.tolist())):
+            idx = np.flatnonzero(folds == k)
+            ids = ds.cv.index["case_id"].to_numpy()[idx]
+            t = test.by_case_ids(list(ids))
+            fm = group4_maps(fold_model(cfg, spec, k), t.images, device=cfg["device"])
+            if spec_maps.shape[1:] != fm.shape[1:]:
+                spec_maps = np.zeros((len(ds.cv),) + fm.shape[1:], np.float32)
+            spec_maps[idx] = fm
+            parts.append(localization_table(fm, t.masks, t.confounders, list(ids)).assign(fold=k))
+        maps[spec] = spec_maps
+        tables.append(pd.concat(parts, ignore_index=True).assign(spec=spec))
+    per_case = pd.concat(tables, ignore_index=True)
+    summary = pd.concat([summarize_localization(g).assign(spec=s) for s, g in per_case.groupby("spec", sort=False)],
+                        ignore_index=True)
+    rd = cfg.results_dir
+    write_table(per_case, "localization_per_case", rd)
+    write_table(summary, "localization_summary", rd)
+    # Fig. 7: cases with a confounder, fine-tune vs transfer from the DDSM rows.
+    tfull = test.by_case_ids(list(ds.cv.index["case_id"]))
+    has_conf = np.flatnonzero((tfull.confounders > 0).any(axis=(1, 2))) if tfull.confounders is not None else np.arange(len(ds.cv))
+    pick = (list(has_conf[:4]) + list(range(4)))[:4]
+    fig = figures.fig7_overlays(tfull.images[pick], tfull.masks[pick], maps["ddsm_finetune"][pick],
+                                maps["ddsm_transfer"][pick], labels=("fine-tune", "knowledge transfer"),
+                                ids=list(ds.cv.index["case_id"].to_numpy()[pick]),
+                                confounders=None if tfull.confounders is None else tfull.confounders[pick])
+    save_figure(fig, "fig7_overlays", rd)
+    return {"per_case": per_case, "summary": summary}
+
+
+# --------------------------------------------------------------------------------------------
+# Interpretability: Figs. 5, 8, 9
+# --------------------------------------------------------------------------------------------
+def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Notebook 08: the proposed Lesion/Background explanation (Eq. 6) with Grad-CAM, HiResCAM, the
+    GLCM/deep-feature correlation and k-NN explanations beside it (Figs. 5, 8, 9), and its cost."""
+    from . import figures
+    from .cam import cam_map
+    from .explain import explain_roi, lesion_background
+    from .glcm import glcm_feature_table
+    from .knn import feature_correlation, knn_explain, penultimate_features
+    from .protocol import make_folds
+
+    ex = cfg.section("explain")
+    ds = roi_sets(cfg, progress=progress)
+    step_table2(cfg, progress=progress)
+    test = ds.cv_test if ds.cv_test is not None else ds.cv
+    folds = make_folds(ds.cv.labels, ds.cv.groups, n_splits=int(cfg.section("cv")["n_splits"]), seed=int(cfg["seed"]))
+    te_idx, tr_idx = np.flatnonzero(folds == 0), np.flatnonzero(folds != 0)
+    ids = ds.cv.index["case_id"].to_numpy()
+    t = test.by_case_ids(list(ids[te_idx]))
+    model_kt = fold_model(cfg, "ddsm_transfer", 0)
+    model_ft = fold_model(cfg, "ddsm_finetune", 0)
+    labels = t.labels
+    chosen = [int(np.flatnonzero(labels == c)[0]) for c in (0, 1) if (labels == c).any()][: int(ex.get("n_cases", 2))]
+    rd = cfg.results_dir
+    timings = []
+    cases = []
+    train_feats = penultimate_features(model_kt, ds.cv.images[tr_idx], device=cfg["device"])
+    test_feats = penultimate_features(model_kt, t.images, device=cfg["device"])
+    glcm_df = glcm_feature_table(t.images)
+    corr = feature_correlation(glcm_df, test_feats, top=10)
+    write_table(corr.reset_index() if corr.index.name else corr, "fig8b_correlation", rd)
+    for c in chosen:
+        roi, mask = t.images[c], t.masks[c]
+        t0 = time.perf_counter()
+        expl = explain_roi(model_kt, roi, batch_size=int(ex.get("batch_size", 33)), device=cfg["device"])
+        dt = time.perf_counter() - t0
+        timings.append({"case_id": ids[te_idx][c], "label": int(labels[c]), "forward passes": 1 + 2 * expl.grid ** 2,
+                        "seconds": round(dt, 3), "roi size": roi.shape[0], "arch": cfg["arch"], "device": cfg["device"]})
+        expl.to_json(rd / "explanations" / f"{ids[te_idx][c]}.json")
+        lesion, background = lesion_background(roi)
+        save_figure(figures.fig5_lesion_background(roi, lesion, background, expl), f"fig5_lesion_background_{c}", rd) \
+            if hasattr(figures, "fig5_lesion_background") else None
+        cam = cam_map(model_kt, roi[None], method="gradcam", device=cfg["device"])[0]
+        hires = cam_map(model_kt, roi[None], method="hirescam", device=cfg["device"])[0]
+        knn = knn_explain(test_feats[c:c + 1], train_feats, ds.cv.labels[tr_idx], k=int(ex.get("knn_k", 5)),
+                          train_ids=list(ids[tr_idx]))
+        knn_rois = ds.cv.images[tr_idx][knn["train_index"].to_numpy()]
+        fig = figures.fig8_panels(roi, cam, corr, knn, knn_rois, expl, mask=mask, hirescam=hires)
+        save_figure(fig, f"fig8_panels_{'benign' if labels[c] == 0 else 'malignant'}", rd)
+        ft_map = group4_maps(model_ft, roi[None], device=cfg["device"])[0]
+        kt_map = group4_maps(model_kt, roi[None], device=cfg["device"])[0]
+        cases.append({"roi": roi, "mask": mask, "maps_ft": ft_map, "maps_kt": kt_map, "explanation": expl,
+                      "label": int(labels[c])})
+    save_figure(figures.fig9_framework(cases), "fig9_framework", rd)
+    timing = pd.DataFrame(timings)
+    write_table(timing, "explain_timing", rd)
+    return {"timing": timing, "cases": cases, "correlation": corr}

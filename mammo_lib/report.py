@@ -1,0 +1,229 @@
+"""Writing results: tables as CSV + Markdown, figures as PNG, and ``REPORT.md`` with our
+numbers beside the paper's."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from . import paper
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (no partial files)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
+    """A GitHub Markdown table (no optional dependency on ``tabulate``)."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else format(float(v), floatfmt)
+        return str(v).replace("|", "\\|").replace("\n", " ")
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pd.DataFrame, name: str, results_dir: Path, *, floatfmt: str = ".3g") -> dict[str, Path]:
+    """Write ``tables/<name>.csv`` and ``tables/<name>.md`` under ``results_dir``."""
+    tdir = Path(results_dir) / "tables"
+    csv = atomic_write_text(tdir / f"{name}.csv", df.to_csv(index=False))
+    md = atomic_write_text(tdir / f"{name}.md", markdown_table(df, floatfmt))
+    return {"csv": csv, "md": md}
+
+
+def read_table(name: str, results_dir: Path) -> pd.DataFrame | None:
+    p = Path(results_dir) / "tables" / f"{name}.csv"
+    return pd.read_csv(p) if p.exists() else None
+
+
+def save_figure(fig: Any, name: str, results_dir: Path, dpi: int = 150) -> Path:
+    """Save a matplotlib figure as ``figures/<name>.png`` atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(results_dir) / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)
+    return path
+
+
+def environment_info(device: str = "cpu") -> dict[str, Any]:
+    """Package versions, platform and device, for the report's provenance section."""
+    import importlib.metadata as md
+
+    import torch
+
+    pkgs = {}
+    for name in ("mammo-kt", "torch", "torchvision", "numpy", "pandas", "scipy", "scikit-image",
+                 "scikit-learn", "pydicom", "grad-cam", "papermill"):
+        try:
+            pkgs[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pkgs[name] = "not installed"
+    dev = device
+    if device.startswith("cuda") and torch.cuda.is_available():
+        dev = f"{device} ({torch.cuda.get_device_name(0)})"
+    elif device == "cpu":
+        dev = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return {"python": platform.python_version(), "platform": platform.platform(), "device": dev,
+            "packages": pkgs, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _cm(v: Any) -> str:
+    a = np.asarray(v).reshape(2, 2).astype(int)
+    return f"[[{a[0, 0]}, {a[0, 1]}], [{a[1, 0]}, {a[1, 1]}]]"
+
+
+def table2_comparison(summary: pd.DataFrame) -> pd.DataFrame:
+    """Our Table 2 (summary per spec from ``CVResult.summary()``-like frames) beside the paper's."""
+    rows = []
+    by_spec = {r["spec"]: r for _, r in summary.iterrows()}
+    for spec, (pm, ps, pcm) in paper.TABLE2.items():
+        pre, meth = paper.TABLE2_LABELS[spec]
+        r = by_spec.get(spec)
+        rows.append({
+            "pre-training": pre, "method": meth,
+            "init used": "" if r is None else r.get("init_used", ""),
+            "accuracy % (ours)": "n/a" if r is None else f"{_pct(r['acc_mean'])} ± {_pct(r['acc_std'])}",
+            "accuracy % (paper)": f"{pm} ± {ps}",
+            "confusion (ours)": "n/a" if r is None else _cm([r["tn"], r["fp"], r["fn"], r["tp"]]),
+            "confusion (paper)": _cm(pcm),
+        })
+    return pd.DataFrame(rows)
+
+
+def build_report(results_dir: Path, provenance: Mapping[str, Any]) -> str:
+    """Assemble ``REPORT.md`` from the tables the notebooks wrote (missing ones are said to be missing)."""
+    rd = Path(results_dir)
+    out: list[str] = []
+    prof = provenance.get("profile", "?")
+    out.append(f"# mammo-kt reproduction report ({prof} profile)\n")
+    out.append("Li et al., *An interpretable CNN-based model for mass classification in mammography*, "
+               "Knowledge-Based Systems 316 (2025) 113372. Our numbers beside the paper's.\n")
+    if provenance.get("phantom"):
+        out.append("> **Data: the built-in synthetic phantom, not real mammograms.** Our numbers test the "
+                   "pipeline and the method's claim on data with a known confounder; they are not "
+                   "estimates of the paper's BCDR/CBIS-DDSM results. Run the `full` profile on the real "
+                   "datasets for those.\n")
+
+    sections = [
+        ("Datasets", "datasets", None),
+        ("Exclusions", "exclusions_summary", "Every case left out, with its reason, is in `tables/exclusions.csv`."),
+        ("Table 1: ROI extraction and augmentation (paper: OMI-DB)", "table1", None),
+        ("DDSM pre-training stage", "pretraining", None),
+        ("Knowledge-transfer weight beta (chosen on the inner validation split)", "beta_selection", None),
+        ("Table 2: fine-tune vs knowledge transfer", "table2_comparison", None),
+        ("Table 2 per fold", "table2_per_fold", None),
+        ("Fig. 4(b): mask-only vs ROI-only models", "fig4b", None),
+        ("Significance of knowledge transfer vs fine-tune", "significance", None),
+        ("Fig. 6: activation distances d^j (pre-trained network)", "fig6_summary", None),
+        ("Beyond the paper: where the models look (group-4 activation energy)", "localization_summary", None),
+        ("Explanation timing", "explain_timing", None),
+    ]
+    for title, name, note in sections:
+        df = read_table(name, rd)
+        out.append(f"## {title}\n")
+        if df is None:
+            out.append("_not produced in this run_\n")
+            continue
+        out.append(markdown_table(df))
+        if note:
+            out.append(note + "\n")
+        notes_file = rd / "tables" / f"{name}.notes.md"
+        if notes_file.exists():
+            out.append(notes_file.read_text() + "\n")
+
+    figs = sorted((rd / "figures").glob("*.png")) if (rd / "figures").exists() else []
+    out.append("## Figures\n")
+    for f in figs:
+        out.append(f"- [{f.stem}](figures/{f.name})")
+    out.append("")
+    out.append("## Provenance\n")
+    prov = dict(provenance)
+    env = prov.pop("environment", {})
+    for k, v in prov.items():
+        out.append(f"- **{k}**: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+    for k, v in env.items():
+        out.append(f"- **{k}**: {json.dumps(v) if isinstance(v, dict) else v}")
+    out.append("")
+    return "\n".join(out)
+
+
+def data_fingerprint(cfg: Any) -> dict[str, str]:
+    """sha256 of ``data_manifest.csv`` and, for the phantom, of its generated case tables."""
+    import hashlib
+
+    out = {}
+    man = Path(cfg.root) / "data_manifest.csv"
+    if man.exists():
+        out["data_manifest.csv"] = hashlib.sha256(man.read_bytes()).hexdigest()[:16]
+    if cfg.uses_phantom:
+        for p in sorted((cfg.work_dir / "phantom").glob("*/cases*.csv")):
+            out[f"phantom/{p.parent.name}/{p.name}"] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    return out
+
+
+def write_report(cfg: Any) -> Path:
+    """Write ``REPORT.md`` (and ``provenance.json``) in the profile's results folder."""
+    timings_file = cfg.work_dir / "executed" / "timings.json"
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    prov = {
+        "profile": cfg.name,
+        "phantom": cfg.uses_phantom,
+        "data_root": str(cfg.data_root) if cfg.data_root else "built-in phantom",
+        "arch": cfg["arch"], "roi size": cfg["roi_size"],
+        "seed": cfg["seed"],
+        "data fingerprint": data_fingerprint(cfg),
+        "wall time per notebook (s)": timings or "n/a (notebooks run by hand)",
+        "total wall time (s)": round(sum(timings.values()), 1) if timings else "n/a",
+        "environment": environment_info(cfg["device"]),
+    }
+    write_json(cfg.results_dir / "provenance.json", prov)
+    return atomic_write_text(cfg.results_dir / "REPORT.md", build_report(cfg.results_dir, prov))

@@ -1,0 +1,553 @@
+"""Training loop of Table 2: fine-tuning or knowledge transfer (Eq. 5), with model selection
+on the validation split and exact checkpoint/resume (SPEC sections 4-5).
+
+Paper-silent settings are :class:`TrainConfig` fields with documented defaults (decisions):
+Adam, learning rate 1e-4, weight decay 1e-4, 30 epochs, batch 16, selection by validation
+accuracy (ties -> lower validation cross-entropy).
+
+Reproducibility: every random draw of epoch ``e`` (batch order and augmentation) comes from a
+``torch.Generator`` seeded from ``(cfg.seed, e)``, so a run interrupted after any epoch and
+resumed from ``last.pt`` ends with the same weights and history as an uninterrupted one (on the
+same device). No global RNG is touched; :func:`seed_everything` is for callers who want it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .activation import DISTANCE_FORMS, GROUP_LAYERS, GroupActivations, activation_map
+from .augment import AUGMENTATIONS, JointAugment
+from .model import TRAINABLE_SETS, apply_train_mode, mask_to_model_input, preserve_mode, set_trainable, to_model_input
+from .transfer import KnowledgeTransferLoss, make_teacher, teacher_maps
+
+METHODS = ("finetune", "transfer")
+INPUTS = ("roi", "mask")
+OPTIMIZERS = ("adam", "sgd")
+SELECTION_METRICS = ("accuracy", "loss")
+
+#: Columns of :attr:`TrainResult.history` (plus ``train_d<j>`` for every j in ``cfg.omega``).
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_ce", "val_loss", "val_accuracy", "seconds")
+
+#: Fields that may differ between a checkpoint and the resuming run (they do not change results
+#: on a given device; resuming on another device continues the run but numbers may differ slightly).
+_RESUME_IGNORED = ("device",)
+
+
+def seed_everything(seed: int, *, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) global RNGs; with ``deterministic`` also ask
+    torch for deterministic algorithms (``warn_only``) and disable cuDNN benchmarking.
+
+    The library never calls this; notebooks and scripts call it once at the top.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def epoch_generator(seed: int, epoch: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator of all random draws of one epoch, seeded from ``(seed, epoch)`` only."""
+    state = np.random.SeedSequence([int(seed) % 2**63, int(epoch)]).generate_state(2, dtype=np.uint32)
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int(state[0]) << 32 | int(state[1]))
+    return g
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (stored in checkpoints; a resume needs equality).
+
+    Attributes:
+        method: ``"finetune"`` (cross-entropy) or ``"transfer"`` (Eq. 5, mask maps from a frozen teacher).
+        input: ``"roi"`` or ``"mask"`` (a model trained on binary masks alone, Fig. 4b; finetune only).
+        epochs, batch_size: paper silent; decision 30 and 16. A last batch of one sample is merged
+            into the previous batch (BatchNorm in train mode needs two).
+        optimizer, lr, weight_decay, momentum: paper silent; decision Adam, 1e-4, 1e-4 (L2 via the
+            optimizer's ``weight_decay``); ``momentum`` is used by ``"sgd"`` only.
+        beta, omega, distance_form: Eq. 5 weight, groups Omega and the Eq. 4 form (``"paper"`` or
+            ``"at"``); ignored by ``"finetune"``.
+        trainable: :func:`mammo_lib.model.set_trainable` set (SPEC 3: ``"group4+classifier"``).
+        augment, augment_p, max_degrees: training-only joint augmentation (SPEC 2).
+        selection_metric: ``"accuracy"`` (ties -> lower validation loss) or ``"loss"``, on the
+            validation split only (SPEC 5).
+        seed: seeds batch order and augmentation (see :func:`epoch_generator`).
+        device: where to train (not part of the resume check).
+        patience: stop after this many epochs without a better selection score (None: never).
+        class_weighting: weight the cross-entropy by inverse class frequency of the training data.
+    """
+
+    method: Literal["finetune", "transfer"] = "finetune"
+    input: Literal["roi", "mask"] = "roi"
+    epochs: int = 30
+    batch_size: int = 16
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    beta: float = 1.0
+    omega: tuple[int, ...] = (4,)
+    distance_form: Literal["paper", "at"] = "paper"
+    trainable: str = "group4+classifier"
+    augment: tuple[str, ...] = ("hflip", "vflip", "rotate")
+    augment_p: float = 0.5
+    max_degrees: float = 30.0
+    selection_metric: Literal["accuracy", "loss"] = "accuracy"
+    seed: int = 0
+    device: str = "cpu"
+    patience: Optional[int] = None
+    class_weighting: bool = False
+
+    def __post_init__(self) -> None:
+        self.omega = tuple(int(j) for j in self.omega)
+        self.augment = tuple(str(a) for a in self.augment)
+        choices = {"method": METHODS, "input": INPUTS, "optimizer": OPTIMIZERS,
+                   "distance_form": DISTANCE_FORMS, "trainable": TRAINABLE_SETS,
+                   "selection_metric": SELECTION_METRICS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"TrainConfig.{name} must be an int, got {v!r}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"TrainConfig needs epochs >= 1 and batch_size >= 2 (BatchNorm), "
+                             f"got epochs={self.epochs}, batch_size={self.batch_size}")
+        for name in ("lr", "weight_decay", "momentum", "beta", "augment_p", "max_degrees"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+                raise ValueError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
+        if self.lr == 0:
+            raise ValueError("TrainConfig.lr must be > 0")
+        bad = [j for j in self.omega if j not in GROUP_LAYERS]
+        if not self.omega or bad:
+            raise ValueError(f"TrainConfig.omega must be groups from {tuple(GROUP_LAYERS)}, got {self.omega}")
+        bad = [a for a in self.augment if a not in AUGMENTATIONS]
+        if bad:
+            raise ValueError(f"TrainConfig.augment: unknown {bad}; valid: {AUGMENTATIONS}")
+        if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ValueError(f"TrainConfig.patience must be None or an int >= 1, got {self.patience!r}")
+        if self.method == "transfer" and self.input == "mask":
+            raise ValueError("method='transfer' needs ROI input: a mask-only model (input='mask') is fine-tuned")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples as lists)."""
+        d = asdict(self)
+        d["omega"] = list(self.omega)
+        d["augment"] = list(self.augment)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` applied (validated)."""
+        return replace(self, **changes)
+
+
+@dataclass
+class TensorData:
+    """Arrays of one split: ``images`` (N,S,S) float32 [0,1], ``masks`` (N,S,S) uint8 {0,1},
+    ``labels`` (N,) int64 {0,1}, ``ids`` the case ids."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.images = np.asarray(self.images, dtype=np.float32)
+        self.masks = np.asarray(self.masks)
+        self.labels = np.asarray(self.labels)
+        n = len(self.labels)
+        if self.images.ndim != 3 or self.images.shape[0] != n:
+            raise ValueError(f"images must be (N={n}, S, S), got {self.images.shape}")
+        if self.masks.shape != self.images.shape:
+            raise ValueError(f"masks shape {self.masks.shape} != images shape {self.images.shape}")
+        if self.labels.ndim != 1 or not np.isin(self.labels, (0, 1)).all():
+            raise ValueError("labels must be a 1-D array of 0 (benign) / 1 (malignant)")
+        self.labels = self.labels.astype(np.int64)
+        if not np.isin(self.masks, (0, 1)).all():
+            raise ValueError("masks must hold only 0 and 1")
+        self.masks = self.masks.astype(np.uint8)
+        self.ids = [str(i) for i in self.ids] if len(self.ids) else [str(i) for i in range(n)]
+        if len(self.ids) != n:
+            raise ValueError(f"ids has {len(self.ids)} entries for {n} samples")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @classmethod
+    def from_roiset(cls, roiset: Any, idx: Optional[Sequence[int] | np.ndarray] = None) -> "TensorData":
+        """The samples at integer positions ``idx`` (all when None) of a RoiSet-like object
+        (``images``, ``masks``, ``labels`` and ``index['case_id']``)."""
+        n = len(roiset.labels)
+        pos = np.arange(n) if idx is None else np.asarray(idx, dtype=np.int64)
+        if pos.ndim != 1 or (pos.size and (pos.min() < 0 or pos.max() >= n)):
+            raise IndexError(f"idx must be 1-D positions in [0, {n})")
+        ids = np.asarray(roiset.index["case_id"].astype(str))[pos].tolist()
+        return cls(np.asarray(roiset.images)[pos], np.asarray(roiset.masks)[pos],
+                   np.asarray(roiset.labels)[pos], ids)
+
+    def fingerprint(self) -> str:
+        """Short hash of ids and labels (a checkpoint is only resumed on the same data)."""
+        h = hashlib.sha256("\n".join(self.ids).encode())
+        h.update(self.labels.tobytes())
+        h.update(str(self.images.shape).encode())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_model`. ``model`` holds the selected (best-epoch) weights."""
+
+    model: nn.Module
+    history: pd.DataFrame
+    best_epoch: int
+    best_val_accuracy: float
+    best_val_loss: float
+    epochs_run: int
+    stopped_early: bool
+    resumed_from: Optional[int]
+    wall_s: float
+    cfg: TrainConfig
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(obj: Any, path: Path) -> None:
+    """Write JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _state_fingerprint(model: nn.Module) -> str:
+    """Hash of every tensor of ``model.state_dict()`` (identifies the initial network)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
+    """A random permutation cut into batches; a trailing batch of one joins the previous one."""
+    chunks = list(torch.randperm(n, generator=generator).split(batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2] = torch.cat([chunks[-2], chunks.pop()])
+    return chunks
+
+
+def _model_input(x: np.ndarray, kind: str, device: torch.device) -> Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+    return to_model_input(t.float()) if kind == "roi" else mask_to_model_input(t)
+
+
+def _class_weights(labels: np.ndarray, device: torch.device) -> Tensor:
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    if (counts == 0).any():
+        raise ValueError("class_weighting needs both classes in the training data")
+    return torch.tensor(len(labels) / (2.0 * counts), dtype=torch.float32, device=device)
+
+
+def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _better(acc: float, loss: float, best: Optional[tuple[float, float]], metric: str) -> bool:
+    """Selection rule: higher validation accuracy, ties -> lower validation loss (or loss only)."""
+    if best is None:
+        return True
+    b_acc, b_loss = best
+    if metric == "loss":
+        return loss < b_loss
+    return acc > b_acc or (acc == b_acc and loss < b_loss)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, data: TensorData, kind: str, batch_size: int,
+              device: torch.device) -> tuple[float, float, np.ndarray]:
+    """Mean cross-entropy, accuracy and (N,2) probabilities in eval mode (mode restored)."""
+    with preserve_mode(model):
+        model.eval()
+        src = data.images if kind == "roi" else data.masks
+        losses, probs = [], []
+        for start in range(0, len(data), batch_size):
+            sl = slice(start, start + batch_size)
+            logits = model(_model_input(src[sl], kind, device))
+            y = torch.from_numpy(data.labels[sl]).to(device)
+            losses.append(F.cross_entropy(logits, y, reduction="sum").item())
+            probs.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+    p = np.concatenate(probs) if probs else np.empty((0, 2))
+    acc = float((p.argmax(1) == data.labels).mean()) if len(data) else float("nan")
+    return float(sum(losses) / max(len(data), 1)), acc, p
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: TrainConfig, *,
+                teacher: Optional[nn.Module] = None, checkpoint_dir: str | Path | None = None,
+                progress: bool = True,
+                on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None) -> TrainResult:
+    """Train ``model`` in place and load the epoch selected on ``val`` (SPEC 5).
+
+    Steps per epoch: :func:`mammo_lib.model.apply_train_mode` (frozen BatchNorms stay in eval),
+    batches and joint image/mask augmentation from :func:`epoch_generator` ``(cfg.seed, epoch)``,
+    loss = cross-entropy (``"finetune"``) or Eq. 5 (``"transfer"``: ROI maps of ``cfg.omega``
+    through :class:`~mammo_lib.activation.GroupActivations`, mask maps from ``teacher``, by default
+    :func:`~mammo_lib.transfer.make_teacher` of ``model`` as passed in, i.e. the frozen initial
+    network), then validation cross-entropy and accuracy (no augmentation).
+
+    ``set_trainable(model, cfg.trainable)`` is applied here. With ``checkpoint_dir``: ``last.pt``
+    after every epoch (atomic), resumed at the next epoch when its config (except ``device``),
+    data and initial network match (else ``ValueError``); at the end ``best.pt`` (the selected
+    weights under ``"model_state"``, loadable by ``build_model(weights=path)``) and ``done.json``.
+    ``on_epoch_end(epoch, row)`` is called after each epoch's checkpoint.
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    for name, d in (("train", train), ("val", val)):
+        if not isinstance(d, TensorData):
+            raise TypeError(f"{name} must be a TensorData, got {type(d).__name__}")
+    if len(train) < 2 or len(val) < 1:
+        raise ValueError(f"need >= 2 training and >= 1 validation samples, got {len(train)} and {len(val)}")
+    if train.images.shape[1:] != val.images.shape[1:]:
+        raise ValueError(f"train and val image sizes differ: {train.images.shape[1:]} vs {val.images.shape[1:]}")
+    t0 = time.perf_counter()
+    device = torch.device(cfg.device)
+    ckpt_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+
+    init_fp = _state_fingerprint(model)
+    if cfg.method == "transfer" and teacher is None:
+        teacher = make_teacher(model)  # the frozen initial network (SPEC 4 decision)
+    model.to(device)
+    if teacher is not None:
+        teacher.to(device)
+    trainable = set_trainable(model, cfg.trainable)
+    if not trainable:
+        raise ValueError(f"no trainable parameters for trainable={cfg.trainable!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(params, cfg)
+    weight = _class_weights(train.labels, device) if cfg.class_weighting else None
+    kt_loss = KnowledgeTransferLoss(cfg.beta, cfg.omega, cfg.distance_form) if cfg.method == "transfer" else None
+    augment = JointAugment(cfg.augment, p=cfg.augment_p, max_degrees=cfg.max_degrees) if cfg.augment else None
+    data_fp = f"{train.fingerprint()}-{val.fingerprint()}"
+
+    history: list[dict[str, float]] = []
+    best_state: Optional[dict[str, Tensor]] = None
+    best_epoch, best_key, since_best = -1, None, 0
+    start_epoch, resumed_from, stopped = 0, None, False
+    last = None if ckpt_dir is None else ckpt_dir / "last.pt"
+    if last is not None and last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=True)
+        _check_resume(ck, cfg, data_fp, init_fp, last)
+        model.load_state_dict(ck["model_state"])
+        optimizer.load_state_dict(ck["optimizer_state"])
+        best_state, best_epoch = ck["best_state"], int(ck["best_epoch"])
+        best_key = tuple(ck["best_key"]) if ck["best_key"] is not None else None
+        since_best, stopped = int(ck["since_best"]), bool(ck["stopped"])
+        history = list(ck["history"])
+        start_epoch = resumed_from = int(ck["epoch"]) + 1
+
+    bar = tqdm(range(start_epoch, cfg.epochs), disable=not progress, desc=f"train ({cfg.method})",
+               initial=start_epoch, total=cfg.epochs)
+    for epoch in bar:
+        if stopped:
+            break
+        e0 = time.perf_counter()
+        gen = epoch_generator(cfg.seed, epoch)
+        apply_train_mode(model)
+        sums: dict[str, float] = {}
+        for idx in _batches(len(train), cfg.batch_size, gen):
+            x, m, y = _training_batch(train, idx.numpy(), augment, gen)
+            loss, parts = _step_loss(model, x, m, y, cfg, device, kt_loss, teacher, weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v * len(idx)
+        val_loss, val_acc, _ = _evaluate(model, val, cfg.input, cfg.batch_size, device)
+        row = {"epoch": epoch, "train_loss": sums["total"] / len(train), "train_ce": sums["ce"] / len(train)}
+        for j in cfg.omega:
+            row[f"train_d{j}"] = sums[f"d{j}"] / len(train) if f"d{j}" in sums else float("nan")
+        row.update(val_loss=val_loss, val_accuracy=val_acc, seconds=time.perf_counter() - e0)
+        history.append(row)
+        if _better(val_acc, val_loss, best_key, cfg.selection_metric):
+            best_key, best_epoch, best_state, since_best = (val_acc, val_loss), epoch, _cpu_state(model), 0
+        else:
+            since_best += 1
+        stopped = cfg.patience is not None and since_best >= cfg.patience
+        if last is not None:
+            atomic_torch_save({"model_state": _cpu_state(model), "optimizer_state": optimizer.state_dict(),
+                                "epoch": epoch, "best_state": best_state, "best_epoch": best_epoch,
+                                "best_key": None if best_key is None else list(best_key),
+                                "since_best": since_best, "stopped": stopped, "history": history,
+                                "cfg": cfg.to_dict(), "data": data_fp, "init": init_fp}, last)
+        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{val_acc:.3f}")
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, dict(row))
+    bar.close()
+
+    assert best_state is not None  # at least one epoch ran or was restored
+    model.load_state_dict(best_state)
+    hist = pd.DataFrame(history, columns=list(HISTORY_COLUMNS[:3]) + [f"train_d{j}" for j in cfg.omega]
+                        + list(HISTORY_COLUMNS[3:]))
+    best = hist.loc[hist["epoch"] == best_epoch].iloc[0]
+    result = TrainResult(model=model, history=hist, best_epoch=best_epoch,
+                         best_val_accuracy=float(best["val_accuracy"]), best_val_loss=float(best["val_loss"]),
+                         epochs_run=len(hist), stopped_early=stopped and len(hist) < cfg.epochs,
+                         resumed_from=resumed_from, wall_s=time.perf_counter() - t0, cfg=cfg)
+    if ckpt_dir is not None:
+        atomic_torch_save({"model_state": best_state, "best_epoch": best_epoch, "cfg": cfg.to_dict()},
+                           ckpt_dir / "best.pt")
+        atomic_write_json({"best_epoch": best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                           "best_val_loss": result.best_val_loss, "epochs_run": result.epochs_run,
+                           "stopped_early": result.stopped_early, "cfg": cfg.to_dict(),
+                           "trainable": trainable}, ckpt_dir / "done.json")
+    return result
+
+
+def _check_resume(ck: dict[str, Any], cfg: TrainConfig, data_fp: str, init_fp: str, path: Path) -> None:
+    """Refuse to resume a checkpoint made with another config, data or initial network."""
+    saved = {k: v for k, v in ck["cfg"].items() if k not in _RESUME_IGNORED}
+    now = {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_IGNORED}
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(f"{path}: checkpoint made with another TrainConfig (differs in {diff}); "
+                         f"delete it or use another checkpoint_dir")
+    if ck["data"] != data_fp:
+        raise ValueError(f"{path}: checkpoint made on other train/val data; delete it or use another checkpoint_dir")
+    if ck["init"] != init_fp:
+        raise ValueError(f"{path}: checkpoint made from another initial network; delete it or use another "
+                         f"checkpoint_dir")
+
+
+def _training_batch(data: TensorData, idx: np.ndarray, augment: Optional[JointAugment],
+                    gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Images (B,S,S), masks (B,S,S) uint8 and labels of ``idx``, jointly augmented per sample."""
+    x = torch.from_numpy(data.images[idx])
+    m = torch.from_numpy(data.masks[idx])
+    if augment is not None:
+        pairs = [augment(x[i:i + 1], m[i:i + 1], generator=gen) for i in range(len(idx))]
+        x = torch.cat([p[0] for p in pairs]).clamp_(0.0, 1.0)
+        m = torch.cat([p[1] for p in pairs])
+    return x, m, torch.from_numpy(data.labels[idx])
+
+
+def _step_loss(model: nn.Module, x: Tensor, m: Tensor, y: Tensor, cfg: TrainConfig, device: torch.device,
+               kt_loss: Optional[KnowledgeTransferLoss], teacher: Optional[nn.Module],
+               weight: Optional[Tensor]) -> tuple[Tensor, dict[str, float]]:
+    """Loss of one batch: cross-entropy, or Eq. 5 with the teacher's (gradient-free) mask maps."""
+    y = y.to(device)
+    if kt_loss is None:
+        logits = model(to_model_input(x.to(device)) if cfg.input == "roi"
+                       else mask_to_model_input(m.to(device)))
+        ce = F.cross_entropy(logits, y, weight=weight)
+        return ce, {"ce": float(ce.detach()), "total": float(ce.detach())}
+    assert teacher is not None
+    mask_maps = teacher_maps(teacher, mask_to_model_input(m.to(device)), cfg.omega)
+    with GroupActivations(model, cfg.omega) as acts:
+        logits = model(to_model_input(x.to(device)))
+    roi_maps = {j: activation_map(acts[j]) for j in cfg.omega}
+    loss, parts = kt_loss(logits, y, roi_maps, mask_maps)
+    if weight is not None:  # Eq. 5 with a class-weighted cross-entropy term
+        ce_w = F.cross_entropy(logits, y, weight=weight)
+        loss = loss - F.cross_entropy(logits, y) + ce_w
+        parts = dict(parts, ce=float(ce_w.detach()), total=float(loss.detach()))
+    return loss, parts
+
+
+# --------------------------------------------------------------------------------------------
+# Prediction
+# --------------------------------------------------------------------------------------------
+def predict(model: nn.Module, images: np.ndarray, *, input: Literal["roi", "mask"] = "roi",
+            batch_size: int = 32, device: str | torch.device = "cpu") -> np.ndarray:
+    """Softmax probabilities ``(N, 2)`` (column 1 = malignant) in eval mode, no gradients.
+
+    ``images`` are ROIs (N,S,S) in [0, 1] (``input="roi"``) or binary masks (``input="mask"``).
+    The model's modes and device are restored.
+    """
+    if input not in INPUTS:
+        raise ValueError(f"input must be one of {INPUTS}, got {input!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    arr = np.asarray(images)
+    if arr.ndim != 3:
+        raise ValueError(f"images must be (N,S,S), got shape {arr.shape}")
+    if input == "roi":
+        arr = arr.astype(np.float32, copy=False)
+    dev = torch.device(device)
+    home = next(model.parameters()).device
+    model.to(dev)
+    try:
+        with preserve_mode(model), torch.no_grad():
+            model.eval()
+            out = [torch.softmax(model(_model_input(arr[s:s + batch_size], input, dev)).double(), dim=1).cpu()
+                   for s in range(0, len(arr), batch_size)]
+    finally:
+        model.to(home)
+    return torch.cat(out).numpy() if out else np.empty((0, 2))
+
+
+__all__ = ["TrainConfig", "TensorData", "TrainResult", "train_model", "predict", "seed_everything",
+           "epoch_generator", "atomic_write_json", "atomic_torch_save", "HISTORY_COLUMNS"]

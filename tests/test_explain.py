@@ -1,0 +1,351 @@
+"""The proposed Lesion/Background explanation (Sec. 4.2, Fig. 5, Eq. 6)."""
+from __future__ import annotations
+
+import json
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from matplotlib.patches import Rectangle
+from torch import nn
+
+from mammo_lib.activation import GroupActivations
+from mammo_lib.explain import (BACKGROUND, LESION, Explanation, classify_cells, explain_many,
+                               explain_roi, lesion_background, window_grid)
+from mammo_lib.glcm import glcm_variance_map
+from mammo_lib.model import build_model, to_model_input
+from mammo_lib.records import DataError
+
+# ----------------------------------------------------------------------------- tiny models
+
+
+class PoolNet(nn.Module):
+    """Hand-computable stand-in: "group-4 activation" = (cell mean, 2 * cell mean) on a g x g grid,
+    logits = channel means of A. Dropout makes train mode visible; calls records batch sizes."""
+
+    def __init__(self, grid: int):
+        super().__init__()
+        self.grid = grid
+        self.scale = nn.Parameter(torch.tensor([1.0, 2.0]))
+        self.drop = nn.Dropout(0.5)
+        self.calls: list[int] = []
+
+    def forward(self, grey: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.calls.append(grey.shape[0])
+        a = F.adaptive_avg_pool2d(grey[:, None], self.grid) * self.scale.view(1, -1, 1, 1)
+        a = self.drop(a)
+        return a.mean(dim=(2, 3)), a
+
+
+class ConstNet(PoolNet):
+    """Activations that ignore the input."""
+
+    def forward(self, grey):
+        self.calls.append(grey.shape[0])
+        a = torch.ones(grey.shape[0], 3, self.grid, self.grid) * self.scale.sum()
+        return a.mean(dim=(2, 3))[:, :2], a
+
+
+def pool_fn(model, grey):
+    return model(grey)
+
+
+# ----------------------------------------------------------------------------- case tables
+
+# Hand case: 4x4 ROI, grid 2 (2x2 windows) with constant cells c, Lesion = 0.75, Background = 0.25.
+# Replacing window (p,q) changes only A at (p,q), by (c - v) * (1, 2): ||.|| = sqrt(5) |c - v|,
+# and Eq. 6 divides by g^2 = 4.
+HAND_CELLS = np.array([[0.125, 0.5], [0.875, 0.25]])
+HAND_DIS_L = math.sqrt(5) / 4 * np.array([[0.625, 0.25], [0.125, 0.5]])
+HAND_DIS_B = math.sqrt(5) / 4 * np.array([[0.125, 0.25], [0.625, 0.0]])
+HAND_LABELS = [[BACKGROUND, BACKGROUND],   # 0.5 is a tie -> Background
+               [LESION, BACKGROUND]]
+
+# (size, grid, windows, window side)
+GRID_CASES = [(224, 7, 49, 32), (64, 2, 4, 32), (12, 3, 9, 4), (5, 1, 1, 5), (6, 6, 36, 1)]
+
+# (size, grid, exception, message)
+GRID_FAIL_CASES = [
+    (225, 7, ValueError, r"not a multiple of the activation grid 7.*224, 231"),
+    (5, 7, ValueError, r"multiple of 7 \(e.g. 7\)"),
+    (0, 7, ValueError, "size must be a positive int"),
+    (224, 0, ValueError, "grid must be a positive int"),
+    (224.0, 7, ValueError, "size must be a positive int"),
+]
+
+_ROI = np.full((12, 12), 0.5, dtype=np.float32)
+
+# (kwargs for explain_roi with PoolNet(3) + pool_fn, exception, message)
+EXPLAIN_FAIL_CASES = [
+    (dict(roi=np.full((12, 10), 0.5, np.float32)), ValueError, "square"),
+    (dict(roi=np.full((12, 12), 1.5, np.float32)), ValueError, r"\[0, 1\]"),
+    (dict(roi=np.full((12, 12), 1, np.uint8)), TypeError, "float"),
+    (dict(roi=np.full((10, 10), 0.5, np.float32)), ValueError, "not a multiple of the activation grid 3"),
+    (dict(roi=_ROI, lesion=_ROI), ValueError, "both lesion and background"),
+    (dict(roi=_ROI, lesion=_ROI[:6, :6], background=_ROI[:6, :6]), ValueError, "shape"),
+    (dict(roi=_ROI, batch_size=0), ValueError, "batch_size"),
+    (dict(roi=_ROI, label_names=("a", "b", "c")), ValueError, "3 label names"),
+    (dict(roi=_ROI, background_rule="ratio"), ValueError, "background_rule"),
+]
+
+
+def make_explanation(**overrides) -> Explanation:
+    fields = dict(prediction=1, probabilities=[0.25, 0.75], label_names=("benign", "malignant"),
+                  activation_map=np.arange(4.0).reshape(2, 2) / 3, dis_lesion=[[0.1, 0.2], [0.3, 0.4]],
+                  dis_background=[[0.2, 0.2], [0.1, 0.5]],
+                  cell_labels=[[LESION, BACKGROUND], [BACKGROUND, LESION]], window=3, grid=2,
+                  params={"group": 4, "glcm_angle": np.float64(0.5)})
+    fields.update(overrides)
+    return Explanation(**fields)
+
+
+def forward_hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- step 1
+
+
+def test_lesion_is_variance_rescaled_to_roi_range():
+    rng = np.random.default_rng(0)
+    roi = (0.2 + 0.5 * rng.random((16, 16))).astype(np.float32)
+    lesion, background = lesion_background(roi)
+    assert lesion.dtype == background.dtype == np.float32
+    assert lesion.shape == background.shape == roi.shape
+    assert lesion.min() == pytest.approx(roi.min()) and lesion.max() == pytest.approx(roi.max())
+    variance = glcm_variance_map(roi).astype(np.float64).ravel()
+    slope, intercept = np.polyfit(variance, lesion.ravel(), 1)
+    np.testing.assert_allclose(slope * variance + intercept, lesion.ravel(), atol=1e-6)
+    assert slope > 0
+    # SPEC 7: Background = clip(u(ROI) - u(Lesion), 0) with u the min-max rescaling to [0, 1]
+    u = lambda x: (x - x.min()) / (x.max() - x.min())  # noqa: E731
+    np.testing.assert_allclose(background, np.clip(u(roi) - u(lesion), 0, None), atol=1e-6)
+    assert background.min() == 0.0 and background.max() <= 1.0
+
+
+def test_background_difference_rule_and_constant_roi():
+    roi = np.full((8, 8), 0.4, dtype=np.float32)
+    lesion, background = lesion_background(roi)
+    np.testing.assert_array_equal(lesion, np.float32(0.4))  # constant variance -> ROI minimum
+    np.testing.assert_array_equal(background, 0.0)
+    rng = np.random.default_rng(1)
+    roi = rng.random((8, 8)).astype(np.float32)
+    lesion, background = lesion_background(roi, background_rule="difference")
+    np.testing.assert_allclose(background, np.clip(roi - lesion, 0, None), atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- step 2
+
+
+@pytest.mark.parametrize("size, grid, n_windows, side", GRID_CASES)
+def test_windows_tile_the_roi_exactly(size, grid, n_windows, side):
+    windows = window_grid(size, grid)
+    assert len(windows) == n_windows
+    cover = np.zeros((size, size), dtype=int)
+    for p, q, rows, cols in windows:
+        assert rows.stop - rows.start == side and cols.stop - cols.start == side
+        assert (rows.start, cols.start) == (p * side, q * side)
+        cover[rows, cols] += 1
+    np.testing.assert_array_equal(cover, 1)  # every pixel in exactly one window
+    assert [(p, q) for p, q, _, _ in windows] == [(p, q) for p in range(grid) for q in range(grid)]
+
+
+@pytest.mark.parametrize("size, grid, exc, match", GRID_FAIL_CASES)
+def test_window_grid_bad_sizes(size, grid, exc, match):
+    with pytest.raises(exc, match=match):
+        window_grid(size, grid)
+
+
+# ----------------------------------------------------------------------------- step 3 (Eq. 6)
+
+
+def test_eq6_hand_computed():
+    roi = np.kron(HAND_CELLS, np.ones((2, 2))).astype(np.float32)
+    model = PoolNet(grid=2)
+    e = explain_roi(model, roi, lesion=np.full((4, 4), 0.75, np.float32),
+                    background=np.full((4, 4), 0.25, np.float32), layer_fn=pool_fn)
+    assert (e.grid, e.window) == (2, 2)
+    np.testing.assert_allclose(e.dis_lesion, HAND_DIS_L, atol=1e-7)
+    np.testing.assert_allclose(e.dis_background, HAND_DIS_B, atol=1e-7)
+    assert e.cell_labels.tolist() == HAND_LABELS
+    assert e.lesion_fraction == 0.25
+    # F^4 (Eq. 3) = mean over channels of A^2 = (c^2 + 4 c^2) / 2
+    np.testing.assert_allclose(e.activation_map, 2.5 * HAND_CELLS ** 2, atol=1e-7)
+    # logits = channel means (mean c, 2 mean c) with mean c = 0.4375
+    p1 = 1 / (1 + math.exp(-0.4375))
+    np.testing.assert_allclose(e.probabilities, [1 - p1, p1], atol=1e-7)
+    assert e.prediction == 1 and e.predicted_label == "malignant"
+    assert e.params["lesion_source"] == "given" and e.params["layer_fn"] == "pool_fn"
+
+
+def test_forward_samples_and_batch_size_invariance():
+    rng = np.random.default_rng(5)
+    roi, lesion, background = rng.random((3, 12, 12)).astype(np.float32)
+    results = []
+    for batch_size in (1, 7, 99):
+        model = PoolNet(grid=3)
+        e = explain_roi(model, roi, lesion=lesion, background=background, batch_size=batch_size,
+                        layer_fn=pool_fn)
+        assert sum(model.calls) == 1 + 2 * 3 * 3  # ROI, 9 ROI_L, 9 ROI_B
+        assert model.calls[0] == 1 and max(model.calls[1:]) == min(batch_size, 18)
+        assert len(model.calls) == 1 + math.ceil(18 / batch_size)
+        results.append(e)
+    for e in results[1:]:
+        np.testing.assert_allclose(e.dis_lesion, results[0].dis_lesion, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(e.dis_background, results[0].dis_background, rtol=1e-6, atol=1e-9)
+    # one-by-one by hand: replace window (1, 2) with Lesion and apply Eq. 6 directly
+    x = roi.copy()
+    x[4:8, 8:12] = lesion[4:8, 8:12]
+    pool = lambda img: img.reshape(3, 4, 3, 4).mean(axis=(1, 3))  # noqa: E731
+    diff = (pool(roi) - pool(x))[None] * np.array([1.0, 2.0])[:, None, None]
+    assert results[0].dis_lesion[1, 2] == pytest.approx(np.linalg.norm(diff, axis=0).mean(), rel=1e-5)
+
+
+def test_constant_activations_give_zero_distances_and_tie_label():
+    rng = np.random.default_rng(6)
+    e = explain_roi(ConstNet(grid=2), rng.random((8, 8)).astype(np.float32), layer_fn=pool_fn)
+    np.testing.assert_array_equal(e.dis_lesion, 0.0)
+    np.testing.assert_array_equal(e.dis_background, 0.0)
+    assert (e.cell_labels == BACKGROUND).all() and e.lesion_fraction == 0.0
+    assert classify_cells(np.array([1.0, 2.0, 3.0]), np.array([2.0, 2.0, 1.0])).tolist() == \
+        [LESION, BACKGROUND, BACKGROUND]
+
+
+def test_model_state_restored_and_eval_used():
+    rng = np.random.default_rng(7)
+    roi = rng.random((12, 12)).astype(np.float32)
+    model = PoolNet(grid=3).train()
+    model.scale.requires_grad_(False)
+    first = explain_roi(model, roi, layer_fn=pool_fn)
+    second = explain_roi(model, roi, layer_fn=pool_fn)
+    # dropout (p = 0.5) would make the two runs differ if the model were not in eval mode
+    np.testing.assert_array_equal(first.dis_lesion, second.dis_lesion)
+    assert model.training and model.drop.training
+    assert model.scale.requires_grad is False
+    model.eval()
+    explain_roi(model, roi, layer_fn=pool_fn)
+    assert not model.training and not model.drop.training
+
+
+@pytest.mark.parametrize("kwargs, exc, match", EXPLAIN_FAIL_CASES)
+def test_explain_roi_bad_input(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        explain_roi(PoolNet(grid=3), layer_fn=pool_fn, **kwargs)
+
+
+def test_layer_fn_with_bad_activation_shape():
+    def flat_fn(model, grey):
+        logits, a = model(grey)
+        return logits, a.flatten(2)
+    with pytest.raises(ValueError, match=r"\(N, C, g, g\)"):
+        explain_roi(PoolNet(grid=3), _ROI, layer_fn=flat_fn)
+
+
+def test_small_densenet_default_path():
+    """build_model("small") at 64 px: grid 2 from the model; one Eq. 6 value rechecked by hand."""
+    model = build_model("small", seed=0).train()
+    model.features.conv0.weight.requires_grad_(False)
+    counted: list[int] = []
+    counter = model.register_forward_pre_hook(lambda _m, args: counted.append(args[0].shape[0]))
+    hooks_before = forward_hook_count(model)
+    rng = np.random.default_rng(8)
+    roi = rng.random((64, 64)).astype(np.float32)
+    e = explain_roi(model, roi, batch_size=3)
+    assert (e.grid, e.window) == (2, 32)
+    assert sum(counted) == 1 + 2 * 2 * 2
+    assert forward_hook_count(model) == hooks_before
+    assert model.training and all(m.training for m in model.modules())
+    assert model.features.conv0.weight.requires_grad is False
+    assert e.params["lesion_source"] == "glcm" and e.params["glcm_mean"] == "paper"
+    counter.remove()
+
+    lesion, background = lesion_background(roi)
+    x = np.stack([roi, roi])
+    x[1, 32:64, 0:32] = background[32:64, 0:32]  # ROI_B(1, 0)
+    with GroupActivations(model, groups=(4,), mode="eval") as acts, torch.no_grad():
+        logits = model(to_model_input(torch.from_numpy(x)))
+        a = acts[4].double().numpy()
+    want = np.linalg.norm(a[0] - a[1], axis=0).mean()
+    assert e.dis_background[1, 0] == pytest.approx(want, rel=1e-5)
+    np.testing.assert_allclose(e.probabilities, torch.softmax(logits[0].double(), 0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(e.activation_map, (a[0] ** 2).mean(axis=0), rtol=1e-5)
+    assert e.dis_lesion.shape == (2, 2) and (e.dis_lesion > 0).all()
+
+
+def test_explain_many_matches_explain_roi():
+    rng = np.random.default_rng(9)
+    rois = rng.random((3, 12, 12)).astype(np.float32)
+    many = explain_many(PoolNet(grid=3), rois, layer_fn=pool_fn, progress=False)
+    assert len(many) == 3
+    for roi, e in zip(rois, many):
+        np.testing.assert_array_equal(e.dis_lesion, explain_roi(PoolNet(grid=3), roi, layer_fn=pool_fn).dis_lesion)
+    with pytest.raises(TypeError, match="per ROI"):
+        explain_many(PoolNet(grid=3), rois, lesion=rois[0], layer_fn=pool_fn)
+
+
+# ----------------------------------------------------------------------------- Explanation
+
+
+def test_json_round_trip(tmp_path):
+    e = make_explanation()
+    path = e.to_json(tmp_path / "expl.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["expl.json"]  # no temp file left
+    back = Explanation.from_json(path)
+    for name in ("activation_map", "dis_lesion", "dis_background", "probabilities", "cell_labels"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(e, name))
+    assert (back.prediction, back.label_names, back.window, back.grid) == \
+        (1, ("benign", "malignant"), 3, 2)
+    assert back.params == {"group": 4, "glcm_angle": 0.5}
+    assert back.lesion_fraction == 0.5
+    assert json.loads(path.read_text())["cell_labels"] == [[LESION, BACKGROUND], [BACKGROUND, LESION]]
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", "cannot read"),
+    ('{"prediction": 1}', "missing keys"),
+    ("[1, 2]", "JSON object"),
+])
+def test_from_json_bad_file(tmp_path, content, match):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=match) as info:
+        Explanation.from_json(path)
+    assert info.value.file == str(path)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(dis_lesion=np.zeros((3, 3))), r"dis_lesion must have shape \(2, 2\)"),
+    (dict(cell_labels=[["Lesion", "Mass"], ["Lesion", "Lesion"]]), "only 'Lesion' and 'Background'"),
+    (dict(probabilities=[0.2, 0.3, 0.5]), "2 label names"),
+    (dict(prediction=2), "not a class index"),
+])
+def test_explanation_validation(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        make_explanation(**overrides)
+
+
+def test_plot_agg():
+    e = make_explanation()
+    rng = np.random.default_rng(10)
+    roi = rng.random((6, 6)).astype(np.float32)
+    mask = np.zeros((6, 6), np.uint8)
+    mask[1:5, 1:5] = 1
+    fig = e.plot(roi, mask=mask)
+    ax_map, ax_cells = fig.axes[:2]
+    cells = [p for p in ax_cells.patches if isinstance(p, Rectangle)]
+    assert len(cells) == 4
+    assert len(ax_cells.texts) == 4 and "L 0.1" in ax_cells.texts[0].get_text()
+    assert "malignant" in fig._suptitle.get_text() and "0.750" in fig._suptitle.get_text()
+    assert ax_map.images[1].get_array().shape == (6, 6)  # F^4 resized to the ROI
+    fig.canvas.draw()
+    fig2 = matplotlib.figure.Figure()
+    axes = fig2.subplots(1, 2)
+    assert e.plot(roi, axes=axes) is fig2
+    with pytest.raises(ValueError, match="6x6"):
+        e.plot(roi[:4, :4])
