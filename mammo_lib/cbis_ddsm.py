@@ -283,10 +283,10 @@ def load_cbis_ddsm(csv_files: Sequence[str | Path] | str | Path, dicom_root: str
         if len(files_per_id[rec.case_id]) > 1:
             rec.case_id = f"{rec.case_id}_{rec.split or Path(rec.source_file).stem}"
     counts = Counter(r.case_id for r in rows)
-    for rec in rows:
-        if counts[rec.case_id] > 1:
-            raise DataError(f"case_id {rec.case_id!r} collides across files even with the split appended",
-                            rec.source_file, rec.source_row)
+    for rec in [r for r in rows if counts[r.case_id] > 1]:
+        handle_error(DataError(f"case_id {rec.case_id!r} occurs in several files even with the split appended",
+                               rec.source_file, rec.source_row), on_error, result, case_id=rec.case_id)
+    rows = [r for r in rows if counts[r.case_id] == 1]
 
     if dicom_root is None:
         result.records.extend(rows)

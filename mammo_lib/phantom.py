@@ -44,13 +44,14 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.ndimage import distance_transform_edt
+from scipy.spatial import ConvexHull, QhullError
 from scipy.special import expit
 from tqdm.auto import tqdm
 
@@ -60,7 +61,7 @@ Kind = Literal["bcdr_like", "ddsm_like"]
 Rendering = Literal["train", "shifted"]
 
 #: Version of the rendering code; part of the generation hash (bump when the pixels change).
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2
 #: Values of the confounder label map written next to every image.
 CONFOUNDER_NONE, CONFOUNDER_CALCIFICATION, CONFOUNDER_DENSE = 0, 1, 2
 CONFOUNDER_TYPES = {CONFOUNDER_CALCIFICATION: "calcification", CONFOUNDER_DENSE: "dense_tissue"}
@@ -83,7 +84,9 @@ _KIND_CODES = {"bcdr_like": 1, "ddsm_like": 2, "cbis_tree": 3}
 _SPLIT_CODES = {"": 0, "train": 1, "test": 2}
 _STREAM_ANATOMY, _STREAM_MASS, _STREAM_PATIENT = 0, 1, 2
 _STREAM_CONFOUNDERS = {"train": 10, "shifted": 11}
-_SHRINK, _MIN_SCALE, _PLACE_TRIES = 0.85, 0.3, 12
+#: Shrink factors tried, in order, for a mass that does not fit or a confounder without room.
+_SCALES = tuple(0.85 ** k for k in range(8))  # 1 ... 0.32
+_PLACE_TRIES = 12
 _ANGLES = np.linspace(0.0, 2.0 * np.pi, 1024, endpoint=False)
 
 
@@ -264,10 +267,18 @@ def _check_probs(name: str, value: Any) -> dict[str, dict[int, float]]:
     return out
 
 
+#: Config fields a kind does not use (left out of its hash: changing them keeps the folder).
+_UNUSED_FIELDS: dict[str, tuple[str, ...]] = {
+    "bcdr_like": ("n_train", "n_test", "ddsm_malignant_fraction"),
+    "ddsm_like": ("n_benign", "n_malignant"),
+}
+
+
 def config_hash(config: PhantomConfig, kind: str) -> str:
-    """SHA-256 of the config, the kind and :data:`PHANTOM_VERSION` (identifies a generation)."""
-    payload = json.dumps({"kind": kind, "version": PHANTOM_VERSION, "config": config.to_dict()},
-                         sort_keys=True)
+    """SHA-256 of the config fields ``kind`` uses, the kind and :data:`PHANTOM_VERSION`
+    (identifies a generation)."""
+    used = {k: v for k, v in config.to_dict().items() if k not in _UNUSED_FIELDS.get(kind, ())}
+    payload = json.dumps({"kind": kind, "version": PHANTOM_VERSION, "config": used}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -486,24 +497,28 @@ class SimulatedCase:
     window: tuple[int, int, int, int]
 
 
+def _calcification_room(config: PhantomConfig) -> float:
+    """Footprint radius of the largest calcification cluster at the smallest scale tried."""
+    return _SCALES[-1] * config.calcification_cluster_radius_px[1] + config.calcification_dot_radius_px[1] + 1.0
+
+
 def _fits_confounders(config: PhantomConfig, breast: Breast, mass: MassLayer,
                       window: tuple[int, int, int, int]) -> bool:
-    """Whether the smallest calcification cluster and dense patch both find a place."""
-    calc = _MIN_SCALE * config.calcification_cluster_radius_px[0] + config.calcification_dot_radius_px[1] + 1
-    dense = _MIN_SCALE * config.dense_radius_px[0]
-    valid = _valid_centres(max(calc, dense), window, mass.footprint, breast.dist, config)
-    return valid is not None and bool(valid[2].any())
+    """Whether the largest dense patch and then the largest calcification cluster, both at the
+    smallest scale, find places in the window: then :func:`add_confounders` cannot fail."""
+    dense = _SCALES[-1] * config.dense_radius_px[1]
+    room = _calcification_room(config)
+    return _candidates(dense, window, mass.footprint, breast.dist, config, room_for=room).size > 0
 
 
 def _place_mass(spec: MassSpec, breast: Breast, config: PhantomConfig, rng: np.random.Generator, *,
                 avoid: Optional[np.ndarray] = None, need_confounders: bool = True) -> MassLayer:
-    """Put the mass fully inside the breast (shrinking it by :data:`_SHRINK` while it does not
-    fit), away from ``avoid``, with room for confounders in its ROI window."""
+    """Put the mass fully inside the breast (shrinking it through :data:`_SCALES` while it does
+    not fit), away from ``avoid``, with room for both confounders in its ROI window."""
     dist = breast.dist
     if avoid is not None:
         dist = np.minimum(dist, distance_transform_edt(~avoid))
-    scale = 1.0
-    while scale >= _MIN_SCALE:
+    for scale in _SCALES:
         s = spec if scale == 1.0 else spec.scaled(scale)
         ok = np.flatnonzero(dist.ravel() >= s.reach() + 2.0)
         for _ in range(_PLACE_TRIES if ok.size else 0):
@@ -515,7 +530,6 @@ def _place_mass(spec: MassSpec, breast: Breast, config: PhantomConfig, rng: np.r
             if not need_confounders or _fits_confounders(
                     config, breast, layer, roi_window(layer.mask, config.roi_size)):
                 return layer
-        scale *= _SHRINK
     raise ValueError(f"a mass of radius {spec.radius:.0f} px does not fit a breast in an image of "
                      f"{config.image_shape}: reduce the *_radius_px ranges or enlarge image_shape")
 
@@ -576,17 +590,15 @@ class Rendered:
 
 
 def _valid_centres(ext: float, window: tuple[int, int, int, int], forbid: np.ndarray,
-                   breast_dist: np.ndarray, config: PhantomConfig
-                   ) -> Optional[tuple[int, int, np.ndarray]]:
-    """Pixels of the window (clipped to the image) where a disk of radius ``ext`` lies inside
-    the window (``window_margin_px`` in), inside the breast and ``confounder_gap_px`` from
-    ``forbid``. Returns ``(top, left, valid)`` of the clipped window, or None if empty."""
+                   breast_dist: np.ndarray, config: PhantomConfig) -> np.ndarray:
+    """``(n, 2)`` pixels (row, col) of the window where a disk of radius ``ext`` lies inside the
+    window (``window_margin_px`` in), inside the breast and ``confounder_gap_px`` from ``forbid``."""
     top, left, h, w = window
     rows, cols = forbid.shape
     t0, t1 = max(top, 0), min(top + h, rows)
     l0, l1 = max(left, 0), min(left + w, cols)
     if t0 >= t1 or l0 >= l1:
-        return None
+        return np.zeros((0, 2), int)
     pad = int(math.ceil(ext + config.confounder_gap_px)) + 2
     p0, p1 = max(t0 - pad, 0), min(t1 + pad, rows)
     q0, q1 = max(l0 - pad, 0), min(l1 + pad, cols)
@@ -596,35 +608,62 @@ def _valid_centres(ext: float, window: tuple[int, int, int, int], forbid: np.nda
     m = ext + config.window_margin_px
     inside = (ii - m >= top) & (ii + m <= top + h - 1) & (jj - m >= left) & (jj + m <= left + w - 1)
     valid = inside & (d_forbid >= ext + config.confounder_gap_px) & (breast_dist[t0:t1, l0:l1] >= ext + 2.0)
-    return t0, l0, valid
+    return np.argwhere(valid) + np.array([t0, l0])
 
 
-def _pick_centre(ext_of_scale: Callable[[float], float], window: tuple[int, int, int, int],
-                 forbid: np.ndarray, breast_dist: np.ndarray, config: PhantomConfig,
-                 rng: np.random.Generator) -> tuple[float, tuple[int, int]]:
-    """Uniform random valid centre, shrinking the confounder (scale 1 -> :data:`_MIN_SCALE`)
-    until one exists. Returns ``(scale, (row, col))``."""
-    scale = 1.0
-    while scale >= _MIN_SCALE - 1e-9:
-        found = _valid_centres(ext_of_scale(scale), window, forbid, breast_dist, config)
-        if found is not None and found[2].any():
-            t0, l0, valid = found
-            flat = np.flatnonzero(valid.ravel())
-            idx = int(flat[rng.integers(flat.size)])
-            return scale, (t0 + idx // valid.shape[1], l0 + idx % valid.shape[1])
-        scale *= _SHRINK
-    raise RuntimeError("no room for a confounder in the ROI window (mass too large for the window; "
-                       "reduce the *_radius_px ranges or the confounder sizes)")
+def _max_distance(cand: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Distance from each candidate to the farthest of ``points`` (attained on their hull)."""
+    if len(points) > 16:
+        try:
+            points = points[ConvexHull(points).vertices]
+        except QhullError:  # collinear: the extremes along each axis suffice
+            points = points[[points[:, 0].argmin(), points[:, 0].argmax(),
+                             points[:, 1].argmin(), points[:, 1].argmax()]]
+    d2 = ((cand[:, None, :].astype(float) - points[None, :, :]) ** 2).sum(-1)
+    return np.sqrt(d2.max(axis=1))
+
+
+def _candidates(ext: float, window: tuple[int, int, int, int], forbid: np.ndarray,
+                breast_dist: np.ndarray, config: PhantomConfig, *,
+                room_for: Optional[float] = None) -> np.ndarray:
+    """Valid centres for a disk of radius ``ext``; with ``room_for``, only those that leave a
+    valid place for a second disk of that radius (a valid centre at least ``ext + gap +
+    room_for + 1`` away)."""
+    cand = _valid_centres(ext, window, forbid, breast_dist, config)
+    if room_for is None or cand.size == 0:
+        return cand
+    second = _valid_centres(room_for, window, forbid, breast_dist, config)
+    if second.size == 0:
+        return second
+    keep = _max_distance(cand, second) >= ext + config.confounder_gap_px + room_for + 1.0
+    return cand[keep]
+
+
+def _pick_centre(ext_of_scale: Callable[[float], float], case: SimulatedCase, forbid: np.ndarray,
+                 config: PhantomConfig, rng: np.random.Generator, *,
+                 room_for: Optional[float] = None) -> tuple[float, tuple[int, int]]:
+    """Uniform random valid centre, shrinking the confounder through :data:`_SCALES` until one
+    exists. Returns ``(scale, (row, col))``."""
+    for scale in _SCALES:
+        cand = _candidates(ext_of_scale(scale), case.window, forbid, case.breast.dist, config,
+                           room_for=room_for)
+        if len(cand):
+            row, col = cand[rng.integers(len(cand))]
+            return scale, (int(row), int(col))
+    raise RuntimeError("no room for a confounder in the ROI window; reduce the *_radius_px ranges "
+                       "or the confounder sizes")
 
 
 def _render_dense(config: PhantomConfig, case: SimulatedCase, forbid: np.ndarray,
-                  rng: np.random.Generator, signal: np.ndarray, labels: np.ndarray) -> Confounder:
-    """Dense-tissue patch: ellipse ``(r, q r)``, profile ``amp * (1 - rho^2)^2`` (compact)."""
+                  rng: np.random.Generator, signal: np.ndarray, labels: np.ndarray, *,
+                  room_for: Optional[float] = None) -> Confounder:
+    """Dense-tissue patch: ellipse ``(r, q r)``, profile ``amp * (1 - rho^2)^2`` (compact);
+    ``room_for`` keeps a place for a calcification cluster of that footprint radius."""
     r = float(rng.uniform(*config.dense_radius_px))
     q = float(rng.uniform(0.6, 1.0))
     phi = float(rng.uniform(0.0, np.pi))
     amp = float(rng.uniform(*config.dense_intensity))
-    scale, (cy, cx) = _pick_centre(lambda s: r * s, case.window, forbid, case.breast.dist, config, rng)
+    scale, (cy, cx) = _pick_centre(lambda s: r * s, case, forbid, config, rng, room_for=room_for)
     r *= scale
     a0, a1 = max(cy - int(r) - 1, 0), min(cy + int(r) + 2, signal.shape[0])
     b0, b1 = max(cx - int(r) - 1, 0), min(cx + int(r) + 2, signal.shape[1])
@@ -655,7 +694,7 @@ def _render_calcifications(config: PhantomConfig, case: SimulatedCase, forbid: n
     def ext(s: float) -> float:
         return rc * s + float(rad.max()) + 1.0
 
-    scale, (cy, cx) = _pick_centre(ext, case.window, forbid, case.breast.dist, config, rng)
+    scale, (cy, cx) = _pick_centre(ext, case, forbid, config, rng)
     rc *= scale
     dots = np.stack([cy + rc * pr * np.sin(pa), cx + rc * pr * np.cos(pa)], axis=1)
     e = int(math.ceil(ext(scale)))
@@ -689,7 +728,8 @@ def add_confounders(case: SimulatedCase, config: PhantomConfig, rendering: Rende
     forbid = case.mass.footprint.copy()
     found: list[Confounder] = []
     if has_dense:
-        found.append(_render_dense(config, case, forbid, rng, signal, labels))
+        room = _calcification_room(config) if has_calc else None
+        found.append(_render_dense(config, case, forbid, rng, signal, labels, room_for=room))
     if has_calc:
         found.append(_render_calcifications(config, case, forbid, rng, signal, labels))
     image = np.clip(case.base + signal * case.breast.mask, 0.0, 1.0).astype(np.float32)
@@ -947,8 +987,9 @@ def write_cbis_tree(out_dir: str | Path, config: Optional[PhantomConfig] = None,
     ``root`` holds ``mass_case_description_{train,test}_set.csv`` in the real format (CRLF rows,
     the ROI mask path ends in a quoted embedded newline) and the DICOMs of ``n_cases``
     abnormalities (about 2/3 train): full mammograms (uint16 MONOCHROME2, every other one RLE
-    Lossless), cropped images (uint16) and ROI masks (uint8 0/255 at full size). Quirks, as in
-    the real data: the first image holds two abnormalities (ids 1 and 2); every third row has
+    Lossless), cropped images (uint16) and ROI masks (uint8 0/255 at full size). Classes
+    alternate by row; every other benign row is BENIGN_WITHOUT_CALLBACK. No confounders. Quirks,
+    as in the real data: the first image holds two abnormalities (ids 1 and 2); every third row has
     its mask as ``000000.dcm`` in a separate series; one mask is 3 rows and 2 columns larger
     than its image; pairs of images are CC + MLO views of one patient. With ``renamed=True``
     folders are named like a TCIA download (``<subject>/MM-DD-YYYY-DDSM-NNNNN/1.000000-<series
@@ -973,100 +1014,115 @@ def write_cbis_tree(out_dir: str | Path, config: Optional[PhantomConfig] = None,
     return _atomic_build(Path(out_dir), CBIS_MARKER, digest, build)
 
 
-def _build_cbis(root: Path, cfg: PhantomConfig, n_cases: int, renamed: bool, progress: bool) -> dict[str, Any]:
-    code = _KIND_CODES["cbis_tree"]
-    rng = np.random.default_rng([cfg.seed, code, 99])
-    used: set[str] = set()
-    # Images: the first holds abnormalities 1 and 2, every other one abnormality 1.
+@dataclass
+class _CbisImage:
+    """One full mammogram of the CBIS tree: its split, patient, side, view and mass labels."""
+
+    split: str
+    patient: str
+    side: str
+    view: str
+    labels: list[int]
+    rle: bool
+
+
+def _cbis_plan(n_cases: int, rng: np.random.Generator) -> list[_CbisImage]:
+    """Images of the tree: the first holds abnormalities 1 and 2, the others one each; about
+    2/3 train; some patients get a CC and an MLO view of one breast; classes alternate by row."""
     n_images = n_cases - 1
-    n_train_images = max(1, min(n_images - 1, round(n_images * 2 / 3)))
-    images: list[dict[str, Any]] = []
+    n_train = max(1, min(n_images - 1, round(n_images * 2 / 3)))
+    images: list[_CbisImage] = []
     pid = 0
     for i in range(n_images):
-        split = "train" if i < n_train_images else "test"
-        first_of_split = i == 0 or i == n_train_images
-        if first_of_split or images[-1]["view"] == "MLO" or rng.random() < 0.5:
+        split = "train" if i < n_train else "test"
+        if i in (0, n_train) or images[-1].view == "MLO" or rng.random() < 0.5:
             pid += 1
             side, view = ("LEFT" if rng.random() < 0.5 else "RIGHT"), "CC"
         else:  # second view of the previous patient's breast
-            side, view = images[-1]["side"], "MLO"
-        images.append({"split": split, "patient": f"P_{pid:05d}", "side": side, "view": view,
-                       "labels": [int(rng.integers(2)) for _ in range(2 if i == 0 else 1)],
-                       "rle": i % 2 == 0})
+            side, view = images[-1].side, "MLO"
+        labels = [BENIGN, MALIGNANT] if i == 0 else [(i + 1) % 2]
+        images.append(_CbisImage(split, f"P_{pid:05d}", side, view, labels, rle=i % 2 == 0))
+    return images
+
+
+def _cbis_render(cfg: PhantomConfig, index: int, im: _CbisImage) -> tuple[np.ndarray, list[MassLayer]]:
+    """Full mammogram (uint16) and its mass layers; a second mass keeps clear of the first."""
+    rng = np.random.default_rng([cfg.seed, _KIND_CODES["cbis_tree"], 0, 0, index, _STREAM_ANATOMY])
+    case = simulate_anatomy(cfg, im.labels[0], rng, side=im.side, need_confounders=False)
+    layers, image = [case.mass], case.base
+    for label in im.labels[1:]:
+        avoid = distance_transform_edt(~case.mass.footprint) < cfg.confounder_gap_px
+        layer = _place_mass(draw_mass(label, cfg, rng), case.breast, cfg, rng, avoid=avoid,
+                            need_confounders=False)
+        layers.append(layer)
+        image = image + layer.signal * case.breast.mask
+    return _to_uint16(image), layers
+
+
+def _build_cbis(root: Path, cfg: PhantomConfig, n_cases: int, renamed: bool, progress: bool) -> dict[str, Any]:
+    """Write the tree of :func:`write_cbis_tree` into ``root``; return the ground-truth record."""
+    rng = np.random.default_rng([cfg.seed, _KIND_CODES["cbis_tree"], 99])
+    used: set[str] = set()
     rows: dict[str, list[list[str]]] = {"train": [], "test": []}
     truth: list[dict[str, Any]] = []
-    row_index = 0
-    for i, im in enumerate(tqdm(images, desc="CBIS tree", disable=not progress)):
-        arng = np.random.default_rng([cfg.seed, code, 0, 0, i, _STREAM_ANATOMY])
-        case = simulate_anatomy(cfg, im["labels"][0], arng, side=im["side"], need_confounders=False)
-        layers = [case.mass]
-        image = case.base.copy()
-        if len(im["labels"]) == 2:
-            spec2 = draw_mass(im["labels"][1], cfg, arng)
-            avoid = distance_transform_edt(~case.mass.footprint) < cfg.confounder_gap_px
-            second = _place_mass(spec2, case.breast, cfg, arng, avoid=avoid, need_confounders=False)
-            layers.append(second)
-            image = image + second.signal * case.breast.mask
-        full = _to_uint16(image)
-        prefix = "Mass-Training" if im["split"] == "train" else "Mass-Test"
-        subject = f"{prefix}_{im['patient']}_{im['side']}_{im['view']}"
+    row_index = n_benign = 0
+    for i, im in enumerate(tqdm(_cbis_plan(n_cases, rng), desc="CBIS tree", disable=not progress)):
+        full, layers = _cbis_render(cfg, i, im)
+        subject = f"{'Mass-Training' if im.split == 'train' else 'Mass-Test'}_{im.patient}_{im.side}_{im.view}"
         full_study, full_series = _uid(rng, used), _uid(rng, used)
         full_rel = _cbis_rel(subject, full_study, full_series, "full mammogram images", 1, renamed)
         _write_dicom(root / full_rel, full, patient_id=subject, study_uid=full_study, series_uid=full_series,
-                     sop_uid=_uid(rng, used), description="full mammogram images", side=im["side"],
-                     view=im["view"], rle=im["rle"])
-        for abn, (label, layer) in enumerate(zip(im["labels"], layers), start=1):
+                     sop_uid=_uid(rng, used), description="full mammogram images", side=im.side,
+                     view=im.view, rle=im.rle)
+        for abn, (label, layer) in enumerate(zip(im.labels, layers), start=1):
             sub = f"{subject}_{abn}"
-            separate = row_index % 3 == 1
+            separate = row_index % 3 == 1  # mask as 000000.dcm in a series of its own
             mask = layer.mask.astype(np.uint8) * 255
-            if row_index == 2:
+            if row_index == 2:  # a mask a few pixels larger than its image
                 mask = np.pad(mask, ((0, 3), (0, 2)))
-            rr = np.flatnonzero(layer.mask.any(1))
-            cc = np.flatnonzero(layer.mask.any(0))
+            rr, cc = np.flatnonzero(layer.mask.any(1)), np.flatnonzero(layer.mask.any(0))
             m = int(rng.integers(0, 12))
             crop = full[max(rr[0] - m, 0):rr[-1] + m + 1, max(cc[0] - m, 0):cc[-1] + m + 1]
             crop_study, crop_series = _uid(rng, used), _uid(rng, used)
             if separate:
                 mask_study, mask_series = _uid(rng, used), _uid(rng, used)
-                crop_rel = _cbis_rel(sub, crop_study, crop_series, "cropped images", 1, renamed, literal_name="000000.dcm")
-                mask_rel = _cbis_rel(sub, mask_study, mask_series, "ROI mask images", 1, renamed, literal_name="000000.dcm")
-            else:
+                crop_rel = _cbis_rel(sub, crop_study, crop_series, "cropped images", 1, renamed)
+                mask_rel = _cbis_rel(sub, mask_study, mask_series, "ROI mask images", 1, renamed)
+            else:  # one folder; TCIA's 1-1 / 1-2 numbering does not tell which file is the mask
                 mask_study, mask_series = crop_study, crop_series
-                k_crop = 1 + int(rng.integers(2))  # TCIA numbering does not tell which is which
-                crop_rel = _cbis_rel(sub, crop_study, crop_series, "ROI mask images", k_crop, renamed,
-                                     literal_name="000000.dcm")
+                k_crop = 1 + int(rng.integers(2))
+                crop_rel = _cbis_rel(sub, crop_study, crop_series, "ROI mask images", k_crop, renamed)
                 mask_rel = _cbis_rel(sub, mask_study, mask_series, "ROI mask images", 3 - k_crop, renamed,
                                      literal_name="000001.dcm")
-            common = dict(patient_id=sub, side=im["side"], view=im["view"])
+            common = dict(patient_id=sub, side=im.side, view=im.view, rle=False)
             _write_dicom(root / crop_rel, crop, study_uid=crop_study, series_uid=crop_series,
-                         sop_uid=_uid(rng, used), description="cropped images", rle=False, **common)
+                         sop_uid=_uid(rng, used), description="cropped images", **common)
             _write_dicom(root / mask_rel, mask, study_uid=mask_study, series_uid=mask_series,
-                         sop_uid=_uid(rng, used), description="ROI mask images", rle=False, **common)
-            spec = layer.spec
+                         sop_uid=_uid(rng, used), description="ROI mask images", **common)
             if label == MALIGNANT:
                 pathology, assessment = "MALIGNANT", int(rng.integers(4, 6))
-            else:
-                pathology = "BENIGN_WITHOUT_CALLBACK" if rng.random() < 0.25 else "BENIGN"
+            else:  # every other benign row is BENIGN_WITHOUT_CALLBACK (benign, SPEC section 1)
+                n_benign += 1
+                pathology = "BENIGN_WITHOUT_CALLBACK" if n_benign % 2 == 1 else "BENIGN"
                 assessment = int(rng.integers(2, 5))
-            csv_paths = [f"{subject}/{full_study}/{full_series}/000000.dcm",
-                         f"{sub}/{crop_study}/{crop_series}/000000.dcm",
-                         f"{sub}/{mask_study}/{mask_series}/{'000000' if separate else '000001'}.dcm"]
-            rows[im["split"]].append([im["patient"], str(int(rng.integers(1, 5))), im["side"], im["view"],
-                                      str(abn), "mass", spec.shape, spec.margin, str(assessment),
-                                      pathology, str(int(rng.integers(2, 6))), csv_paths[0], csv_paths[1],
-                                      csv_paths[2] + "\n"])
-            truth.append({"split": im["split"], "csv_row": len(rows[im["split"]]) + 1,
-                          "case_id": f"{im['patient']}_{im['side']}_{im['view']}_{abn}", "label": label,
+            paths = [f"{subject}/{full_study}/{full_series}/000000.dcm",
+                     f"{sub}/{crop_study}/{crop_series}/000000.dcm",
+                     f"{sub}/{mask_study}/{mask_series}/{'000000' if separate else '000001'}.dcm\n"]
+            rows[im.split].append([im.patient, str(int(rng.integers(1, 5))), im.side, im.view, str(abn),
+                                   "mass", layer.spec.shape, layer.spec.margin, str(assessment), pathology,
+                                   str(int(rng.integers(2, 6))), *paths])
+            truth.append({"split": im.split, "csv_row": len(rows[im.split]) + 1,
+                          "case_id": f"{im.patient}_{im.side}_{im.view}_{abn}", "label": label,
+                          "pathology": pathology, "abnormality_id": abn,
                           "full": str(full_rel), "cropped": str(crop_rel), "mask": str(mask_rel),
                           "full_series_uid": full_series, "cropped_series_uid": crop_series,
                           "mask_series_uid": mask_series, "mask_separate_series": separate,
                           "mask_shape": list(mask.shape), "image_shape": list(full.shape),
-                          "cropped_shape": list(crop.shape), "rle": im["rle"]})
+                          "cropped_shape": list(crop.shape), "rle": im.rle})
             row_index += 1
-    for split, name in (("train", "mass_case_description_train_set.csv"),
-                        ("test", "mass_case_description_test_set.csv")):
-        with open(root / name, "w", newline="") as fh:  # real files: CRLF rows, minimal quoting
-            writer = csv.writer(fh, lineterminator="\r\n")
+    for split in ("train", "test"):
+        with open(root / f"mass_case_description_{split}_set.csv", "w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\r\n")  # real files: CRLF rows, minimal quoting
             writer.writerow(CBIS_COLUMNS)
             writer.writerows(rows[split])
     return {"format": "mammo-kt CBIS-DDSM phantom tree", "version": PHANTOM_VERSION, "renamed": renamed,

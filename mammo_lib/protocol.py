@@ -98,7 +98,10 @@ def inner_split(labels: Any, groups: Any = None, val_fraction: float = 0.2,
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction <= 0.5:
         raise ValueError(f"val_fraction must be in (0, 0.5], got {val_fraction!r}")
     k = int(round(1.0 / val_fraction))
-    folds = make_folds(labels, groups, n_splits=k, seed=seed)
+    try:
+        folds = make_folds(labels, groups, n_splits=k, seed=seed)
+    except ValueError as err:
+        raise ValueError(f"inner_split with val_fraction={val_fraction} uses {k} folds: {err}") from err
     return np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
 
 
@@ -224,7 +227,9 @@ def run_cv(data: Any, specs: Sequence[RunSpec], out_dir: str | Path, *, arch: st
     in ``out_dir/<spec>/fold_<k>``; the selected model predicts the test fold, taken from
     ``test_data.by_case_ids`` when given (e.g. the phantom's shifted rendering of the same cases).
     ``result.json`` and ``predictions.csv`` of a finished (spec, fold) are written atomically and
-    reused on a rerun with the same settings (a rerun with other settings raises ``ValueError``).
+    reused on a rerun with the same settings (a rerun with other settings raises ``ValueError``);
+    an interrupted fold resumes from its ``last.pt``. ``out_dir/<spec>/folds.csv`` records the
+    fold of every case. ``model_factory(arch, weights, seed)`` replaces ``build_model`` (tests).
     """
     specs = list(specs)
     if not specs:
@@ -246,14 +251,18 @@ def run_cv(data: Any, specs: Sequence[RunSpec], out_dir: str | Path, *, arch: st
     if groups is not None:
         fold_frame.insert(1, "patient_id", np.asarray(groups).astype(str))
 
+    for spec in specs:
+        _atomic_csv(fold_frame, out / spec.name / "folds.csv")
     rows: list[dict[str, Any]] = []
     preds: list[pd.DataFrame] = []
     jobs = [(s, k) for s in specs for k in range(n_splits)]
     for spec, k in tqdm(jobs, disable=not progress, desc="cross-validation"):
         fold_dir = out / spec.name / f"fold_{k}"
+        init = spec.init.lower()
         key = {"spec": spec.to_dict(), "arch": arch, "n_splits": n_splits, "seed": seed,
-               "val_fraction": val_fraction, "imagenet_fallback": imagenet_fallback,
-               "ddsm_checkpoint": None if ddsm_checkpoint is None else str(ddsm_checkpoint),
+               "val_fraction": val_fraction,
+               "imagenet_fallback": imagenet_fallback if init == "imagenet" else None,
+               "ddsm_checkpoint": str(ddsm_checkpoint) if init == "ddsm" else None,
                "test_ids": case_ids[folds == k].tolist(), "shifted_test": test_data is not None}
         row, pred = _load_fold(fold_dir, key)
         if row is None:
@@ -263,8 +272,6 @@ def run_cv(data: Any, specs: Sequence[RunSpec], out_dir: str | Path, *, arch: st
                                   progress=progress)
         rows.append(row)
         preds.append(pred)
-    for spec in specs:
-        _atomic_csv(fold_frame, out / spec.name / "folds.csv")
     per_fold = pd.DataFrame(rows, columns=list(PER_FOLD_COLUMNS))
     predictions = pd.concat(preds, ignore_index=True)[list(PREDICTION_COLUMNS)]
     return CVResult(per_fold=per_fold, predictions=predictions, folds=fold_frame)

@@ -67,8 +67,9 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def epoch_generator(seed: int, epoch: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """The generator of all random draws of one epoch, seeded from ``(seed, epoch)`` only."""
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator of all random draws of one epoch (batch order, augmentation), seeded
+    from ``(seed, epoch)`` only, so any epoch can be replayed or resumed on its own."""
     state = np.random.SeedSequence([int(seed) % 2**63, int(epoch)]).generate_state(2, dtype=np.uint32)
     g = torch.Generator(device="cpu")
     g.manual_seed(int(state[0]) << 32 | int(state[1]))
@@ -222,7 +223,8 @@ class TensorData:
                    np.asarray(roiset.labels)[pos], ids)
 
     def fingerprint(self) -> str:
-        """Short hash of ids and labels (a checkpoint is only resumed on the same data)."""
+        """Short hash of ids, labels and image size (a checkpoint is only resumed on the same
+        cases; pixel contents are not hashed)."""
         h = hashlib.sha256("\n".join(self.ids).encode())
         h.update(self.labels.tobytes())
         h.update(str(self.images.shape).encode())
@@ -409,46 +411,48 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
         history = list(ck["history"])
         start_epoch = resumed_from = int(ck["epoch"]) + 1
 
-    bar = tqdm(range(start_epoch, cfg.epochs), disable=not progress, desc=f"train ({cfg.method})",
-               initial=start_epoch, total=cfg.epochs)
-    for epoch in bar:
-        if stopped:
-            break
-        e0 = time.perf_counter()
-        gen = epoch_generator(cfg.seed, epoch)
-        apply_train_mode(model)
-        sums: dict[str, float] = {}
-        for idx in _batches(len(train), cfg.batch_size, gen):
-            x, m, y = _training_batch(train, idx.numpy(), augment, gen)
-            loss, parts = _step_loss(model, x, m, y, cfg, device, kt_loss, teacher, weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v * len(idx)
-        val_loss, val_acc, _ = _evaluate(model, val, cfg.input, cfg.batch_size, device)
-        row = {"epoch": epoch, "train_loss": sums["total"] / len(train), "train_ce": sums["ce"] / len(train)}
-        for j in cfg.omega:
-            row[f"train_d{j}"] = sums[f"d{j}"] / len(train) if f"d{j}" in sums else float("nan")
-        row.update(val_loss=val_loss, val_accuracy=val_acc, seconds=time.perf_counter() - e0)
-        history.append(row)
-        if _better(val_acc, val_loss, best_key, cfg.selection_metric):
-            best_key, best_epoch, best_state, since_best = (val_acc, val_loss), epoch, _cpu_state(model), 0
-        else:
-            since_best += 1
-        stopped = cfg.patience is not None and since_best >= cfg.patience
-        if last is not None:
-            atomic_torch_save({"model_state": _cpu_state(model), "optimizer_state": optimizer.state_dict(),
-                                "epoch": epoch, "best_state": best_state, "best_epoch": best_epoch,
-                                "best_key": None if best_key is None else list(best_key),
-                                "since_best": since_best, "stopped": stopped, "history": history,
-                                "cfg": cfg.to_dict(), "data": data_fp, "init": init_fp}, last)
-        bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{val_acc:.3f}")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, dict(row))
-    bar.close()
+    with preserve_mode(model):  # train/eval flags as the caller had them, after the loop
+        bar = tqdm(range(start_epoch, cfg.epochs), disable=not progress, desc=f"train ({cfg.method})",
+                   initial=start_epoch, total=cfg.epochs)
+        for epoch in bar:
+            if stopped:
+                break
+            e0 = time.perf_counter()
+            gen = epoch_generator(cfg.seed, epoch)
+            apply_train_mode(model)
+            sums: dict[str, float] = {}
+            for idx in _batches(len(train), cfg.batch_size, gen):
+                x, m, y = _training_batch(train, idx.numpy(), augment, gen)
+                loss, parts = _step_loss(model, x, m, y, cfg, device, kt_loss, teacher, weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v * len(idx)
+            val_loss, val_acc, _ = _evaluate(model, val, cfg.input, cfg.batch_size, device)
+            row = {"epoch": epoch, "train_loss": sums["total"] / len(train), "train_ce": sums["ce"] / len(train)}
+            for j in cfg.omega:
+                row[f"train_d{j}"] = sums[f"d{j}"] / len(train) if f"d{j}" in sums else float("nan")
+            row.update(val_loss=val_loss, val_accuracy=val_acc, seconds=time.perf_counter() - e0)
+            history.append(row)
+            if _better(val_acc, val_loss, best_key, cfg.selection_metric):
+                best_key, best_epoch, best_state, since_best = (val_acc, val_loss), epoch, _cpu_state(model), 0
+            else:
+                since_best += 1
+            stopped = cfg.patience is not None and since_best >= cfg.patience
+            if last is not None:
+                atomic_torch_save({"model_state": _cpu_state(model), "optimizer_state": optimizer.state_dict(),
+                                   "epoch": epoch, "best_state": best_state, "best_epoch": best_epoch,
+                                   "best_key": None if best_key is None else list(best_key),
+                                   "since_best": since_best, "stopped": stopped, "history": history,
+                                   "cfg": cfg.to_dict(), "data": data_fp, "init": init_fp}, last)
+            bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{val_acc:.3f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, dict(row))
+        bar.close()
 
-    assert best_state is not None  # at least one epoch ran or was restored
+    if best_state is None:  # cannot happen: at least one epoch ran or was restored
+        raise RuntimeError("no epoch was trained or restored")
     model.load_state_dict(best_state)
     hist = pd.DataFrame(history, columns=list(HISTORY_COLUMNS[:3]) + [f"train_d{j}" for j in cfg.omega]
                         + list(HISTORY_COLUMNS[3:]))
@@ -459,7 +463,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
                          resumed_from=resumed_from, wall_s=time.perf_counter() - t0, cfg=cfg)
     if ckpt_dir is not None:
         atomic_torch_save({"model_state": best_state, "best_epoch": best_epoch, "cfg": cfg.to_dict()},
-                           ckpt_dir / "best.pt")
+                          ckpt_dir / "best.pt")
         atomic_write_json({"best_epoch": best_epoch, "best_val_accuracy": result.best_val_accuracy,
                            "best_val_loss": result.best_val_loss, "epochs_run": result.epochs_run,
                            "stopped_early": result.stopped_early, "cfg": cfg.to_dict(),
@@ -504,7 +508,8 @@ def _step_loss(model: nn.Module, x: Tensor, m: Tensor, y: Tensor, cfg: TrainConf
                        else mask_to_model_input(m.to(device)))
         ce = F.cross_entropy(logits, y, weight=weight)
         return ce, {"ce": float(ce.detach()), "total": float(ce.detach())}
-    assert teacher is not None
+    if teacher is None:
+        raise RuntimeError("method 'transfer' needs a teacher network")
     mask_maps = teacher_maps(teacher, mask_to_model_input(m.to(device)), cfg.omega)
     with GroupActivations(model, cfg.omega) as acts:
         logits = model(to_model_input(x.to(device)))

@@ -145,6 +145,13 @@ def test_same_ids_in_two_files_get_the_split(tmp_path):
                    "P_00001_LEFT_CC_1_test", "P_00001_LEFT_MLO_1_test", "P_00004_LEFT_CC_1"]
     with pytest.raises(ValueError, match="more than once"):
         load_cbis_ddsm([a, a], progress=False)
+    # two files of the same split: the split cannot tell the rows apart -> excluded, not dropped
+    (tmp_path / "c").mkdir()
+    c = _small_csv(tmp_path / "c", "other_train_set.csv", n=1)
+    with pytest.raises(DataError, match="occurs in several files"):
+        load_cbis_ddsm([a, c], progress=False)
+    res = load_cbis_ddsm([a, c], on_error="skip", progress=False)
+    assert [r.case_id for r in res.records] == ["P_00001_LEFT_MLO_1"] and len(res.exclusions) == 2
 
 
 # --- synthetic DICOM tree ------------------------------------------------------------------------

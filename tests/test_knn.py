@@ -1,7 +1,6 @@
 """Tests for mammo_lib.knn: deep features, k-NN explanation/vote (Fig. 8c), GLCM-deep correlation (Fig. 8b)."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pandas as pd

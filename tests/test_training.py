@@ -186,8 +186,9 @@ def test_transfer_teacher_is_frozen_initial_network():
 
 def test_selection_on_validation_and_reported_loss():
     tr, va = _split()
-    model = _model()
+    model = _model().eval()
     r = train_model(model, tr, va, TrainConfig(epochs=3, batch_size=4, lr=5e-2), progress=False)
+    assert not any(m.training for m in model.modules())  # the caller's mode is restored
     h = r.history
     assert list(h.columns) == ["epoch", "train_loss", "train_ce", "train_d4", "val_loss", "val_accuracy", "seconds"]
     order = h.sort_values(["val_accuracy", "val_loss", "epoch"], ascending=[False, True, True])

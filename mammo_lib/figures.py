@@ -1,0 +1,466 @@
+"""Drawing functions for the paper's figures (SPEC section 6): Figs. 2, 4, 5, 6, 7, 8 and 9.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global
+state, safe under any backend, nothing shown); a notebook displays it as the cell's value and
+:func:`save_figure` writes it. Activation maps are drawn as in Fig. 7: rescaled to [0, 1] and
+resized to the ROI by bilinear interpolation (:func:`mammo_lib.localization.upsample_map`),
+then overlaid on the ROI; outlines come from :func:`skimage.measure.find_contours`.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
+from skimage.measure import find_contours
+
+from .localization import CONFOUNDER_LABELS, upsample_map
+from .records import LABEL_NAMES
+
+#: Outline colours: the mass, and the phantom's confounders (label -> colour).
+MASK_COLOUR = "yellow"
+CONFOUNDER_COLOURS: dict[int, str] = {1: "cyan", 2: "magenta"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _grey(img: np.ndarray, name: str) -> np.ndarray:
+    arr = np.asarray(img)
+    if arr.ndim != 2 or arr.size == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D image, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+        raise ValueError(f"{name} must hold finite numbers")
+    return arr.astype(np.float64, copy=False)
+
+
+def _binary(mask: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.shape != shape:
+        raise ValueError(f"{name} shape {arr.shape} differs from the image's {shape}")
+    if arr.dtype != bool and not np.isin(arr, (0, 1)).all():
+        raise ValueError(f"{name} must be binary {{0, 1}}, found values {np.unique(arr)[:5].tolist()}")
+    return arr.astype(bool)
+
+
+def rescale01(F: np.ndarray) -> np.ndarray:
+    """Min-max rescaling to [0, 1] (Fig. 7); a constant map becomes zeros."""
+    arr = np.asarray(F, dtype=np.float64)
+    lo, span = float(arr.min()), float(arr.max() - arr.min())
+    return (arr - lo) / span if span > 0 else np.zeros_like(arr)
+
+
+def _overlay(ax: Axes, roi: np.ndarray, F: Optional[np.ndarray], *, cmap: str = "jet", alpha: float = 0.45,
+             title: str = "") -> Any:
+    """ROI in grey with ``F`` rescaled to [0, 1], resized to the ROI (bilinear), as a colour overlay."""
+    ax.imshow(roi, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    im = None
+    if F is not None:
+        up = upsample_map(rescale01(F), roi.shape)
+        im = ax.imshow(np.clip(up, 0, 1), cmap=cmap, alpha=alpha, vmin=0, vmax=1, interpolation="nearest")
+        if np.ptp(F) == 0:
+            title += f" (constant map: {float(np.max(F)):.3g})"
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return im
+
+
+def _outline(ax: Axes, region: np.ndarray, colour: str, linewidth: float = 1.0) -> None:
+    """Draw the boundary of a binary region (``find_contours`` at level 0.5, padded so edges close)."""
+    padded = np.pad(np.asarray(region, dtype=float), 1)
+    for c in find_contours(padded, 0.5):
+        ax.plot(c[:, 1] - 1, c[:, 0] - 1, color=colour, linewidth=linewidth)
+
+
+def _outlines(ax: Axes, mask: Optional[np.ndarray], confounders: Optional[np.ndarray],
+              confounder_labels: Mapping[int, str] = CONFOUNDER_LABELS) -> None:
+    if mask is not None:
+        _outline(ax, mask, MASK_COLOUR)
+    if confounders is not None:
+        for value in confounder_labels:
+            region = np.asarray(confounders) == value
+            if region.any():
+                _outline(ax, region, CONFOUNDER_COLOURS.get(value, "white"), linewidth=0.8)
+
+
+def _outline_legend(fig: Figure, confounders: bool,
+                    confounder_labels: Mapping[int, str] = CONFOUNDER_LABELS) -> None:
+    handles = [Line2D([], [], color=MASK_COLOUR, label="mass (mask)")]
+    if confounders:
+        handles += [Line2D([], [], color=CONFOUNDER_COLOURS.get(v, "white"), label=name)
+                    for v, name in confounder_labels.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
+
+
+def _label_name(label: Any) -> str:
+    try:
+        return LABEL_NAMES[int(label)]
+    except (KeyError, TypeError, ValueError):
+        return str(label)
+
+
+# --------------------------------------------------------------------------- Fig. 2
+
+
+def fig2_roi_contexts(image: np.ndarray, mask: np.ndarray, *, min_context: int = 224, size: int = 224) -> Figure:
+    """Fig. 2: the two ROI contexts of one mass (Sec. 3.2).
+
+    Left: the whole image with the mask outline, the bounding box (method 1, "original ROI") and
+    the mass-centred box ``max(min_context, w) x max(min_context, h)`` (method 2). Middle, right:
+    the two crops resized to ``size x size`` as :func:`mammo_lib.roi.extract_roi` makes them.
+    """
+    from .roi import extract_roi
+
+    img = _grey(image, "image")
+    m = _binary(mask, img.shape, "mask")
+    rois = {v: extract_roi(img.astype(np.float32), m.astype(np.uint8), variant=v, size=size,
+                           min_context=min_context) for v in ("original", "mass_centred")}
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    ax_full, ax_orig, ax_mc = fig.subplots(1, 3)
+    ax_full.imshow(img, cmap="gray", vmin=0, vmax=1)
+    _outline(ax_full, m, MASK_COLOUR, 0.8)
+    styles = {"original": ("tab:red", "1: bounding box (original ROI)"),
+              "mass_centred": ("tab:green", f"2: mass-centred max({min_context}, w) x max({min_context}, h)")}
+    for variant, (colour, text) in styles.items():
+        b = rois[variant].box
+        ax_full.add_patch(Rectangle((b.x0 - 0.5, b.y0 - 0.5), b.w, b.h, fill=False, edgecolor=colour,
+                                    linewidth=1.2, label=text))
+    ax_full.legend(loc="upper center", bbox_to_anchor=(0.5, -0.02), fontsize=7, frameon=False)
+    ax_full.set_title(f"image {img.shape[0]}x{img.shape[1]}", fontsize=9)
+    for ax, variant in ((ax_orig, "original"), (ax_mc, "mass_centred")):
+        r = rois[variant]
+        ax.imshow(r.image, cmap="gray", vmin=0, vmax=1)
+        _outline(ax, r.mask, MASK_COLOUR, 0.8)
+        ax.set_title(f"{styles[variant][1].split(':')[0]}: crop {r.box.h}x{r.box.w} -> {size}x{size}"
+                     + (" (zero-padded)" if r.padded else ""), fontsize=9)
+    for ax in (ax_full, ax_orig, ax_mc):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+# --------------------------------------------------------------------------- Fig. 4
+
+
+def fig4_activation_levels(roi: np.ndarray, mask: np.ndarray, maps_roi: Mapping[int, np.ndarray],
+                           maps_mask: Mapping[int, np.ndarray]) -> Figure:
+    """Fig. 4a: activation maps ``F^j`` (Eq. 3) at several groups for one ROI and its binary mask.
+
+    Row 1: the ROI and its maps; row 2: the mask and its maps. Each column (group j) shares one
+    colour scale ``[0, max]`` over both rows, so ROI and mask are comparable at a level; maps are
+    shown at their own resolution (no interpolation).
+    """
+    r = _grey(roi, "roi")
+    m = _binary(mask, r.shape, "mask")
+    if set(maps_roi) != set(maps_mask) or not maps_roi:
+        raise ValueError(f"maps_roi and maps_mask must have the same non-empty groups, got "
+                         f"{sorted(maps_roi)} and {sorted(maps_mask)}")
+    groups = sorted(maps_roi)
+    fig = Figure(figsize=(2.3 * (len(groups) + 1), 4.8), layout="constrained")
+    axes = fig.subplots(2, len(groups) + 1, squeeze=False)
+    axes[0, 0].imshow(r, cmap="gray", vmin=0, vmax=1)
+    axes[0, 0].set_title("ROI", fontsize=9)
+    axes[1, 0].imshow(m, cmap="gray", vmin=0, vmax=1)
+    axes[1, 0].set_title("binary mask", fontsize=9)
+    for k, j in enumerate(groups, start=1):
+        a, b = _grey(maps_roi[j], f"maps_roi[{j}]"), _grey(maps_mask[j], f"maps_mask[{j}]")
+        vmax = max(float(a.max()), float(b.max()), 1e-12)
+        for row, fmap in ((0, a), (1, b)):
+            axes[row, k].imshow(fmap, cmap="jet", vmin=0, vmax=vmax, interpolation="nearest")
+            axes[row, k].set_title(f"group {j} ({fmap.shape[0]}x{fmap.shape[1]}), max {vmax:.2g}", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+def confusion_matrices(cms: Mapping[str, np.ndarray], *, title: Optional[str] = None,
+                       class_names: Sequence[str] = ("benign", "malignant")) -> Figure:
+    """Fig. 4b / Table 2: annotated 2x2 confusion matrices (rows true, columns predicted).
+
+    Each panel is titled with its name and the accuracy ``(TN + TP) / n``.
+    """
+    import seaborn as sns
+
+    if not cms:
+        raise ValueError("cms is empty: give at least one confusion matrix")
+    mats = {}
+    for name, cm in cms.items():
+        arr = np.asarray(cm)
+        if arr.shape != (2, 2) or not np.issubdtype(arr.dtype, np.number) or (arr < 0).any() \
+                or not np.allclose(arr, np.round(arr)):
+            raise ValueError(f"confusion matrix {name!r} must be 2x2 non-negative counts, got {arr.tolist()}")
+        mats[name] = np.round(arr).astype(int)
+    fig = Figure(figsize=(3.2 * len(mats), 3.2), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(mats)))
+    for ax, (name, arr) in zip(axes, mats.items()):
+        n = int(arr.sum())
+        acc = np.trace(arr) / n if n else float("nan")
+        sns.heatmap(arr, annot=True, fmt="d", cmap="Blues", cbar=False, square=True, ax=ax,
+                    xticklabels=list(class_names), yticklabels=list(class_names), vmin=0)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{name}\naccuracy {acc:.1%} (n = {n})", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# --------------------------------------------------------------------------- Fig. 5
+
+
+def fig5_lesion_background(roi: np.ndarray, lesion: np.ndarray, background: np.ndarray,
+                           explanation: Any = None, mask: Optional[np.ndarray] = None) -> Figure:
+    """Fig. 5 (steps 1 and 3 of Sec. 4.2): the ROI, its *Lesion* and *Background* images and, if an
+    :class:`~mammo_lib.explain.Explanation` is given, its map and cells (``explanation.plot``)."""
+    r = _grey(roi, "roi")
+    parts = {"ROI": r, "Lesion (GLCM variance)": _grey(lesion, "lesion"),
+             "Background": _grey(background, "background")}
+    for name, img in parts.items():
+        if img.shape != r.shape:
+            raise ValueError(f"{name} shape {img.shape} differs from the ROI's {r.shape}")
+    m = None if mask is None else _binary(mask, r.shape, "mask")
+    fig = Figure(figsize=(12 if explanation is not None else 8, 3.6), layout="constrained")
+    if explanation is not None:
+        left, right = fig.subfigures(1, 2, width_ratios=[3, 2.3])
+    else:
+        left, right = fig, None
+    axes = left.subplots(1, 3)
+    for ax, (name, img) in zip(axes, parts.items()):
+        ax.imshow(img, cmap="gray", vmin=min(0.0, float(img.min())), vmax=max(1.0, float(img.max())))
+        if m is not None:
+            _outline(ax, m, MASK_COLOUR, 0.8)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if right is not None:
+        explanation.plot(r, mask=None if m is None else m.astype(np.uint8), axes=right.subplots(1, 2))
+    return fig
+
+
+# --------------------------------------------------------------------------- Fig. 6
+
+
+def fig6_distance_distribution(df: pd.DataFrame, *, floor: float = 1e-12, offset: float = 10.0) -> Figure:
+    """Fig. 6: distribution of ``log(d^j) + 10`` per group j (violin with inner box), Eq. 4.
+
+    ``df`` has columns ``group`` and ``d`` (e.g. ``activation.activation_distances``). The paper's
+    transform ``log d + 10`` (natural log) is undefined at ``d = 0``: **Decision** such distances
+    are drawn at ``log(floor) + offset`` and counted in the axis label.
+    """
+    import seaborn as sns
+
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in ("group", "d") if c not in df.columns]
+    if missing:
+        raise ValueError(f"df lacks columns {missing} (needs 'group' and 'd')")
+    if len(df) == 0:
+        raise ValueError("df is empty: no distances to plot")
+    d = pd.to_numeric(df["d"], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(d).all() or (d < 0).any():
+        raise ValueError("distances d must be finite and >= 0")
+    if not floor > 0:
+        raise ValueError(f"floor must be > 0, got {floor}")
+    n_zero = int((d < floor).sum())
+    data = pd.DataFrame({"group": df["group"].astype(str).to_numpy(),
+                         "value": np.log(np.maximum(d, floor)) + offset})
+    order = sorted(data["group"].unique(), key=lambda g: (len(g), g))
+    fig = Figure(figsize=(1.6 * len(order) + 2.5, 4), layout="constrained")
+    ax = fig.subplots()
+    sns.violinplot(data=data, x="group", y="value", order=order, inner="box", cut=0, color="tab:blue", ax=ax)
+    ax.set_xlabel("group j")
+    ylabel = f"log $d^j$ + {offset:g}"
+    if n_zero:
+        ylabel += f"\n({n_zero} values d < {floor:g} drawn at log({floor:g}) + {offset:g})"
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"ROI vs mask activation distance (Eq. 4), n = {len(d) // max(1, len(order))} per group",
+                 fontsize=9)
+    return fig
+
+
+# --------------------------------------------------------------------------- Fig. 7
+
+
+def fig7_overlays(rois: np.ndarray, masks: np.ndarray, maps_a: np.ndarray, maps_b: np.ndarray, *,
+                  labels: tuple[str, str] = ("fine-tune", "knowledge transfer"),
+                  ids: Optional[Sequence[str]] = None, confounders: Optional[np.ndarray] = None,
+                  cmap: str = "jet", alpha: float = 0.45) -> Figure:
+    """Fig. 7: group-4 maps of two models (fine-tune vs knowledge transfer) on the same ROIs.
+
+    One row per ROI: the ROI with the mask outline (and confounder outlines, if given), then each
+    model's map rescaled to [0, 1], resized to the ROI by bilinear interpolation and overlaid.
+    """
+    r = np.asarray(rois)
+    if r.ndim != 3 or len(r) == 0:
+        raise ValueError(f"rois must be a non-empty (N, S, S) array, got shape {r.shape}")
+    n = len(r)
+    m = np.asarray(masks)
+    if m.shape != r.shape:
+        raise ValueError(f"masks shape {m.shape} differs from rois shape {r.shape}")
+    a, b = np.asarray(maps_a), np.asarray(maps_b)
+    for name, mp in (("maps_a", a), ("maps_b", b)):
+        if mp.ndim != 3 or len(mp) != n:
+            raise ValueError(f"{name} must be (N, g, g) with N = {n}, got shape {mp.shape}")
+    conf = None if confounders is None else np.asarray(confounders)
+    if conf is not None and conf.shape != r.shape:
+        raise ValueError(f"confounders shape {conf.shape} differs from rois shape {r.shape}")
+    if len(labels) != 2:
+        raise ValueError(f"labels must name the two models, got {labels!r}")
+    ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
+    if len(ids) != n:
+        raise ValueError(f"ids has {len(ids)} entries for {n} ROIs")
+
+    fig = Figure(figsize=(7.5, 2.5 * n + 0.4), layout="constrained")
+    axes = fig.subplots(n, 3, squeeze=False)
+    for i in range(n):
+        roi = _grey(r[i], f"rois[{i}]")
+        mask = _binary(m[i], roi.shape, f"masks[{i}]")
+        _overlay(axes[i, 0], roi, None, title=f"{ids[i]}: ROI")
+        _outlines(axes[i, 0], mask, None if conf is None else conf[i])
+        for k, (fmap, lab) in enumerate(((a[i], labels[0]), (b[i], labels[1])), start=1):
+            _overlay(axes[i, k], roi, _grey(fmap, f"maps[{i}]"), cmap=cmap, alpha=alpha, title=lab)
+            _outline(axes[i, k], mask, MASK_COLOUR)
+    _outline_legend(fig, conf is not None)
+    return fig
+
+
+# --------------------------------------------------------------------------- Fig. 8
+
+
+def fig8_panels(roi: np.ndarray, cam: np.ndarray, corr_df: pd.DataFrame, knn_df: pd.DataFrame,
+                knn_rois: np.ndarray, explanation: Any, mask: Optional[np.ndarray] = None, *,
+                hirescam: Optional[np.ndarray] = None, cmap: str = "jet", alpha: float = 0.45) -> Figure:
+    """Fig. 8: the three comparison explanations beside the proposed one.
+
+    (a) the CAM (``cam.cam_map``: Grad-CAM, and HiResCAM if ``hirescam`` is given) over the ROI;
+    (b) the Pearson correlation heatmap of GLCM vs deep features (``knn.feature_correlation``);
+    (c) the k nearest training ROIs (``knn.knn_explain`` rows of one query, ``knn_rois`` the
+    matching images) with label and distance; (d) ``explanation.plot(roi, mask=mask, axes=...)``.
+    """
+    import seaborn as sns
+
+    r = _grey(roi, "roi")
+    m = None if mask is None else _binary(mask, r.shape, "mask")
+    cams = {"Grad-CAM": _grey(cam, "cam")}
+    if hirescam is not None:
+        cams["HiResCAM"] = _grey(hirescam, "hirescam")
+    if not isinstance(corr_df, pd.DataFrame) or corr_df.empty:
+        raise ValueError("corr_df must be a non-empty DataFrame (knn.feature_correlation)")
+    needed = {"rank", "train_id", "label", "distance"}
+    if not isinstance(knn_df, pd.DataFrame) or not needed <= set(knn_df.columns) or knn_df.empty:
+        raise ValueError(f"knn_df must be a non-empty knn.knn_explain table with columns {sorted(needed)}")
+    if "query" in knn_df.columns and knn_df["query"].nunique() > 1:
+        raise ValueError("knn_df holds several queries: pass the rows of one query")
+    nn_rois = np.asarray(knn_rois)
+    if nn_rois.ndim != 3 or len(nn_rois) != len(knn_df):
+        raise ValueError(f"knn_rois must be (k, S, S) with k = {len(knn_df)} rows of knn_df, got {nn_rois.shape}")
+
+    fig = Figure(figsize=(13, 9), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.05])
+    fa, fb = top.subfigures(1, 2, width_ratios=[len(cams), 2.2])
+    fc, fd = bottom.subfigures(1, 2, width_ratios=[1.2, 1.6])
+
+    for ax, (name, c) in zip(np.atleast_1d(fa.subplots(1, len(cams))), cams.items()):
+        _overlay(ax, r, c, cmap=cmap, alpha=alpha, title=name)   # a map at ROI size is only rescaled
+        if m is not None:
+            _outline(ax, m, MASK_COLOUR)
+    fa.suptitle("(a) CAM: where the model looked", fontsize=10)
+
+    ax_b = fb.subplots()
+    sns.heatmap(corr_df.astype(float), vmin=-1, vmax=1, cmap="RdBu_r", annot=corr_df.shape[1] <= 10,
+                fmt=".2f", annot_kws={"fontsize": 6}, ax=ax_b, cbar_kws={"label": "Pearson r"})
+    ax_b.tick_params(labelsize=7)
+    ax_b.set_xlabel("deep feature")
+    ax_b.set_ylabel("GLCM feature")
+    fb.suptitle("(b) correlation of hand-crafted and deep features", fontsize=10)
+
+    k = len(knn_df)
+    ncols = int(np.ceil(np.sqrt(k)))
+    nrows = int(np.ceil(k / ncols))
+    axes_c = np.atleast_1d(fc.subplots(nrows, ncols, squeeze=False)).ravel()
+    ordered = knn_df.reset_index(drop=True).sort_values("rank", kind="stable")
+    for ax, (row_i, row) in zip(axes_c, ordered.iterrows()):
+        ax.imshow(_grey(nn_rois[row_i], f"knn_rois[{row_i}]"), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(f"#{int(row['rank'])}: {row['train_id']}\n{_label_name(row['label'])}, "
+                     f"d = {float(row['distance']):.3g}", fontsize=7)
+    for ax in axes_c:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes_c[k:]:
+        ax.set_axis_off()
+    fc.suptitle(f"(c) {k} nearest training ROIs (deep features)", fontsize=10)
+
+    explanation.plot(r, mask=None if m is None else m.astype(np.uint8), axes=fd.subplots(1, 2))
+    fd.suptitle("(d) proposed: Lesion / Background cells (Eq. 6)", fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------- Fig. 9
+
+
+def fig9_framework(cases: Sequence[Mapping[str, Any]], *, labels: tuple[str, str] = ("fine-tune", "knowledge transfer"),
+                   cmap: str = "jet", alpha: float = 0.45) -> Figure:
+    """Fig. 9: the framework on a few cases (e.g. one benign, one malignant), one row each.
+
+    Each case is a mapping with ``roi``, ``mask``, ``maps_ft`` and ``maps_kt`` (group-4 maps of the
+    fine-tuned and the knowledge-transfer model), ``explanation`` (of the knowledge-transfer
+    model) and ``label`` (true class). Row: ROI with the mask outline, the two maps overlaid
+    (Fig. 7 style), then ``explanation.plot`` (map and Lesion/Background cells).
+    """
+    if not cases:
+        raise ValueError("cases is empty: give at least one case")
+    required = ("roi", "mask", "maps_ft", "maps_kt", "explanation", "label")
+    for i, case in enumerate(cases):
+        missing = [k for k in required if k not in case]
+        if missing:
+            raise ValueError(f"case {i} lacks keys {missing} (needs {list(required)})")
+    fig = Figure(figsize=(16, 3.9 * len(cases)), layout="constrained")
+    rows = np.atleast_1d(fig.subfigures(len(cases), 1))
+    for i, (sub, case) in enumerate(zip(rows, cases)):
+        roi = _grey(case["roi"], f"cases[{i}]['roi']")
+        mask = _binary(case["mask"], roi.shape, f"cases[{i}]['mask']")
+        left, right = sub.subfigures(1, 2, width_ratios=[3, 2.6])
+        axes = left.subplots(1, 3)
+        _overlay(axes[0], roi, None, title="ROI and mask")
+        _outline(axes[0], mask, MASK_COLOUR)
+        for ax, key, lab in ((axes[1], "maps_ft", labels[0]), (axes[2], "maps_kt", labels[1])):
+            _overlay(ax, roi, _grey(case[key], f"cases[{i}][{key!r}]"), cmap=cmap, alpha=alpha, title=lab)
+            _outline(ax, mask, MASK_COLOUR)
+        case["explanation"].plot(roi, mask=mask.astype(np.uint8), axes=right.subplots(1, 2))
+        left.suptitle(f"({chr(ord('a') + i)}) true: {_label_name(case['label'])}", fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path:
+    """Write ``fig`` as a PNG at ``path`` atomically (temp file + ``os.replace``), creating folders.
+
+    A path without suffix gets ``.png``; another suffix is an error. Returns the path written.
+    """
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
+    path = Path(path)
+    if path.suffix == "":
+        path = path.with_suffix(".png")
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"save_figure writes PNG files; got suffix {path.suffix!r} in {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
