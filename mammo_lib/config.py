@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -30,7 +29,7 @@ def profile_path(name: str) -> Path:
         return p
     if name not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {name!r}: use one of {', '.join(PROFILE_NAMES)} or a .yaml file")
-    return Path(str(resources.files("mammo_lib") / "profiles" / f"{name}.yaml"))
+    return Path(__file__).resolve().parent / "profiles" / f"{name}.yaml"
 
 
 def _merge(base: dict, over: Mapping[str, Any]) -> dict:

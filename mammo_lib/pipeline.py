@@ -77,7 +77,8 @@ def _real_records(cfg: Config) -> dict[str, LoadResult]:
     draw = f01.get("draw", {})
     bf_drawn = balanced_draw(bf, n_benign=int(draw.get("n_benign", 59)),
                              n_malignant=int(draw.get("n_malignant", 74)), seed=int(draw.get("seed", 2025)))
-    bcdr = LoadResult(list(bd.records) + list(bf_drawn.records), list(bd.exclusions) + list(bf.exclusions))
+    # bf_drawn carries bf's exclusions and records every F01 mass not drawn, with its reason.
+    bcdr = LoadResult(list(bd.records) + list(bf_drawn.records), list(bd.exclusions) + list(bf_drawn.exclusions))
     return {"bcdr": bcdr, "cbis_ddsm": cbis}
 
 
@@ -151,7 +152,8 @@ def step_data(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     # Fig. 2: the two ROI contexts of one mass (the first malignant one).
     rec = next((r for r in src if r.label == 1), src[0])
     case = load_record(rec)
-    fig = figures.fig2_roi_contexts(case.image, case.mask, min_context=int(cfg["min_context"]))
+    fig = figures.fig2_roi_contexts(case.image, case.mask, min_context=int(cfg["min_context"]),
+                                    size=int(cfg["roi_size"]))
     save_figure(fig, "fig2_roi_contexts", rd)
     return {"datasets": ds, "counts": counts, "exclusions": ds.exclusions, "exclusions_summary": summ}
 
@@ -198,11 +200,11 @@ def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     p = cfg.section("pretrain")
     tcfg = train_config(cfg, epochs=int(p.get("epochs", cfg["train"]["epochs"])),
                         trainable=p.get("trainable", "all"), method="finetune")
-    init = imagenet_init(cfg)
-    res = pretrain(ds.pre_train, ds.pre_test, cfg.work_dir / "pretrain", arch=cfg["arch"],
-                   weights=init, cfg=tcfg, seed=int(cfg["seed"]), progress=progress)
+    res = pretrain(ds.pre_train, ds.pre_test, run_dir(cfg, "pretrain"), arch=cfg["arch"],
+                   weights=cfg.get("imagenet_weights", "imagenet"), cfg=tcfg, seed=int(cfg["seed"]),
+                   imagenet_fallback=cfg.get("imagenet_fallback", "error"), progress=progress)
     m = dict(res.metrics)
-    row = {"init": "ImageNet" if init not in ("none",) else "none (ImageNet weights unavailable)",
+    row = {"init": res.init_used,
            "train masses": len(ds.pre_train), "test masses": len(ds.pre_test),
            "best epoch": m.get("best_epoch"), "test accuracy %": round(100 * m["accuracy"], 1),
            "test AUC": round(m.get("auc", float("nan")), 3),
@@ -210,6 +212,17 @@ def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     table = pd.DataFrame([row])
     write_table(table, "pretraining", cfg.results_dir)
     return {"result": res, "table": table, "checkpoint": res.checkpoint}
+
+
+def run_dir(cfg: Config, stage: str, *extra: Any) -> Path:
+    """``work_dir/<stage>-<digest>``: a changed parameter gets a fresh folder, an unchanged one resumes."""
+    import hashlib
+    import json
+
+    keys = ("seed", "arch", "roi_size", "min_context", "intensity", "phantom", "data_root", "real_data",
+            "imagenet_weights", "imagenet_fallback", "train", "pretrain", "cv", "table1")
+    blob = json.dumps([cfg.digest(*keys), [str(e) for e in extra]]).encode()
+    return cfg.work_dir / f"{stage}-{hashlib.sha256(blob).hexdigest()[:10]}"
 
 
 def ddsm_checkpoint(cfg: Config, *, progress: bool = True) -> Path:
@@ -222,7 +235,7 @@ def ddsm_checkpoint(cfg: Config, *, progress: bool = True) -> Path:
 def _specs(cfg: Config, names: tuple[str, ...], beta: float, ddsm_ckpt: Path | None, **train_over: Any):
     from .protocol import RunSpec
 
-    init_im = imagenet_init(cfg)
+    init_im = cfg.get("imagenet_weights", "imagenet")
     out = []
     for name in names:
         if name == "mask_only":
@@ -246,7 +259,7 @@ def step_beta(cfg: Config, *, progress: bool = True) -> float:
     rd = cfg.results_dir
     grid = [float(b) for b in cfg.section("cv").get("beta_grid", [cfg["train"]["beta"]])]
     digest = cfg.digest("train", "cv", "seed", "arch", "roi_size", "phantom", "data_root")
-    stamp = cfg.work_dir / "beta" / "selection.json"
+    stamp = run_dir(cfg, "beta") / "selection.json"
     if stamp.exists():
         saved = json.loads(stamp.read_text())
         if saved.get("digest") == digest:
@@ -264,7 +277,7 @@ def step_beta(cfg: Config, *, progress: bool = True) -> float:
         model = build_model(cfg["arch"], weights=str(ckpt), seed=int(cfg["seed"]))
         set_trainable(model, tcfg.trainable)
         res = train_model(model, TensorData.from_roiset(ds.cv, tr), TensorData.from_roiset(ds.cv, va), tcfg,
-                          checkpoint_dir=cfg.work_dir / "beta" / f"beta_{beta:g}", progress=progress)
+                          checkpoint_dir=run_dir(cfg, "beta") / f"beta_{beta:g}", progress=progress)
         h = res.history
         best = h.loc[h["epoch"] == res.best_epoch].iloc[0]
         rows.append({"beta": beta, "val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),
@@ -288,8 +301,9 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     ckpt = ddsm_checkpoint(cfg, progress=progress)
     beta = step_beta(cfg, progress=progress)
     specs = _specs(cfg, TABLE2_SPECS + ("mask_only",), beta, ckpt)
-    res = run_cv(ds.cv, specs, cfg.work_dir / "cv", arch=cfg["arch"], n_splits=int(cfg.section("cv")["n_splits"]),
-                 seed=int(cfg["seed"]), ddsm_checkpoint=ckpt, test_data=ds.cv_test, progress=progress)
+    res = run_cv(ds.cv, specs, run_dir(cfg, "cv", beta), arch=cfg["arch"], n_splits=int(cfg.section("cv")["n_splits"]),
+                 seed=int(cfg["seed"]), ddsm_checkpoint=ckpt, test_data=ds.cv_test,
+                 imagenet_fallback=cfg.get("imagenet_fallback", "error"), progress=progress)
     rd = cfg.results_dir
     summary = res.summary()
     write_table(res.per_fold, "table2_per_fold", rd)
@@ -329,12 +343,13 @@ def step_table1(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     t1 = cfg.section("table1")
     rows = []
     per_fold = []
-    init = imagenet_init(cfg)
+    init = cfg.get("imagenet_weights", "imagenet")
     for name, (variant, augs) in TABLE1_CONFIGS.items():
         ds = roi_sets(cfg, variant=variant, progress=progress)
         tcfg = train_config(cfg, method="finetune", augment=tuple(augs), epochs=int(t1.get("epochs", cfg["train"]["epochs"])))
-        res = run_cv(ds.cv, [RunSpec(name, init, tcfg)], cfg.work_dir / "table1", arch=cfg["arch"],
-                     n_splits=int(t1.get("n_splits", 5)), seed=int(cfg["seed"]), test_data=ds.cv_test, progress=progress)
+        res = run_cv(ds.cv, [RunSpec(name, init, tcfg)], run_dir(cfg, "table1"), arch=cfg["arch"],
+                     n_splits=int(t1.get("n_splits", 5)), seed=int(cfg["seed"]), test_data=ds.cv_test,
+                     imagenet_fallback=cfg.get("imagenet_fallback", "error"), progress=progress)
         s = res.summary().iloc[0]
         label, acc_paper = paper.TABLE1[name]
         rows.append({"configuration": label, "crop": variant, "augmentation": ", ".join(augs) or "none",
@@ -415,11 +430,11 @@ def step_significance(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # Fig. 7 and localisation
 # --------------------------------------------------------------------------------------------
-def fold_model(cfg: Config, spec: str, fold: int, *, root: str = "cv"):
-    """The model selected on the inner validation split for ``spec`` and ``fold``."""
+def fold_model(cfg: Config, spec: str, fold: int):
+    """The model selected on the inner validation split for ``spec`` and ``fold`` (Table 2 runs)."""
     from .model import build_model
 
-    path = cfg.work_dir / root / spec / f"fold_{fold}" / "best.pt"
+    path = run_dir(cfg, "cv", step_beta(cfg, progress=False)) / spec / f"fold_{fold}" / "best.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: run notebook 05 (Table 2) first")
     return build_model(cfg["arch"], weights=str(path))
@@ -527,15 +542,18 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
                         "seconds": round(dt, 3), "roi size": roi.shape[0], "arch": cfg["arch"], "device": cfg["device"]})
         expl.to_json(rd / "explanations" / f"{ids[te_idx][c]}.json")
         lesion, background = lesion_background(roi)
-        save_figure(figures.fig5_lesion_background(roi, lesion, background, expl), f"fig5_lesion_background_{c}", rd) \
-            if hasattr(figures, "fig5_lesion_background") else None
-        cam = cam_map(model_kt, roi[None], method="gradcam", device=cfg["device"])[0]
-        hires = cam_map(model_kt, roi[None], method="hirescam", device=cfg["device"])[0]
+        kind = "benign" if labels[c] == 0 else "malignant"
+        save_figure(figures.fig5_lesion_background(roi, lesion, background, expl, mask=mask),
+                    f"fig5_lesion_background_{kind}", rd)
+        # At norm5 (pytorch-grad-cam's usual DenseNet layer) Grad-CAM and HiResCAM differ; after the
+        # final ReLU they coincide for global-average-pooling + one linear layer.
+        cam = cam_map(model_kt, roi[None], method="gradcam", target_layer="norm5", device=cfg["device"])[0]
+        hires = cam_map(model_kt, roi[None], method="hirescam", target_layer="norm5", device=cfg["device"])[0]
         knn = knn_explain(test_feats[c:c + 1], train_feats, ds.cv.labels[tr_idx], k=int(ex.get("knn_k", 5)),
                           train_ids=list(ids[tr_idx]))
         knn_rois = ds.cv.images[tr_idx][knn["train_index"].to_numpy()]
         fig = figures.fig8_panels(roi, cam, corr, knn, knn_rois, expl, mask=mask, hirescam=hires)
-        save_figure(fig, f"fig8_panels_{'benign' if labels[c] == 0 else 'malignant'}", rd)
+        save_figure(fig, f"fig8_panels_{kind}", rd)
         ft_map = group4_maps(model_ft, roi[None], device=cfg["device"])[0]
         kt_map = group4_maps(model_kt, roi[None], device=cfg["device"])[0]
         cases.append({"roi": roi, "mask": mask, "maps_ft": ft_map, "maps_kt": kt_map, "explanation": expl,

@@ -293,7 +293,8 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor
     """A random permutation cut into batches; a trailing batch of one joins the previous one."""
     chunks = list(torch.randperm(n, generator=generator).split(batch_size))
     if len(chunks) > 1 and len(chunks[-1]) == 1:
-        chunks[-2] = torch.cat([chunks[-2], chunks.pop()])
+        last = chunks.pop()
+        chunks[-1] = torch.cat([chunks[-1], last])
     return chunks
 
 

@@ -294,8 +294,8 @@ def test_explain_many_matches_explain_roi():
 
 def test_json_round_trip(tmp_path):
     e = make_explanation()
-    path = e.to_json(tmp_path / "expl.json")
-    assert [p.name for p in tmp_path.iterdir()] == ["expl.json"]  # no temp file left
+    path = e.to_json(tmp_path / "new_dir" / "expl.json")  # missing folders are created
+    assert [p.name for p in path.parent.iterdir()] == ["expl.json"]  # no temp file left
     back = Explanation.from_json(path)
     for name in ("activation_map", "dis_lesion", "dis_background", "probabilities", "cell_labels"):
         np.testing.assert_array_equal(getattr(back, name), getattr(e, name))

@@ -314,3 +314,17 @@ def test_predict_rejects(kwargs, exc, match):
         predict(_model(), np.zeros((2, 32, 32), np.float32), **kwargs)
     with pytest.raises(ValueError, match=r"\(N,S,S\)"):
         predict(_model(), np.zeros((32, 32), np.float32))
+
+
+@pytest.mark.parametrize("n, batch_size, expected_sizes", [
+    (9, 8, [9]),            # two chunks, the last of one sample: merged (the case that once crashed)
+    (17, 8, [8, 9]),
+    (16, 8, [8, 8]),
+    (1, 8, [1]),
+])
+def test_batches_never_leave_a_single_sample_batch(n, batch_size, expected_sizes):
+    from mammo_lib.training import _batches
+
+    chunks = _batches(n, batch_size, torch.Generator().manual_seed(0))
+    assert [len(c) for c in chunks] == expected_sizes
+    assert sorted(torch.cat(chunks).tolist()) == list(range(n))
