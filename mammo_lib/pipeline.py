@@ -82,14 +82,43 @@ def _real_records(cfg: Config) -> dict[str, LoadResult]:
     return {"bcdr": bcdr, "cbis_ddsm": cbis}
 
 
+def verify_data(cfg: Config) -> pd.DataFrame:
+    """Check the real datasets against ``data_manifest.csv`` (one row per file: ok, missing,
+    altered or unchecked) and raise :class:`~mammo_lib.records.DataError` naming every missing or
+    altered file. Each manifest dataset is checked in the folder the profile reads it from."""
+    from .manifest import verify_manifest
+
+    if cfg.uses_phantom:
+        return pd.DataFrame(columns=["dataset", "file", "status", "reason"])
+    rd = cfg.section("real_data")
+    root = cfg.data_root
+    folders = {"CBIS-DDSM": Path(rd["cbis_ddsm"]["csv"][0]).parent,
+               "BCDR-D01": Path(rd["bcdr_d01"]["outlines"]).parent,
+               "BCDR-F01": Path(rd["bcdr_f01"]["outlines"]).parent}
+    rows, reports = [], []
+    for dataset, folder in folders.items():
+        rep = verify_manifest(cfg.root / "data_manifest.csv", root / folder, dataset=dataset)
+        reports.append(rep)
+        for status in ("ok", "missing", "altered", "unchecked"):
+            rows += [{"dataset": dataset, "file": f, "status": status, "reason": rep.reasons.get(f, "")}
+                     for f in getattr(rep, status)]
+    table = pd.DataFrame(rows, columns=["dataset", "file", "status", "reason"])
+    write_table(table, "data_verification", cfg.results_dir)
+    for rep in reports:
+        rep.raise_if_bad()
+    return table
+
+
 def load_sources(cfg: Config, *, progress: bool = True) -> dict[str, LoadResult]:
     """Records of every dataset the profile uses (phantom generated on first use)."""
     return _real_records(cfg) if not cfg.uses_phantom else _phantom_records(cfg, progress=progress)
 
 
 def roi_sets(cfg: Config, *, variant: str = "mass_centred", progress: bool = True,
-             sources: dict[str, LoadResult] | None = None) -> Datasets:
-    """Preprocess every dataset of the profile into ROI sets (cached under ``work_dir/cache``)."""
+             sources: dict[str, LoadResult] | None = None, pretraining: bool = True) -> Datasets:
+    """Preprocess every dataset of the profile into ROI sets (cached under ``work_dir/cache``).
+
+    ``pretraining=False`` leaves out the pre-training set (``pre_train``/``pre_test`` are None)."""
     from .preprocess import preprocess
 
     sources = sources or load_sources(cfg, progress=progress)
@@ -102,16 +131,18 @@ def roi_sets(cfg: Config, *, variant: str = "mass_centred", progress: bool = Tru
         # Test folds see the shifted rendering; a random crop variant is evaluated on the plain box.
         test_kw = dict(kw, variant="original" if variant == "overlap_0.9" else variant)
         cv_test = preprocess(sources["bcdr_like_shifted"].records, cache, **test_kw)
-        pre = preprocess(sources["ddsm_like"].records, cache, **kw)
+        pre = preprocess(sources["ddsm_like"].records, cache, **kw) if pretraining else None
     else:
         cv = preprocess(sources["bcdr"].records, cache, **kw)
         cv_test = None
         if variant == "overlap_0.9":
             cv_test = preprocess(sources["bcdr"].records, cache, **dict(kw, variant="original"))
-        pre = preprocess(sources["cbis_ddsm"].records, cache, **kw)
-    split = pre.index["split"].astype(str).str.lower().to_numpy()
-    pre_train = pre.subset(np.flatnonzero(split == "train"))
-    pre_test = pre.subset(np.flatnonzero(split == "test"))
+        pre = preprocess(sources["cbis_ddsm"].records, cache, **kw) if pretraining else None
+    pre_train = pre_test = None
+    if pre is not None:
+        split = pre.index["split"].astype(str).str.lower().to_numpy()
+        pre_train = pre.subset(np.flatnonzero(split == "train"))
+        pre_test = pre.subset(np.flatnonzero(split == "test"))
     excl = [res.exclusions_frame().assign(dataset=name) for name, res in sources.items()]
     for name, rs in (("cv", cv), ("cv_test", cv_test), ("pretrain", pre)):
         if rs is not None and len(rs.exclusions):
@@ -242,7 +273,7 @@ def _specs(cfg: Config, names: tuple[str, ...], beta: float, ddsm_ckpt: Path | N
             out.append(RunSpec(name, init_im, train_config(cfg, method="finetune", input="mask", **train_over)))
             continue
         pre, method = name.split("_", 1)
-        init = init_im if pre == "imagenet" else str(ddsm_ckpt)
+        init = init_im if pre == "imagenet" else "ddsm"
         meth = "transfer" if method == "transfer" else "finetune"
         out.append(RunSpec(name, init, train_config(cfg, method=meth, beta=beta, **train_over)))
     return out
@@ -345,7 +376,7 @@ def step_table1(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     per_fold = []
     init = cfg.get("imagenet_weights", "imagenet")
     for name, (variant, augs) in TABLE1_CONFIGS.items():
-        ds = roi_sets(cfg, variant=variant, progress=progress)
+        ds = roi_sets(cfg, variant=variant, progress=progress, pretraining=False)
         tcfg = train_config(cfg, method="finetune", augment=tuple(augs), epochs=int(t1.get("epochs", cfg["train"]["epochs"])))
         res = run_cv(ds.cv, [RunSpec(name, init, tcfg)], run_dir(cfg, "table1"), arch=cfg["arch"],
                      n_splits=int(t1.get("n_splits", 5)), seed=int(cfg["seed"]), test_data=ds.cv_test,

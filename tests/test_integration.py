@@ -1,0 +1,156 @@
+"""End to end across modules: the phantom written as a CBIS-DDSM DICOM tree read back by the
+CBIS-DDSM loader and preprocessed; the command line's explain, train and verify-data."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mammo_lib.cbis_ddsm import load_cbis_ddsm
+from mammo_lib.cli import main
+from mammo_lib.imageio import load_record
+from mammo_lib.phantom import PhantomConfig, generate_phantom, write_cbis_tree
+from mammo_lib.preprocess import preprocess
+
+SMALL = PhantomConfig(seed=7, image_shape=(256, 224), n_benign=6, n_malignant=6, n_train=6, n_test=4)
+
+
+@pytest.fixture(scope="module")
+def cbis_tree(tmp_path_factory) -> Path:
+    return write_cbis_tree(tmp_path_factory.mktemp("cbis"), SMALL, n_cases=8, renamed=True, seed=3)
+
+
+def test_cbis_tree_round_trip(cbis_tree: Path, tmp_path: Path):
+    csvs = sorted(cbis_tree.glob("mass_case_description_*_set.csv"))
+    res = load_cbis_ddsm(csvs, cbis_tree)
+    truth = json.loads((cbis_tree / "phantom_cbis_tree.json").read_text())
+    assert len(res.records) == len(truth["rows"]) and not res.exclusions
+    # Renamed folders and 000000.dcm masks: every record resolves to the mask the phantom wrote.
+    notes = []
+    for rec in res.records:
+        case = load_record(rec)
+        assert case.mask.shape == case.image.shape and case.mask.any()
+        assert set(np.unique(case.mask)) <= {0, 1}
+        notes += case.notes
+    assert any("mask resized" in n for n in notes)  # the one mask written a few pixels off
+    rois = preprocess(res.records, tmp_path / "cache", size=64, workers=1, progress=False)
+    assert rois.images.shape == (len(res.records), 64, 64)
+    assert set(rois.index["split"]) == {"train", "test"}
+    assert rois.index["case_id"].is_unique
+
+
+@pytest.fixture(scope="module")
+def phantom_dir(tmp_path_factory) -> Path:
+    return generate_phantom(tmp_path_factory.mktemp("ph") / "bcdr_like", SMALL, kind="bcdr_like", progress=False)
+
+
+def test_cli_explain_writes_json_and_figure(phantom_dir: Path, tmp_path: Path):
+    from mammo_lib.model import build_model
+
+    model = build_model("small", seed=0)
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model_state": model.state_dict()}, ckpt)
+    img = phantom_dir / "images" / "train" / "M0000.png"
+    mask = phantom_dir / "masks" / "M0000.png"
+    out = tmp_path / "expl"
+    rc = main(["explain", "--checkpoint", str(ckpt), "--arch", "small", "--image", str(img),
+               "--mask", str(mask), "--size", "64", "--out", str(out)])
+    assert rc == 0
+    d = json.loads((out / "explanation.json").read_text())
+    assert d["grid"] == 2 and np.asarray(d["dis_lesion"]).shape == (2, 2)
+    assert (out / "figures" / "explanation.png").exists()
+
+
+def test_cli_verify_data_on_the_fixtures(capsys):
+    root = Path(__file__).parent / "fixtures" / "cbis_ddsm"
+    manifest = Path(__file__).parents[1] / "data_manifest.csv"
+    assert main(["verify-data", "--root", str(root), "--manifest", str(manifest), "--dataset", "CBIS-DDSM"]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input_with_file(tmp_path: Path, capsys):
+    bad = tmp_path / "cases.csv"
+    bad.write_text("image_path,mask_path,label,patient_id\nmissing.png,missing_mask.png,benign,p1\n")
+    rc = main(["explain", "--checkpoint", str(tmp_path / "absent.pt"), "--arch", "small",
+               "--image", str(tmp_path / "absent.png"), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "absent.pt" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# The real-data path of the reproduction (full profile) on a fake data root with the real layout
+# ---------------------------------------------------------------------------------------------
+BCDR_HEADER = ("patient_id,study_id,series,lesion_id,segmentation_id,image_view,image_filename,lw_x_points,"
+               "lw_y_points,mammography_type,mammography_nodule,mammography_calcification,"
+               "mammography_microcalcification,mammography_axillary_adenopathy,"
+               "mammography_architectural_distortion,mammography_stroma_distortion,age,density,classification")
+
+
+def _bcdr(folder: Path, name: str, n: int, seed: int) -> None:
+    import tifffile
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [BCDR_HEADER]
+    for i in range(n):
+        rel = f"patient_{i}/study_{i}/img_{i}_{i}_1_LCC.tif"
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(folder / rel, rng.integers(0, 4000, (300, 240), dtype=np.uint16))
+        cx, cy, r = 120, 150, 20 + i
+        t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        xs = " ".join(str(int(cx + r * np.cos(a))) for a in t)
+        ys = " ".join(str(int(cy + r * np.sin(a))) for a in t)
+        cls = " Benign" if i % 2 == 0 else " Malign"
+        lines.append(f"{i},{i},1,{i},{i},2, {rel}, {xs}, {ys},1,1,0,0,0,0,0,60,2,{cls}")
+    (folder / name).write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def real_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("real")
+    write_cbis_tree(root / "CBIS-DDSM", SMALL, n_cases=8, renamed=True, seed=5)
+    _bcdr(root / "BCDR" / "BCDR-D01_dataset", "bcdr_d01_outlines.csv", 6, 1)
+    _bcdr(root / "BCDR" / "BCDR-F01_dataset", "bcdr_f01_outlines.csv", 8, 2)
+    return root
+
+
+def _full_cfg(real_root: Path, tmp_path: Path):
+    from mammo_lib.config import load_config
+
+    return load_config("full", {"data_root": str(real_root), "work_dir": str(tmp_path / "w"),
+                                "results_dir": str(tmp_path / "r"), "arch": "small", "roi_size": 64,
+                                "device": "cpu", "workers": 1,
+                                "real_data": {"bcdr_f01": {"draw": {"n_benign": 3, "n_malignant": 3}}}},
+                       root=Path(__file__).parents[1], honour_env=False)
+
+
+def test_full_profile_reads_real_layouts(real_root: Path, tmp_path: Path):
+    from mammo_lib import pipeline
+
+    cfg = _full_cfg(real_root, tmp_path)
+    ds = pipeline.roi_sets(cfg, progress=False)
+    assert len(ds.cv) == 6 + 6                       # all of D01 + the balanced F01 draw
+    assert ds.cv.index["case_id"].str.startswith("bcdrD01_").sum() == 6
+    assert ds.cv_test is None                          # real data: test folds are the same ROIs
+    truth = json.loads((real_root / "CBIS-DDSM" / "phantom_cbis_tree.json").read_text())["rows"]
+    assert len(ds.pre_train) + len(ds.pre_test) == len(truth) == 8
+    assert set(ds.pre_train.index["split"]) == {"train"} and set(ds.pre_test.index["split"]) == {"test"}
+    # the two F01 masses not drawn are recorded, not dropped
+    assert (ds.exclusions["stage"] == "balanced_draw").sum() == 2
+
+
+def test_verify_data_names_missing_files(real_root: Path, tmp_path: Path):
+    from mammo_lib import pipeline
+    from mammo_lib.records import DataError
+
+    cfg = _full_cfg(real_root, tmp_path)
+    # The fake CBIS-DDSM CSVs differ from the real ones: the manifest says they are altered.
+    with pytest.raises(DataError, match="altered"):
+        pipeline.verify_data(cfg)
+    table = pd.read_csv(tmp_path / "r" / "tables" / "data_verification.csv")
+    assert set(table.loc[table["dataset"] == "CBIS-DDSM", "status"]) == {"altered"}
+    assert "missing" in set(table.loc[table["dataset"] == "BCDR-D01", "status"])  # bcdr_d01_img.csv

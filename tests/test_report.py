@@ -1,0 +1,56 @@
+"""Result writing: Markdown tables, atomic files, our Table 2 beside the paper's, REPORT.md."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mammo_lib import paper
+from mammo_lib.report import (atomic_write_text, build_report, markdown_table, read_table,
+                              table2_comparison, write_table)
+
+
+def test_markdown_table_by_hand():
+    df = pd.DataFrame({"a": [1, 2], "b": [0.12345, np.nan], "c": ["x|y", "z"]})
+    assert markdown_table(df) == "| a | b | c |\n|---|---|---|\n| 1 | 0.123 | x\\|y |\n| 2 |  | z |\n"
+
+
+def test_write_table_writes_csv_and_md(tmp_path):
+    df = pd.DataFrame({"spec": ["a"], "acc": [0.5]})
+    paths = write_table(df, "t", tmp_path)
+    assert paths["csv"].read_text() == "spec,acc\na,0.5\n"
+    assert paths["md"].read_text().startswith("| spec | acc |")
+    pd.testing.assert_frame_equal(read_table("t", tmp_path), df)
+    assert read_table("absent", tmp_path) is None
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["t.csv", "t.md"]
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "x.txt"
+    target.write_text("old")
+    with pytest.raises(TypeError):
+        atomic_write_text(target, 123)  # type: ignore[arg-type]  # write fails mid-way
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+def test_table2_comparison_places_ours_beside_the_paper():
+    summary = pd.DataFrame([{"spec": "ddsm_transfer", "init_used": "ddsm", "acc_mean": 0.861, "acc_std": 0.034,
+                             "tn": 121, "fp": 23, "fn": 15, "tp": 115}])
+    t = table2_comparison(summary)
+    assert list(t["method"]) == ["Fine-tune", "Knowledge transfer", "Fine-tune", "Knowledge transfer"]
+    row = t.iloc[3]
+    assert row["accuracy % (ours)"] == "86.1 ± 3.4"
+    assert row["accuracy % (paper)"] == "86.1 ± 3.4"
+    assert row["confusion (ours)"] == row["confusion (paper)"] == "[[121, 23], [15, 115]]"
+    assert t.iloc[0]["accuracy % (ours)"] == "n/a"          # a spec not run is said to be missing
+    assert paper.TABLE2["imagenet_finetune"][2] == [[53, 91], [42, 88]]
+
+
+def test_build_report_marks_missing_sections_and_phantom(tmp_path):
+    write_table(pd.DataFrame({"set": ["cv"], "masses": [274]}), "datasets", tmp_path)
+    text = build_report(tmp_path, {"profile": "demo", "phantom": True, "seed": 1,
+                                   "environment": {"device": "cpu"}})
+    assert "| cv | 274 |" in text
+    assert "not real mammograms" in text
+    assert text.count("_not produced in this run_") >= 5
+    assert "- **seed**: 1" in text and "- **device**: cpu" in text
