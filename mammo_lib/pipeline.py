@@ -263,7 +263,7 @@ def ddsm_checkpoint(cfg: Config, *, progress: bool = True) -> Path:
 # --------------------------------------------------------------------------------------------
 # Table 1, Table 2, Fig. 4(b), beta selection
 # --------------------------------------------------------------------------------------------
-def _specs(cfg: Config, names: tuple[str, ...], beta: float, ddsm_ckpt: Path | None, **train_over: Any):
+def _specs(cfg: Config, names: tuple[str, ...], beta: float, **train_over: Any):
     from .protocol import RunSpec
 
     init_im = cfg.get("imagenet_weights", "imagenet")
@@ -322,6 +322,14 @@ def step_beta(cfg: Config, *, progress: bool = True) -> float:
     return beta
 
 
+def table2_dir(cfg: Config, beta: float) -> Path:
+    """Where Table 2's cross-validation runs live: keyed by the profile, beta and the run specs."""
+    from dataclasses import asdict
+
+    specs = _specs(cfg, TABLE2_SPECS + ("mask_only",), beta)
+    return run_dir(cfg, "cv", beta, [asdict(s) for s in specs])
+
+
 def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Notebook 05: Table 2's four configurations and the Fig. 4(b) mask-only model, five-fold CV."""
     from . import figures
@@ -331,8 +339,8 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     ds = roi_sets(cfg, progress=progress)
     ckpt = ddsm_checkpoint(cfg, progress=progress)
     beta = step_beta(cfg, progress=progress)
-    specs = _specs(cfg, TABLE2_SPECS + ("mask_only",), beta, ckpt)
-    res = run_cv(ds.cv, specs, run_dir(cfg, "cv", beta), arch=cfg["arch"], n_splits=int(cfg.section("cv")["n_splits"]),
+    specs = _specs(cfg, TABLE2_SPECS + ("mask_only",), beta)
+    res = run_cv(ds.cv, specs, table2_dir(cfg, beta), arch=cfg["arch"], n_splits=int(cfg.section("cv")["n_splits"]),
                  seed=int(cfg["seed"]), ddsm_checkpoint=ckpt, test_data=ds.cv_test,
                  imagenet_fallback=cfg.get("imagenet_fallback", "error"), progress=progress)
     rd = cfg.results_dir
@@ -465,7 +473,7 @@ def fold_model(cfg: Config, spec: str, fold: int):
     """The model selected on the inner validation split for ``spec`` and ``fold`` (Table 2 runs)."""
     from .model import build_model
 
-    path = run_dir(cfg, "cv", step_beta(cfg, progress=False)) / spec / f"fold_{fold}" / "best.pt"
+    path = table2_dir(cfg, step_beta(cfg, progress=False)) / spec / f"fold_{fold}" / "best.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path} missing: run notebook 05 (Table 2) first")
     return build_model(cfg["arch"], weights=str(path))
