@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", default="demo")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--renorm-quantile", type=float, default=None,
+                   help="re-scale every ROI to [0,1] between its minimum and this quantile (clipped), so a few "
+                        "bright calcification pixels no longer set the per-image min-max scale")
     p.add_argument("--out", type=Path, default=REPO / "results" / "tables" / "investigate_kt_phantom.csv")
     return p.parse_args(argv)
 
@@ -133,6 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     ds = pipeline.roi_sets(cfg, progress=False)
     ckpt = pipeline.ddsm_checkpoint(cfg, progress=False)
     cv, cvt = ds.cv, ds.cv_test
+    if args.renorm_quantile is not None:
+        for s in (cv, cvt):
+            lo = s.images.min(axis=(1, 2), keepdims=True)
+            hi = np.quantile(s.images, args.renorm_quantile, axis=(1, 2), keepdims=True)
+            s.images = np.clip((s.images - lo) / np.maximum(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
     labels, groups = cv.labels, cv.groups
     ids_all = cv.index["case_id"].to_numpy()
     folds = make_folds(labels, groups, n_splits=int(cfg["cv"]["n_splits"]), seed=int(cfg["seed"]))

@@ -462,8 +462,20 @@ def step_significance(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
     table = significance_table(res, [("imagenet_finetune", "imagenet_transfer"), ("ddsm_finetune", "ddsm_transfer")],
                                seed=int(cfg["seed"]))
     table["paper p"] = [paper.P_VALUES["imagenet"], paper.P_VALUES["ddsm"]][: len(table)]
-    write_table(table, "significance", cfg.results_dir, floatfmt=".4g")
-    return table
+    write_table(table, "significance_full", cfg.results_dir, floatfmt=".4g")
+    compact = pd.DataFrame({
+        "comparison": table["spec_b"] + " vs " + table["spec_a"],
+        # stats report A - B with A = fine-tune; the table shows transfer - fine-tune
+        "accuracy difference (points)": (-100 * table["mean_diff"]).round(1),
+        "paired t-test p (folds)": table["t_p"],
+        "Wilcoxon p (folds; min possible)": [f"{p:.3g} ({m:.3g})" for p, m in zip(table["wilcoxon_p"], table["wilcoxon_min_p"])],
+        "McNemar p (pooled lesions)": table["mcnemar_p"],
+        "bootstrap 95% CI of the difference (points)": [f"[{-100 * hi:.1f}, {-100 * lo:.1f}]"
+                                                        for lo, hi in zip(table["boot_lo"], table["boot_hi"])],
+        "paper p": table["paper p"],
+    })
+    write_table(compact, "significance", cfg.results_dir, floatfmt=".3g")
+    return compact
 
 
 # --------------------------------------------------------------------------------------------

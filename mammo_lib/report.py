@@ -139,6 +139,41 @@ def table2_comparison(summary: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def headline(results_dir: Path) -> str:
+    """A few sentences computed from the tables: does knowledge transfer beat fine-tuning here,
+    and does it move the group-4 activation onto the mass?"""
+    summ = read_table("table2_summary", results_dir)
+    if summ is None:
+        return "## Summary\n\n_Table 2 not produced in this run._\n"
+    s = summ.set_index("spec")
+    loc = read_table("localization_summary", results_dir)
+    lines = ["## Summary\n"]
+    for pre in ("imagenet", "ddsm"):
+        ft, kt = f"{pre}_finetune", f"{pre}_transfer"
+        if ft not in s.index or kt not in s.index:
+            continue
+        d = 100 * (s.loc[kt, "acc_mean"] - s.loc[ft, "acc_mean"])
+        pm, _, _ = paper.TABLE2[kt]
+        pf, _, _ = paper.TABLE2[ft]
+        txt = (f"- **{'ImageNet' if pre == 'imagenet' else 'DDSM'} rows**: knowledge transfer "
+               f"{100 * s.loc[kt, 'acc_mean']:.1f} % vs fine-tune {100 * s.loc[ft, 'acc_mean']:.1f} % "
+               f"({d:+.1f} points; paper {pm - pf:+.1f}).")
+        if loc is not None and "spec" in loc:
+            ls = loc.set_index("spec")
+            if ft in ls.index and kt in ls.index:
+                txt += (f" Share of group-4 activation energy inside the mass: {ls.loc[kt, 'mean_share_mass']:.3f} "
+                        f"vs {ls.loc[ft, 'mean_share_mass']:.3f}; pointing game {100 * ls.loc[kt, 'pointing_accuracy']:.0f} % "
+                        f"vs {100 * ls.loc[ft, 'pointing_accuracy']:.0f} %.")
+        lines.append(txt)
+    if "mask_only" in s.index:
+        lines.append(f"- A model trained on binary masks alone reaches {100 * s.loc['mask_only', 'acc_mean']:.1f} % "
+                     f"(paper, Fig. 4b: {paper.FIG4_ACCURACY['mask_only']} %).")
+    notes = Path(results_dir) / "tables" / "summary.notes.md"
+    if notes.exists():
+        lines.append("\n" + notes.read_text())
+    return "\n".join(lines) + "\n"
+
+
 def build_report(results_dir: Path, provenance: Mapping[str, Any]) -> str:
     """Assemble ``REPORT.md`` from the tables the notebooks wrote (missing ones are said to be missing)."""
     rd = Path(results_dir)
@@ -153,6 +188,7 @@ def build_report(results_dir: Path, provenance: Mapping[str, Any]) -> str:
                    "estimates of the paper's BCDR/CBIS-DDSM results. Run the `full` profile on the real "
                    "datasets for those.\n")
 
+    out.append(headline(rd))
     sections = [
         ("Datasets", "datasets", None),
         ("Exclusions", "exclusions_summary", "Every case left out, with its reason, is in `tables/exclusions.csv`."),
@@ -160,9 +196,12 @@ def build_report(results_dir: Path, provenance: Mapping[str, Any]) -> str:
         ("DDSM pre-training stage", "pretraining", None),
         ("Knowledge-transfer weight beta (chosen on the inner validation split)", "beta_selection", None),
         ("Table 2: fine-tune vs knowledge transfer", "table2_comparison", None),
-        ("Table 2 per fold", "table2_per_fold", None),
         ("Fig. 4(b): mask-only vs ROI-only models", "fig4b", None),
-        ("Significance of knowledge transfer vs fine-tune", "significance", None),
+        ("Significance of knowledge transfer vs fine-tune", "significance",
+         "The paper's test is unnamed. With five folds the Wilcoxon signed-rank test cannot go below "
+         "p = 0.0625, so the paper's p-values can only come from a test over folds with a parametric "
+         "assumption (paired t-test) or over lesions (McNemar). Per fold: `tables/table2_per_fold.csv`; "
+         "all statistics: `tables/significance_full.csv`."),
         ("Fig. 6: activation distances d^j (pre-trained network)", "fig6_summary", None),
         ("Beyond the paper: where the models look (group-4 activation energy)", "localization_summary", None),
         ("Explanation timing", "explain_timing", None),

@@ -349,3 +349,19 @@ def test_plot_agg():
     assert e.plot(roi, axes=axes) is fig2
     with pytest.raises(ValueError, match="6x6"):
         e.plot(roi[:4, :4])
+
+
+@pytest.mark.slow
+def test_full_densenet121_at_224_uses_the_papers_7x7_grid():
+    """The paper's setting: DenseNet121 at 224 px -> F^4 is 7x7, windows 32x32, 1 + 2*49 = 99 passes."""
+    model = build_model("densenet121", seed=0).eval()
+    counted: list[int] = []
+    counter = model.register_forward_pre_hook(lambda _m, args: counted.append(args[0].shape[0]))
+    roi = np.random.default_rng(0).random((224, 224)).astype(np.float32)
+    e = explain_roi(model, roi, batch_size=50)
+    counter.remove()
+    assert (e.grid, e.window) == (7, 32)
+    assert sum(counted) == 99 and counted == [1, 50, 48]  # ROI alone (grid read from it), then batches
+    assert e.activation_map.shape == e.dis_lesion.shape == e.dis_background.shape == (7, 7)
+    assert np.all(e.dis_lesion >= 0) and np.all(e.dis_background >= 0)
+    assert set(np.unique(e.cell_labels)) <= {LESION, BACKGROUND}

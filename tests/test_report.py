@@ -54,3 +54,22 @@ def test_build_report_marks_missing_sections_and_phantom(tmp_path):
     assert "not real mammograms" in text
     assert text.count("_not produced in this run_") >= 5
     assert "- **seed**: 1" in text and "- **device**: cpu" in text
+
+
+def test_headline_computes_the_difference_from_the_tables(tmp_path):
+    from mammo_lib.report import headline
+
+    assert "not produced" in headline(tmp_path)
+    summ = pd.DataFrame([
+        {"spec": "ddsm_finetune", "acc_mean": 0.60, "acc_std": 0.1, "tn": 1, "fp": 1, "fn": 1, "tp": 1},
+        {"spec": "ddsm_transfer", "acc_mean": 0.75, "acc_std": 0.1, "tn": 1, "fp": 1, "fn": 1, "tp": 1},
+        {"spec": "mask_only", "acc_mean": 0.9, "acc_std": 0.1, "tn": 1, "fp": 1, "fn": 1, "tp": 1}])
+    write_table(summ, "table2_summary", tmp_path)
+    write_table(pd.DataFrame([{"spec": "ddsm_finetune", "mean_share_mass": 0.2, "pointing_accuracy": 0.4},
+                              {"spec": "ddsm_transfer", "mean_share_mass": 0.5, "pointing_accuracy": 0.8}]),
+                "localization_summary", tmp_path)
+    text = headline(tmp_path)
+    assert "knowledge transfer 75.0 % vs fine-tune 60.0 % (+15.0 points; paper +18.2)" in text
+    assert "0.500 vs 0.200" in text and "80 % vs 40 %" in text
+    assert "ImageNet rows" not in text                 # rows not run are not invented
+    assert "binary masks alone reaches 90.0 %" in text
