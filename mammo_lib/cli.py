@@ -46,7 +46,8 @@ def _train(a: argparse.Namespace) -> int:
         print(f"{len(res.exclusions)} rows excluded (see {out / 'exclusions.csv'})")
     out.mkdir(parents=True, exist_ok=True)
     res.exclusions_frame().to_csv(out / "exclusions.csv", index=False)
-    rois = preprocess(res.records, out / "cache", size=a.size, on_error="skip", workers=a.workers)
+    rois = preprocess(res.records, out / "cache", size=a.size, intensity=a.intensity, on_error="skip",
+                      workers=a.workers)
     cfg = TrainConfig(method=a.method, epochs=a.epochs, beta=a.beta, batch_size=a.batch_size, lr=a.lr,
                       device=a.device, seed=a.seed)
     spec = RunSpec(a.method, a.weights, cfg)
@@ -67,7 +68,7 @@ def _explain(a: argparse.Namespace) -> int:
     from .roi import extract_roi
 
     model = build_model(a.arch, weights=a.checkpoint)
-    image = to_unit_float(read_image(a.image))
+    image = to_unit_float(read_image(a.image), a.intensity)
     if a.mask:
         mask = (read_image(a.mask) > 0).astype(np.uint8)
         if mask.shape != image.shape:
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=None)
     t.add_argument("--device", default="cpu")
+    t.add_argument("--intensity", choices=("percentile", "minmax", "dtype"), default="percentile")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("explain", help="Lesion/Background explanation (Eq. 6) of one ROI")
@@ -135,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mask", default=None, help="binary mass mask at the image's size: the mass-centred ROI is cut")
     e.add_argument("--size", type=int, default=224)
     e.add_argument("--device", default="cpu")
+    e.add_argument("--intensity", choices=("percentile", "minmax", "dtype"), default="percentile",
+                   help="intensity scaling; use the one the model was trained with")
     e.add_argument("--out", required=True)
     e.set_defaults(func=_explain)
     return ap

@@ -37,7 +37,7 @@ __all__ = [
     "polygon_mask", "resize_nearest", "binary_mask", "load_record",
 ]
 
-IntensityMode = Literal["minmax", "dtype"]
+IntensityMode = Literal["minmax", "percentile", "dtype"]
 
 #: Exceptions the readers (PIL, tifffile, pydicom, struct) raise on unreadable or truncated files.
 _READ_ERRORS: tuple[type[BaseException], ...] = (
@@ -146,12 +146,18 @@ def read_dicom_header(path: str | Path) -> pydicom.Dataset:
 
 
 def to_unit_float(arr: np.ndarray, intensity: IntensityMode = "minmax", *,
-                  bits: Optional[int] = None) -> np.ndarray:
+                  bits: Optional[int] = None,
+                  percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
     """Map an image to float32 in [0, 1].
 
-    ``intensity="minmax"`` (SPEC decision, default): ``(x - min) / (max - min)`` per image; a
-    constant image becomes zeros. ``"dtype"``: ``x / (2**bits - 1)`` (``bits`` e.g. DICOM
-    BitsStored), else ``x / dtype max`` for integers; floats must already lie in [0, 1].
+    ``intensity="minmax"`` (default): ``(x - min) / (max - min)`` per image; a constant image
+    becomes zeros. ``"percentile"``: the same between the image's ``percentiles`` (clipped), so a
+    few very bright pixels (micro-calcifications, markers) do not set the scale of the whole
+    image: with ``minmax`` their presence changes every other pixel's value, which leaks them
+    into the mass's intensity (measured on the phantom: docs/FINDINGS_phantom_kt.md).
+    ``"dtype"``: ``x / (2**bits - 1)`` (``bits`` e.g. DICOM BitsStored), else ``x / dtype max``
+    for integers; floats must already lie in [0, 1]. No per-image statistics at all: right for a
+    calibrated intensity scale such as the phantom's.
     """
     a = np.asarray(arr)
     if a.ndim != 2:
@@ -163,8 +169,14 @@ def to_unit_float(arr: np.ndarray, intensity: IntensityMode = "minmax", *,
         raise TypeError(f"expected an integer or float image, got dtype {a.dtype}")
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         raise ValueError("image holds NaN or infinite values")
-    if intensity == "minmax":
-        lo, hi = float(a.min()), float(a.max())
+    if intensity in ("minmax", "percentile"):
+        if intensity == "minmax":
+            lo, hi = float(a.min()), float(a.max())
+        else:
+            p_lo, p_hi = percentiles
+            if not 0.0 <= p_lo < p_hi <= 100.0:
+                raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+            lo, hi = (float(v) for v in np.percentile(a, [p_lo, p_hi]))
         if hi == lo:
             return np.zeros(a.shape, np.float32)
         out = (a.astype(np.float64) - lo) / (hi - lo)
@@ -186,7 +198,7 @@ def to_unit_float(arr: np.ndarray, intensity: IntensityMode = "minmax", *,
             lo, hi = info.min, info.max
         out = (a.astype(np.float64) - lo) / (hi - lo)
     else:
-        raise ValueError(f"intensity must be 'minmax' or 'dtype', got {intensity!r}")
+        raise ValueError(f"intensity must be 'minmax', 'percentile' or 'dtype', got {intensity!r}")
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 

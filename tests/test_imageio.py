@@ -62,12 +62,17 @@ UNIT_CASES = [
      [[0, 1], [1 / 3, 2 / 3]]),
     ("dtype_u16", np.array([[0, 65535]], np.uint16), {"intensity": "dtype"}, [[0, 1]]),
     ("dtype_float", np.array([[0.0, 0.5]], np.float64), {"intensity": "dtype"}, [[0, 0.5]]),
+    # percentiles 10/90 of 0..10 are 1 and 9: (x - 1) / 8, clipped
+    ("percentile_clip", np.arange(11, dtype=np.uint16).reshape(1, 11),
+     {"intensity": "percentile", "percentiles": (10, 90)},
+     [[0, 0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1, 1]]),
 ]
 UNIT_FAILURES = [
     ("nan", np.array([[0.0, np.nan]]), {}, ValueError),
     ("unknown_mode", np.zeros((2, 2), np.uint8), {"intensity": "zscore"}, ValueError),
     ("above_bits", np.array([[0, 5000]], np.uint16), {"intensity": "dtype", "bits": 12}, ValueError),
     ("float_out_of_range", np.array([[0.0, 2.0]]), {"intensity": "dtype"}, ValueError),
+    ("bad_percentiles", np.zeros((2, 2), np.uint8), {"intensity": "percentile", "percentiles": (90, 10)}, ValueError),
     ("three_d", np.zeros((2, 2, 2), np.uint8), {}, ValueError),
     ("strings", np.array([["a", "b"]]), {}, TypeError),
 ]
@@ -246,3 +251,14 @@ def test_load_record_dtype_uses_bits_stored(tmp_path):
                      image_path=str(write_dicom(tmp_path / "i.dcm", img, bits_stored=12)), source_file="x.csv",
                      source_row=2, mask_path=str(write_png(tmp_path / "m.png", np.array([[0, 1], [0, 0]], np.uint8))))
     np.testing.assert_allclose(load_record(rec, intensity="dtype").image, [[0, 1 / 3], [2 / 3, 1]], atol=1e-6)
+
+
+def test_a_few_bright_pixels_do_not_rescale_the_image_with_percentile():
+    """The leak found on the phantom: with minmax one bright calcification changes every pixel."""
+    base = np.arange(10000, dtype=np.uint16).reshape(100, 100)
+    calc = base.copy()
+    calc[0, :3] = 60000                                    # three very bright pixels
+    mm = to_unit_float(calc)[50, 50] / to_unit_float(base)[50, 50]
+    pc = to_unit_float(calc, "percentile")[50, 50] / to_unit_float(base, "percentile")[50, 50]
+    assert mm < 0.2                                         # minmax: the mass pixel darkens by > 5x
+    assert pc == pytest.approx(1.0, abs=1e-3)              # percentile: unchanged
