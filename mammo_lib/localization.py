@@ -83,18 +83,24 @@ def _check_nonnegative(arr: np.ndarray) -> None:
         raise ValueError(f"activation map must be non-negative (Eq. 3 maps are), got min {arr.min():g}")
 
 
-def energy_share(F: np.ndarray, region_mask: np.ndarray) -> float:
-    """``sum(F_up * region) / sum(F_up)`` with ``F_up`` the map upsampled to the region's size.
-
-    ``F`` must be non-negative (Eq. 3); an all-zero map has no share and gives NaN. An empty
-    region gives 0.0.
-    """
+def _map_and_region(F: np.ndarray, region_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One (g, g) map and one (H, W) boolean region, or ValueError."""
     arr = _as_maps(F)
     if arr.ndim != 2:
         raise ValueError(f"F must be 2-D (g, g), got shape {arr.shape}")
     region = _as_region(region_mask)
     if region.ndim != 2:
         raise ValueError(f"region_mask must be 2-D (H, W), got shape {region.shape}")
+    return arr, region
+
+
+def energy_share(F: np.ndarray, region_mask: np.ndarray) -> float:
+    """``sum(F_up * region) / sum(F_up)`` with ``F_up`` the map upsampled to the region's size.
+
+    ``F`` must be non-negative (Eq. 3); an all-zero map has no share and gives NaN. An empty
+    region gives 0.0.
+    """
+    arr, region = _map_and_region(F, region_mask)
     _check_nonnegative(arr)
     up = upsample_map(arr, region.shape)
     total = float(up.sum())
@@ -122,12 +128,7 @@ def pointing_game(F: np.ndarray, region_mask: np.ndarray, tolerance_px: float = 
     Raises:
         ValueError: the map is all zero (it points nowhere), negative, or the tolerance is < 0.
     """
-    arr = _as_maps(F)
-    if arr.ndim != 2:
-        raise ValueError(f"F must be 2-D (g, g), got shape {arr.shape}")
-    region = _as_region(region_mask)
-    if region.ndim != 2:
-        raise ValueError(f"region_mask must be 2-D (H, W), got shape {region.shape}")
+    arr, region = _map_and_region(F, region_mask)
     if not np.isfinite(tolerance_px) or tolerance_px < 0:
         raise ValueError(f"tolerance_px must be a finite number >= 0, got {tolerance_px!r}")
     _check_nonnegative(arr)

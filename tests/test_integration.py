@@ -154,3 +154,18 @@ def test_verify_data_names_missing_files(real_root: Path, tmp_path: Path):
     table = pd.read_csv(tmp_path / "r" / "tables" / "data_verification.csv")
     assert set(table.loc[table["dataset"] == "CBIS-DDSM", "status"]) == {"altered"}
     assert "missing" in set(table.loc[table["dataset"] == "BCDR-D01", "status"])  # bcdr_d01_img.csv
+
+
+def test_cli_train_on_a_generic_csv(tmp_path: Path, capsys):
+    cfg = PhantomConfig(seed=8, image_shape=(256, 224), n_benign=14, n_malignant=14)
+    phantom = generate_phantom(tmp_path / "ph", cfg, kind="bcdr_like", progress=False)
+    out = tmp_path / "mine"
+    rc = main(["train", "--csv", str(phantom / "cases.csv"), "--out", str(out), "--method", "transfer",
+               "--arch", "small", "--weights", "none", "--size", "64", "--epochs", "1", "--folds", "2",
+               "--batch-size", "4", "--workers", "1", "--intensity", "dtype"])
+    assert rc == 0
+    per_fold = pd.read_csv(out / "transfer" / "fold_0" / "predictions.csv")
+    assert len(per_fold) > 0 and set(per_fold["label"]) <= {0, 1}
+    assert (out / "transfer" / "fold_1" / "best.pt").exists()
+    assert "transfer" in capsys.readouterr().out
+    assert pd.read_csv(out / "exclusions.csv").empty
