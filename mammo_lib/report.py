@@ -186,7 +186,9 @@ def build_report(results_dir: Path, provenance: Mapping[str, Any]) -> str:
         out.append("> **Data: the built-in synthetic phantom, not real mammograms.** Our numbers test the "
                    "pipeline and the method's claim on data with a known confounder; they are not "
                    "estimates of the paper's BCDR/CBIS-DDSM results. Run the `full` profile on the real "
-                   "datasets for those.\n")
+                   "datasets for those. What the phantom taught us about the method (why knowledge transfer "
+                   "moves the activation onto the mass without changing accuracy here, and the intensity-"
+                   "scaling leak we fixed): `docs/FINDINGS_phantom_kt.md`.\n")
 
     out.append(headline(rd))
     sections = [
