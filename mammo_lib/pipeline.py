@@ -16,7 +16,7 @@ import pandas as pd
 
 from .config import Config
 from .records import LoadResult
-from .report import read_table, save_figure, write_json, write_table
+from .report import atomic_write_text, read_table, save_figure, write_json, write_table
 
 TABLE2_SPECS = ("imagenet_finetune", "imagenet_transfer", "ddsm_finetune", "ddsm_transfer")
 
@@ -350,6 +350,7 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     write_table(summary, "table2_summary", rd)
     comp = table2_comparison(summary[summary["spec"].isin(TABLE2_SPECS)])
     write_table(comp, "table2_comparison", rd)
+    write_phantom_notes(cfg)
     # Fig. 4(b): mask-only vs ROI-only (the ImageNet fine-tune model is the ROI-only model).
     from . import paper
     s = summary.set_index("spec")
@@ -370,6 +371,25 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
 def _cm(s: pd.DataFrame, spec: str) -> np.ndarray:
     return np.array([[s.loc[spec, "tn"], s.loc[spec, "fp"]], [s.loc[spec, "fn"], s.loc[spec, "tp"]]])
+
+
+PHANTOM_NOTES = {
+    "table1": ("On the phantom, confounders are planted outside the mass but inside the mass-centred "
+               "window, so the tight crops (original ROI, overlap 0.9) never show them and are immune to "
+               "the train/test reversal, while every context-rich crop sees them. The ranking here measures "
+               "exposure to the confounder, not the value of context that the paper's OMI-DB table measures."),
+    "table2_comparison": ("On the phantom the test folds are the *shifted* rendering of the same masses: "
+                          "confounder probabilities reversed. 'ImageNet' rows start from random weights when "
+                          "ImageNet weights are unavailable (the small profile has none). The phantom-DDSM "
+                          "pre-training trains all layers on confounded data. See docs/FINDINGS_phantom_kt.md."),
+}
+
+
+def write_phantom_notes(cfg: Config) -> None:
+    """Notes under the tables that read differently on the phantom than on real data."""
+    if cfg.uses_phantom:
+        for name, text in PHANTOM_NOTES.items():
+            atomic_write_text(cfg.results_dir / "tables" / f"{name}.notes.md", text + "\n")
 
 
 def step_table1(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
@@ -398,6 +418,7 @@ def step_table1(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         per_fold.append(res.per_fold)
     table = pd.DataFrame(rows)
     write_table(table, "table1", cfg.results_dir)
+    write_phantom_notes(cfg)
     write_table(pd.concat(per_fold, ignore_index=True), "table1_per_fold", cfg.results_dir)
     return {"table": table}
 
