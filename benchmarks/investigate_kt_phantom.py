@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--renorm-quantile", type=float, default=None,
                    help="re-scale every ROI to [0,1] between its minimum and this quantile (clipped), so a few "
                         "bright calcification pixels no longer set the per-image min-max scale")
-    p.add_argument("--out", type=Path, default=REPO / "results" / "tables" / "investigate_kt_phantom.csv")
+    p.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks" / "investigate_kt_phantom.csv")
     return p.parse_args(argv)
 
 

@@ -458,3 +458,28 @@ def explain_many(model: nn.Module, rois: np.ndarray | Iterable[np.ndarray], *, p
     items = list(rois)
     return [explain_roi(model, np.asarray(r), progress=False, **kwargs)
             for r in tqdm(items, desc="explanations", disable=not progress)]
+
+
+def lesion_agreement(explanation: Explanation, mask: np.ndarray, *, min_cover: float = 0.25) -> dict[str, float]:
+    """Beyond the paper: do the *Lesion* cells lie on the mass? (ground truth known on the phantom)
+
+    A cell is a *mass cell* when at least ``min_cover`` of its window lies inside ``mask``.
+    Returns ``p_lesion_on_mass`` = P(cell labelled Lesion | mass cell), ``p_lesion_off_mass`` =
+    P(Lesion | other cell) (NaN when a kind of cell is absent), ``lesion_fraction`` and the cell counts.
+    An explanation whose labels follow the mass has ``p_lesion_on_mass > p_lesion_off_mass``.
+    """
+    m = np.asarray(mask)
+    g, w = explanation.grid, explanation.window
+    if m.shape != (g * w, g * w):
+        raise ValueError(f"mask shape {m.shape} does not match the explanation's {g}x{g} grid of {w} px windows")
+    if not 0.0 < min_cover <= 1.0:
+        raise ValueError(f"min_cover must be in (0, 1], got {min_cover}")
+    cover = (m > 0).reshape(g, w, g, w).mean(axis=(1, 3))
+    on = cover >= min_cover
+    lesion = np.asarray(explanation.cell_labels) == LESION
+    return {
+        "p_lesion_on_mass": float(lesion[on].mean()) if on.any() else float("nan"),
+        "p_lesion_off_mass": float(lesion[~on].mean()) if (~on).any() else float("nan"),
+        "lesion_fraction": float(lesion.mean()),
+        "mass_cells": int(on.sum()), "other_cells": int((~on).sum()),
+    }

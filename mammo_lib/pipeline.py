@@ -633,4 +633,26 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     save_figure(figures.fig9_framework(cases), "fig9_framework", rd)
     timing = pd.DataFrame(timings)
     write_table(timing, "explain_timing", rd)
-    return {"timing": timing, "cases": cases, "correlation": corr}
+    agreement = explanation_agreement(cfg, t, n=int(ex.get("n_agreement", 40)))
+    write_table(agreement, "explanation_agreement", rd)
+    return {"timing": timing, "cases": cases, "correlation": corr, "agreement": agreement}
+
+
+def explanation_agreement(cfg: Config, test: Any, *, n: int = 40) -> pd.DataFrame:
+    """Beyond the paper: over the first ``n`` test ROIs of fold 0, how often the Eq. 6 label is
+    *Lesion* on cells covering the mass vs elsewhere, for each Table 2 model of that fold."""
+    from .explain import explain_roi, lesion_agreement
+
+    ex = cfg.section("explain")
+    rows = []
+    for spec in TABLE2_SPECS:
+        model = fold_model(cfg, spec, 0)
+        per = [lesion_agreement(explain_roi(model, test.images[i], batch_size=int(ex.get("batch_size", 33)),
+                                            device=cfg["device"]), test.masks[i])
+               for i in range(min(n, len(test)))]
+        df = pd.DataFrame(per)
+        rows.append({"spec": spec, "ROIs": len(df),
+                     "P(Lesion | mass cell)": round(float(df["p_lesion_on_mass"].mean()), 3),
+                     "P(Lesion | other cell)": round(float(df["p_lesion_off_mass"].mean()), 3),
+                     "Lesion fraction": round(float(df["lesion_fraction"].mean()), 3)})
+    return pd.DataFrame(rows)

@@ -53,7 +53,7 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
         if isinstance(v, (float, np.floating)):
             return "" if np.isnan(v) else format(float(v), floatfmt)
         return str(v).replace("|", "\\|").replace("\n", " ")
-    cols = [str(c) for c in df.columns]
+    cols = [str(c).replace("|", "\\|") for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(fmt(v) for v in row) + " |")
@@ -206,6 +206,9 @@ def build_report(results_dir: Path, provenance: Mapping[str, Any]) -> str:
          "all statistics: `tables/significance_full.csv`."),
         ("Fig. 6: activation distances d^j (pre-trained network)", "fig6_summary", None),
         ("Beyond the paper: where the models look (group-4 activation energy)", "localization_summary", None),
+        ("Beyond the paper: do the Lesion cells of Eq. 6 lie on the mass?", "explanation_agreement",
+         "A cell is a mass cell when at least a quarter of its window lies in the mask. An explanation "
+         "that follows the lesion labels mass cells *Lesion* more often than the others."),
         ("Explanation timing", "explain_timing", None),
     ]
     for title, name, note in sections:

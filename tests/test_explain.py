@@ -365,3 +365,36 @@ def test_full_densenet121_at_224_uses_the_papers_7x7_grid():
     assert e.activation_map.shape == e.dis_lesion.shape == e.dis_background.shape == (7, 7)
     assert np.all(e.dis_lesion >= 0) and np.all(e.dis_background >= 0)
     assert set(np.unique(e.cell_labels)) <= {LESION, BACKGROUND}
+
+
+# (mask builder, expected p_lesion_on_mass, p_lesion_off_mass); labels [[L, B], [B, L]], window 3
+AGREEMENT_CASES = [
+    ("top_left_full", lambda m: m.__setitem__((slice(0, 3), slice(0, 3)), 1), 1.0, 1 / 3),
+    ("top_right_full", lambda m: m.__setitem__((slice(0, 3), slice(3, 6)), 1), 0.0, 2 / 3),
+    ("two_pixels_too_few", lambda m: m.__setitem__((slice(0, 1), slice(0, 2)), 1), math.nan, 0.5),
+    ("diagonal_cells", lambda m: (m.__setitem__((slice(0, 3), slice(0, 3)), 1),
+                                  m.__setitem__((slice(3, 6), slice(3, 6)), 1)), 1.0, 0.0),
+]
+
+
+@pytest.mark.parametrize("name, fill, on, off", AGREEMENT_CASES, ids=[c[0] for c in AGREEMENT_CASES])
+def test_lesion_agreement_by_hand(name, fill, on, off):
+    from mammo_lib.explain import lesion_agreement
+
+    mask = np.zeros((6, 6), np.uint8)
+    fill(mask)
+    r = lesion_agreement(make_explanation(), mask)   # 2 of 9 pixels < 0.25 cover: not a mass cell
+    assert (math.isnan(r["p_lesion_on_mass"]) if math.isnan(on) else r["p_lesion_on_mass"] == pytest.approx(on))
+    assert r["p_lesion_off_mass"] == pytest.approx(off)
+    assert r["lesion_fraction"] == 0.5 and r["mass_cells"] + r["other_cells"] == 4
+
+
+@pytest.mark.parametrize("mask, kw, match", [
+    (np.zeros((5, 5)), {}, "does not match"),
+    (np.zeros((6, 6)), {"min_cover": 0.0}, "min_cover"),
+])
+def test_lesion_agreement_bad_input(mask, kw, match):
+    from mammo_lib.explain import lesion_agreement
+
+    with pytest.raises(ValueError, match=match):
+        lesion_agreement(make_explanation(), mask, **kw)

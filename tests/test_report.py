@@ -15,6 +15,10 @@ def test_markdown_table_by_hand():
     assert markdown_table(df) == "| a | b | c |\n|---|---|---|\n| 1 | 0.123 | x\\|y |\n| 2 |  | z |\n"
 
 
+def test_markdown_table_escapes_pipes_in_headers():
+    assert markdown_table(pd.DataFrame({"P(a | b)": [1]})).splitlines()[0] == "| P(a \\| b) |"
+
+
 def test_write_table_writes_csv_and_md(tmp_path):
     df = pd.DataFrame({"spec": ["a"], "acc": [0.5]})
     paths = write_table(df, "t", tmp_path)
