@@ -265,7 +265,7 @@ def write_report(cfg: Any) -> Path:
         "arch": cfg["arch"], "roi size": cfg["roi_size"],
         "seed": cfg["seed"],
         "data fingerprint": data_fingerprint(cfg),
-        "wall time per notebook (s)": timings or "n/a (notebooks run by hand)",
+        "wall time per notebook, latest execution (s)": timings or "n/a (notebooks run by hand)",
         "total wall time (s)": round(sum(timings.values()), 1) if timings else "n/a",
         "environment": environment_info(cfg["device"]),
     }
