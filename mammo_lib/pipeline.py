@@ -16,7 +16,7 @@ import pandas as pd
 
 from .config import Config
 from .records import LoadResult
-from .report import atomic_write_text, read_table, save_figure, write_json, write_table
+from .report import atomic_write_text, save_figure, write_json, write_table
 
 TABLE2_SPECS = ("imagenet_finetune", "imagenet_transfer", "ddsm_finetune", "ddsm_transfer")
 
@@ -281,7 +281,7 @@ def _specs(cfg: Config, names: tuple[str, ...], beta: float, **train_over: Any):
 
 def step_beta(cfg: Config, *, progress: bool = True) -> float:
     """Choose beta (Eq. 5) on the inner validation split of fold 0 (SPEC 4 decision), once per profile."""
-    from .protocol import RunSpec, inner_split, make_folds
+    from .protocol import inner_split, make_folds
     from .training import TensorData, train_model
     from .model import build_model, set_trainable
 
