@@ -93,6 +93,7 @@ def _explain(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``mammo-kt`` argument parser (``reproduce`` is delegated to :mod:`mammo_lib.reproduce`)."""
     ap = argparse.ArgumentParser(prog="mammo-kt", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns 2 with a one-line error for bad input (file and row named)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "reproduce":
         from .reproduce import main as reproduce_main

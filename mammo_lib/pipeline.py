@@ -257,6 +257,7 @@ def run_dir(cfg: Config, stage: str, *extra: Any) -> Path:
 
 
 def ddsm_checkpoint(cfg: Config, *, progress: bool = True) -> Path:
+    """The DDSM pre-trained checkpoint of the profile (pre-trains first when absent)."""
     return Path(step_pretrain(cfg, progress=progress)["checkpoint"])
 
 

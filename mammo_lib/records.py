@@ -114,6 +114,7 @@ def handle_error(err: DataError, on_error: OnError, result: LoadResult,
 
 
 def check_unique_ids(records: Iterable[MassRecord]) -> None:
+    """Raise :class:`DataError` (file and row) at the first repeated ``case_id``."""
     seen: dict[str, MassRecord] = {}
     for r in records:
         if r.case_id in seen:

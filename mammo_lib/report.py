@@ -32,6 +32,7 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 
 def write_json(path: Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON atomically (numpy scalars and arrays allowed)."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
 
@@ -69,6 +70,7 @@ def write_table(df: pd.DataFrame, name: str, results_dir: Path, *, floatfmt: str
 
 
 def read_table(name: str, results_dir: Path) -> pd.DataFrame | None:
+    """``tables/<name>.csv`` under ``results_dir``, or None when it was not produced."""
     p = Path(results_dir) / "tables" / f"{name}.csv"
     return pd.read_csv(p) if p.exists() else None
 

@@ -96,6 +96,7 @@ def run_all(profile: str = "demo", *, data_root: str = "", device: str = "", for
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Command line of the reproduction; exit status 1 names the failing notebook and cell."""
     ap = argparse.ArgumentParser(prog="mammo-kt reproduce", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="demo", help="smoke | demo | full | path to a YAML profile (default: demo)")
