@@ -73,8 +73,8 @@ def _explain(a: argparse.Namespace) -> int:
         mask = (read_image(a.mask) > 0).astype(np.uint8)
         if mask.shape != image.shape:
             raise DataError(f"mask shape {mask.shape} differs from the image's {image.shape}", a.mask)
-        roi = extract_roi(image, mask, size=a.size).image
-        mask_roi = extract_roi(image, mask, size=a.size).mask
+        cut = extract_roi(image, mask, size=a.size)
+        roi, mask_roi = cut.image, cut.mask
     else:
         from skimage.transform import resize
 

@@ -114,11 +114,26 @@ def load_sources(cfg: Config, *, progress: bool = True) -> dict[str, LoadResult]
     return _real_records(cfg) if not cfg.uses_phantom else _phantom_records(cfg, progress=progress)
 
 
+_ROI_SETS: dict[tuple[str, ...], Datasets] = {}
+
+
 def roi_sets(cfg: Config, *, variant: str = "mass_centred", progress: bool = True,
              sources: dict[str, LoadResult] | None = None, pretraining: bool = True) -> Datasets:
     """Preprocess every dataset of the profile into ROI sets (cached under ``work_dir/cache``).
 
-    ``pretraining=False`` leaves out the pre-training set (``pre_train``/``pre_test`` are None)."""
+    ``pretraining=False`` leaves out the pre-training set (``pre_train``/``pre_test`` are None).
+    Within one process the result is reused: a step and the steps it depends on share one load."""
+    key = (str(cfg.root), cfg.digest(), variant, str(pretraining))
+    if sources is None and key in _ROI_SETS:
+        return _ROI_SETS[key]
+    ds = _roi_sets(cfg, variant=variant, progress=progress, sources=sources, pretraining=pretraining)
+    if sources is None:
+        _ROI_SETS[key] = ds
+    return ds
+
+
+def _roi_sets(cfg: Config, *, variant: str, progress: bool, sources: dict[str, LoadResult] | None,
+              pretraining: bool) -> Datasets:
     from .preprocess import preprocess
 
     sources = sources or load_sources(cfg, progress=progress)
@@ -222,9 +237,8 @@ def imagenet_init(cfg: Config) -> str:
         raise WeightsUnavailableError(str(err)) from err
 
 
-def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
-    """Notebook 03: the DDSM pre-training stage (CBIS-DDSM train set, patient-grouped validation,
-    official test set); its checkpoint starts the 'DDSM' rows of Table 2."""
+def _pretrained(cfg: Config, *, progress: bool = True):
+    """The DDSM pre-training run of the profile (trained on first use, then read back)."""
     from .protocol import pretrain
 
     ds = roi_sets(cfg, progress=progress)
@@ -234,6 +248,13 @@ def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     res = pretrain(ds.pre_train, ds.pre_test, run_dir(cfg, "pretrain"), arch=cfg["arch"],
                    weights=cfg.get("imagenet_weights", "imagenet"), cfg=tcfg, seed=int(cfg["seed"]),
                    imagenet_fallback=cfg.get("imagenet_fallback", "error"), progress=progress)
+    return ds, res
+
+
+def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Notebook 03: the DDSM pre-training stage (CBIS-DDSM train set, patient-grouped validation,
+    official test set); its checkpoint starts the 'DDSM' rows of Table 2."""
+    ds, res = _pretrained(cfg, progress=progress)
     m = dict(res.metrics)
     row = {"init": res.init_used,
            "train masses": len(ds.pre_train), "test masses": len(ds.pre_test),
@@ -258,7 +279,7 @@ def run_dir(cfg: Config, stage: str, *extra: Any) -> Path:
 
 def ddsm_checkpoint(cfg: Config, *, progress: bool = True) -> Path:
     """The DDSM pre-trained checkpoint of the profile (pre-trains first when absent)."""
-    return Path(step_pretrain(cfg, progress=progress)["checkpoint"])
+    return Path(_pretrained(cfg, progress=progress)[1].checkpoint)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,8 +304,8 @@ def _specs(cfg: Config, names: tuple[str, ...], beta: float, **train_over: Any):
 def step_beta(cfg: Config, *, progress: bool = True) -> float:
     """Choose beta (Eq. 5) on the inner validation split of fold 0 (SPEC 4 decision), once per profile."""
     from .protocol import inner_split, make_folds
+    from .model import build_model
     from .training import TensorData, train_model
-    from .model import build_model, set_trainable
 
     import json
 
@@ -307,7 +328,6 @@ def step_beta(cfg: Config, *, progress: bool = True) -> float:
     for beta in grid:
         tcfg = train_config(cfg, method="transfer", beta=beta)
         model = build_model(cfg["arch"], weights=str(ckpt), seed=int(cfg["seed"]))
-        set_trainable(model, tcfg.trainable)
         res = train_model(model, TensorData.from_roiset(ds.cv, tr), TensorData.from_roiset(ds.cv, va), tcfg,
                           checkpoint_dir=run_dir(cfg, "beta") / f"beta_{beta:g}", progress=progress)
         h = res.history
@@ -331,11 +351,10 @@ def table2_dir(cfg: Config, beta: float) -> Path:
     return run_dir(cfg, "cv", beta, [asdict(s) for s in specs])
 
 
-def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
-    """Notebook 05: Table 2's four configurations and the Fig. 4(b) mask-only model, five-fold CV."""
-    from . import figures
+def table2_cv(cfg: Config, *, progress: bool = True) -> tuple[Any, float]:
+    """Table 2's cross-validation (and the mask-only model): run on first use, resumed or read back
+    after; returns the ``CVResult`` and the beta used. Writes no result file."""
     from .protocol import run_cv
-    from .report import table2_comparison
 
     ds = roi_sets(cfg, progress=progress)
     ckpt = ddsm_checkpoint(cfg, progress=progress)
@@ -344,6 +363,15 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     res = run_cv(ds.cv, specs, table2_dir(cfg, beta), arch=cfg["arch"], n_splits=int(cfg.section("cv")["n_splits"]),
                  seed=int(cfg["seed"]), ddsm_checkpoint=ckpt, test_data=ds.cv_test,
                  imagenet_fallback=cfg.get("imagenet_fallback", "error"), progress=progress)
+    return res, beta
+
+
+def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Notebook 05: Table 2's four configurations and the Fig. 4(b) mask-only model, five-fold CV."""
+    from . import figures
+    from .report import table2_comparison
+
+    res, beta = table2_cv(cfg, progress=progress)
     rd = cfg.results_dir
     summary = res.summary()
     write_table(res.per_fold, "table2_per_fold", rd)
@@ -362,16 +390,12 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
          "accuracy % (paper)": paper.FIG4_ACCURACY["roi_only"]},
     ])
     write_table(fig4, "fig4b", rd)
-    cms = {spec: np.array([[s.loc[spec, "tn"], s.loc[spec, "fp"]], [s.loc[spec, "fn"], s.loc[spec, "tp"]]])
-           for spec in TABLE2_SPECS}
+    cms = {spec: res.confusion(spec) for spec in TABLE2_SPECS}
     save_figure(figures.confusion_matrices(cms, title="Table 2: summed confusion matrices"), "table2_confusion", rd)
-    save_figure(figures.confusion_matrices({"mask only": _cm(s, "mask_only"), "ROI only": _cm(s, "imagenet_finetune")},
+    save_figure(figures.confusion_matrices({"mask only": res.confusion("mask_only"),
+                                            "ROI only": res.confusion("imagenet_finetune")},
                                            title="Fig. 4(b)"), "fig4b_confusion", rd)
     return {"cv": res, "summary": summary, "comparison": comp, "fig4b": fig4, "beta": beta}
-
-
-def _cm(s: pd.DataFrame, spec: str) -> np.ndarray:
-    return np.array([[s.loc[spec, "tn"], s.loc[spec, "fp"]], [s.loc[spec, "fn"], s.loc[spec, "tp"]]])
 
 
 PHANTOM_NOTES = {
@@ -480,7 +504,7 @@ def step_significance(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
     from . import paper
     from .stats import significance_table
 
-    res = step_table2(cfg, progress=progress)["cv"]
+    res, _ = table2_cv(cfg, progress=progress)
     table = significance_table(res, [("imagenet_finetune", "imagenet_transfer"), ("ddsm_finetune", "ddsm_transfer")],
                                seed=int(cfg["seed"]))
     table["paper p"] = [paper.P_VALUES["imagenet"], paper.P_VALUES["ddsm"]][: len(table)]
@@ -537,7 +561,7 @@ def step_localization(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     from .protocol import make_folds
 
     ds = roi_sets(cfg, progress=progress)
-    step_table2(cfg, progress=progress)
+    table2_cv(cfg, progress=progress)
     test = ds.cv_test if ds.cv_test is not None else ds.cv
     folds = make_folds(ds.cv.labels, ds.cv.groups, n_splits=int(cfg.section("cv")["n_splits"]), seed=int(cfg["seed"]))
     tables, maps = [], {}
@@ -588,7 +612,7 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
 
     ex = cfg.section("explain")
     ds = roi_sets(cfg, progress=progress)
-    step_table2(cfg, progress=progress)
+    table2_cv(cfg, progress=progress)
     test = ds.cv_test if ds.cv_test is not None else ds.cv
     folds = make_folds(ds.cv.labels, ds.cv.groups, n_splits=int(cfg.section("cv")["n_splits"]), seed=int(cfg["seed"]))
     te_idx, tr_idx = np.flatnonzero(folds == 0), np.flatnonzero(folds != 0)

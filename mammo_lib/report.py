@@ -79,17 +79,12 @@ def save_figure(fig: Any, name: str, results_dir: Path, dpi: int = 150) -> Path:
     """Save a matplotlib figure as ``figures/<name>.png`` atomically and close it."""
     import matplotlib.pyplot as plt
 
-    path = Path(results_dir) / "figures" / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
+    from .figures import save_figure as save_png
+
     try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        return save_png(fig, Path(results_dir) / "figures" / f"{name}.png", dpi=dpi)
     finally:
-        Path(tmp).unlink(missing_ok=True)
         plt.close(fig)
-    return path
 
 
 def environment_info(device: str = "cpu") -> dict[str, Any]:
