@@ -1,6 +1,6 @@
 """Group activations, activation maps (Eq. 3) and their distance (Eq. 4), Sec. 4.1.
 
-A DenseNet121 "group" k is denseblock k with the transition after it (SPEC 3 decision); its
+A DenseNet121 "group" k is denseblock k with the transition after it (docs/DECISIONS.md); its
 activation is read at the output of denseblock k (56, 28, 14 and 7 px square at 224 input), for
 group 4 after ``norm5`` *and* the ReLU that torchvision applies in ``DenseNet.forward``.
 
@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .model import apply_train_mode, mask_to_model_input, preserve_mode, to_model_input
 
-#: Module (by ``named_modules`` name) whose output is group k's activation (SPEC 3 decision).
+#: Module (by ``named_modules`` name) whose output is group k's activation (docs/DECISIONS.md).
 GROUP_LAYERS: dict[int, str] = {
     1: "features.denseblock1",
     2: "features.denseblock2",
@@ -146,7 +146,7 @@ def activation_distance(f_mask: Tensor, f_roi: Tensor, form: DistanceForm = "pap
     ``form="at"`` is the attention-transfer reference (Zagoruyko & Komodakis, ref. [15],
     ``(at(x) - at(y)).pow(2).mean()``): the mean over positions of the squared difference of the
     normalised maps, i.e. ``d_paper**2 / (H*W)``. ``eps`` bounds the norm from below so an
-    all-zero map gives a finite value (SPEC 4 decision: both forms, paper by default).
+    all-zero map gives a finite value (docs/DECISIONS.md: both forms, paper by default).
 
     Args:
         f_mask, f_roi: maps ``(N,H,W)`` from :func:`activation_map`.

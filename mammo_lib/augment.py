@@ -1,8 +1,8 @@
-"""Joint image/mask augmentation of training ROIs (Sec. 3.2; SPEC 2).
+"""Joint image/mask augmentation of training ROIs (Sec. 3.2; Sec. 3.2).
 
 Horizontal flip, vertical flip and rotation, each applied with probability 0.5, with the same
 geometry to the ROI, its mask and any confounder maps. Rotation angle: uniform in [-30, 30]
-degrees (SPEC 2 decision; the paper gives none). Images rotate bilinearly, masks with nearest
+degrees (docs/DECISIONS.md; the paper gives none). Images rotate bilinearly, masks with nearest
 neighbour (they stay binary); the area rotated in from outside is 0.
 
 The random draws come from an explicit ``torch.Generator`` when one is given (torchvision's own
@@ -36,12 +36,12 @@ class AugmentParams:
 
 
 class JointAugment:
-    """Random flips and rotation applied identically to an ROI and its mask (SPEC 2).
+    """Random flips and rotation applied identically to an ROI and its mask (Sec. 3.2).
 
     Args:
         augmentations: names from :data:`AUGMENTATIONS`, applied in this order.
         p: probability of each operation, drawn independently (paper: 0.5).
-        max_degrees: rotation angle is uniform in ``[-max_degrees, max_degrees]`` (SPEC 2: 30).
+        max_degrees: rotation angle is uniform in ``[-max_degrees, max_degrees]`` (Sec. 3.2: 30).
 
     Every call consumes the same number of random draws (one per operation, plus the angle for
     ``"rotate"``) whatever is applied.

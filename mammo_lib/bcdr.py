@@ -1,13 +1,13 @@
 """BCDR (Breast Cancer Digital Repository) outline files: BCDR-D01 (digital) and BCDR-F01 (film).
 
-SPEC section 1 / paper Sec. 3.1. One :class:`~mammo_lib.records.MassRecord` per segmentation
+Sec. 3.1 / paper Sec. 3.1. One :class:`~mammo_lib.records.MassRecord` per segmentation
 (an outline of one lesion in one view; the paper counts these as "lesions": D01 has 141, 85
 benign / 56 malignant). Values carry a leading space (stripped); ``lw_x_points``/``lw_y_points``
 are space-separated outline pixel coordinates stored as ``rec.outline``; the mask is the filled
 polygon (:func:`mammo_lib.imageio.polygon_mask`, boundary included).
 
 :func:`balanced_draw` draws the paper's balanced F01 subset (59 benign / 74 malignant of the 231
-mass segmentations) with a fixed, recorded seed (SPEC decision).
+mass segmentations) with a fixed, recorded seed (docs/DECISIONS.md).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ __all__ = ["CLASSIFICATION_LABELS", "IMAGE_VIEWS", "REQUIRED_COLUMNS", "balanced
 
 #: ``classification`` -> label.
 CLASSIFICATION_LABELS = {"benign": BENIGN, "malign": MALIGNANT}
-#: ``image_view`` code -> view name (SPEC section 1).
+#: ``image_view`` code -> view name (Sec. 3.1).
 IMAGE_VIEWS = {1: "RCC", 2: "LCC", 3: "RO", 4: "LO"}
 REQUIRED_COLUMNS = ("patient_id", "study_id", "lesion_id", "segmentation_id", "image_view", "image_filename",
                     "lw_x_points", "lw_y_points", "classification")
@@ -85,7 +85,7 @@ def _row_record(row: dict[str, str], csv_file: Path, row_no: int, subset: str,
 
 def load_bcdr(outlines_csv: str | Path, image_root: str | Path | None = None, *, subset: str = "D01",
               on_error: OnError = "raise", masses_only: bool = True) -> LoadResult:
-    """Load a BCDR ``*_outlines.csv`` (SPEC section 1).
+    """Load a BCDR ``*_outlines.csv`` (Sec. 3.1).
 
     ``case_id = f"bcdr{subset}_{patient}_{study}_{lesion}_{segmentation}"``; ``patient_id`` is
     ``f"bcdr_{patient}"`` (BCDR patient numbers are shared by its subsets, so patient-grouped
@@ -127,7 +127,7 @@ def load_bcdr(outlines_csv: str | Path, image_root: str | Path | None = None, *,
 
 
 def balanced_draw(result: LoadResult, n_benign: int = 59, n_malignant: int = 74, seed: int = 2025) -> LoadResult:
-    """Stratified random draw without replacement (SPEC decision: paper's F01 subset, 59/74).
+    """Stratified random draw without replacement (docs/DECISIONS.md: paper's F01 subset, 59/74).
 
     Candidates of each class are sorted by ``case_id`` before drawing, so the draw depends only on
     the set of records and ``seed``. Drawn records are copies whose ``meta`` records ``draw_seed``,

@@ -4,14 +4,14 @@ Computed with pytorch-grad-cam (``pytorch_grad_cam``) on a thin wrapper around t
 DenseNet. Why a wrapper: torchvision's ``DenseNet.forward`` applies
 ``F.relu(features, inplace=True)`` to the output of ``model.features`` (= ``norm5``), so a hook
 on ``norm5`` stores a tensor that the next operation overwrites, and the gradient hook sits on a
-tensor modified in place (SPEC 3). :class:`DenseNetCAMHead` recomputes the same forward,
+tensor modified in place (Sec. 3.3). :class:`DenseNetCAMHead` recomputes the same forward,
 ``features -> ReLU (not in place) -> global average pool -> flatten -> classifier``, with the
 caller's own ``features`` and ``classifier`` modules (no copy, same weights), and its ``relu``
 module gives the target layer a tensor of its own.
 
 Target layers (``target_layer``):
 
-- ``"relu"`` (default): group 4 after norm5 and ReLU, the tensor of ``F^4`` (Eq. 3, SPEC 3).
+- ``"relu"`` (default): group 4 after norm5 and ReLU, the tensor of ``F^4`` (Eq. 3, Sec. 3.3).
   With global average pooling and one linear layer after it, dY/dA is constant over space, so
   Grad-CAM and HiResCAM give the same map there (Draelos & Carin, ref. [50], Sec. 3).
 - ``"norm5"``: before the ReLU (pytorch-grad-cam's usual ``model.features[-1]`` for DenseNet);

@@ -1,6 +1,6 @@
 """CBIS-DDSM mass subset (TCIA, CC BY 3.0): description CSVs and, optionally, the DICOM tree.
 
-SPEC section 1. One :class:`~mammo_lib.records.MassRecord` per CSV row (abnormality):
+Sec. 3.1. One :class:`~mammo_lib.records.MassRecord` per CSV row (abnormality):
 
 * label from ``pathology``: MALIGNANT -> 1; BENIGN and BENIGN_WITHOUT_CALLBACK -> 0;
 * split from the file name (``mass_case_description_{train,test}_set.csv``) or a ``split`` column;
@@ -35,7 +35,7 @@ __all__ = ["PATHOLOGY_LABELS", "REQUIRED_COLUMNS", "SeriesIndex", "label_counts"
 
 DATASET = "CBIS-DDSM"
 
-#: ``pathology`` -> label (SPEC section 1: BENIGN_WITHOUT_CALLBACK is benign).
+#: ``pathology`` -> label (Sec. 3.1: BENIGN_WITHOUT_CALLBACK is benign).
 PATHOLOGY_LABELS = {"MALIGNANT": MALIGNANT, "BENIGN": BENIGN, "BENIGN_WITHOUT_CALLBACK": BENIGN}
 
 IMAGE_COL, CROP_COL, ROI_COL = "image file path", "cropped image file path", "ROI mask file path"
@@ -239,7 +239,7 @@ def _row_record(row: dict[str, str], csv_file: Path, row_no: int, split: Optiona
 def load_cbis_ddsm(csv_files: Sequence[str | Path] | str | Path, dicom_root: str | Path | None = None, *,
                    on_error: OnError = "raise", mask_size_tolerance: float = 0.05,
                    progress: bool = True) -> LoadResult:
-    """Load CBIS-DDSM mass description CSVs (SPEC section 1) into records.
+    """Load CBIS-DDSM mass description CSVs (Sec. 3.1) into records.
 
     ``source_row`` is the spreadsheet row (header = 1). A missing required column always raises
     :class:`DataError` (file named, row None); a bad row raises or, with ``on_error="skip"``,

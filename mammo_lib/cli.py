@@ -5,6 +5,7 @@
     mammo-kt pin-data --root DIR --dataset NAME --source TEXT --licence TEXT --out my_manifest.csv
     mammo-kt train --csv cases.csv --out runs/mine [--method transfer] [--arch densenet121] ...
     mammo-kt explain --checkpoint best.pt --image mammogram.dcm --mask mask.png --out explanation/
+                     [--background-rule soft|otsu|subtract_clip]
 """
 from __future__ import annotations
 
@@ -80,20 +81,26 @@ def _explain(a: argparse.Namespace) -> int:
 
         roi = resize(image, (a.size, a.size), order=3, anti_aliasing=True).astype(np.float32).clip(0, 1)
         mask_roi = None
-    expl = explain_roi(model, roi, device=a.device)
+    expl = explain_roi(model, roi, device=a.device, background_rule=a.background_rule)
     out = Path(a.out)
-    expl.to_json(out / "explanation.json")
+    expl.to_json(out / "explanation.json")  # params["background_rule"], sanity["pixel_change_agreement"]
     save_figure(expl.plot(roi, mask=mask_roi), "explanation", out.parent if out.name == "figures" else out)
     names = ["benign", "malignant"]
     lesion = float(np.mean(np.asarray(expl.cell_labels) == "Lesion"))
     print(f"prediction: {names[expl.prediction]} (p = {float(np.max(expl.probabilities)):.3f}); "
-          f"{100 * lesion:.0f}% of the {expl.grid}x{expl.grid} cells read as Lesion")
+          f"{100 * lesion:.0f}% of the {expl.grid}x{expl.grid} cells read as Lesion "
+          f"(background rule {expl.params['background_rule']})")
+    agreement = expl.sanity.get("pixel_change_agreement", float("nan"))
+    print(f"pixel-change agreement: {100 * agreement:.0f}% of the cells are labelled as the replacement "
+          f"that changes fewer pixels would predict (near 100% means the labels say little about the model)")
     print(f"wrote {out / 'explanation.json'} and the figure")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mammo-kt`` argument parser (``reproduce`` is delegated to :mod:`mammo_lib.reproduce`)."""
+    from .explain import BACKGROUND_RULE_ALIASES, BACKGROUND_RULES, DEFAULT_BACKGROUND_RULE
+
     ap = argparse.ArgumentParser(prog="mammo-kt", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -140,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--intensity", choices=("percentile", "minmax", "dtype"), default="percentile",
                    help="intensity scaling; use the one the model was trained with")
+    e.add_argument("--background-rule", choices=BACKGROUND_RULES + tuple(BACKGROUND_RULE_ALIASES),
+                   default=DEFAULT_BACKGROUND_RULE,
+                   help="how the ROI splits into Lesion and Background (Sec. 4.2; docs/DECISIONS.md); "
+                        "default %(default)s")
     e.add_argument("--out", required=True)
     e.set_defaults(func=_explain)
     return ap

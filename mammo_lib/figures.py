@@ -1,4 +1,4 @@
-"""Drawing functions for the paper's figures (SPEC section 6): Figs. 2, 4, 5, 6, 7, 8 and 9.
+"""Drawing functions for the paper's figures (Sec. 5): Figs. 2, 4, 5, 6, 7, 8 and 9.
 
 Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global
 state, safe under any backend, nothing shown); a notebook displays it as the cell's value and
@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from skimage.measure import find_contours
 
+from .records import default_file_mode
 from .localization import CONFOUNDER_LABELS, upsample_map
 from .records import LABEL_NAMES
 
@@ -214,35 +215,128 @@ def confusion_matrices(cms: Mapping[str, np.ndarray], *, title: Optional[str] = 
     return fig
 
 
+def dose_response(dose: pd.DataFrame) -> Figure:
+    """Beyond the paper: the knowledge-transfer dose-response (``InstrumentResult.dose_response``).
+
+    One row of panels per condition: test accuracy on every rendering, the predictions flipped by
+    the confounder change, the group-4 distance d^4 to the target (Eq. 4) and the energy share on
+    the mass, against beta (symlog axis; beta 0 is fine-tuning; the attention-transfer form at
+    beta 1000 is drawn as a separate marker). One line per initialisation.
+    """
+    need = {"condition", "init", "form", "beta"}
+    if not need <= set(dose.columns):
+        raise ValueError(f"dose table needs columns {sorted(need)}, got {list(dose.columns)}")
+    conds = list(dict.fromkeys(dose["condition"]))
+    acc_cols = [c for c in dose.columns if c.startswith("acc ")]
+    panels = [("accuracy (test renderings)", acc_cols), ("predictions flipped", ["flip rate"]),
+              ("d$^4$ to the target (Eq. 4)", ["d4 (test)"]), ("energy share on the mass", ["energy share on mass"])]
+    fig = Figure(figsize=(3.4 * len(panels), 2.9 * len(conds)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(conds), len(panels), squeeze=False))
+    styles = ["-", "--", ":", "-."]
+    markers = {"imagenet": "o", "ddsm": "s"}
+    colours = {"imagenet": "tab:blue", "ddsm": "tab:orange"}
+    for r, cond in enumerate(conds):
+        d = dose[dose["condition"] == cond]
+        for c, (title, cols) in enumerate(panels):
+            ax = axes[r, c]
+            for init, g in d.groupby("init", sort=False):
+                paper_f = g[g["form"] == "paper"].sort_values("beta")
+                at = g[g["form"] == "at"]
+                for k, col in enumerate(x for x in cols if x in g and g[x].notna().any()):
+                    label = f"{init}: {col.removeprefix('acc ')}" if len(cols) > 1 else str(init)
+                    line = ax.plot(paper_f["beta"], paper_f[col], styles[k % len(styles)],
+                                   marker=markers.get(str(init), "o"), ms=4, label=label,
+                                   color=colours.get(str(init)))[0]
+                    if len(at):
+                        ax.plot(at["beta"], at[col], marker="*", ms=9, ls="none", color=line.get_color())
+            ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_xlabel("beta (Eq. 5; * = reference form at 1000)")
+            ax.set_title(f"condition {cond}: {title}", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6, loc="best")
+    fig.suptitle("Knowledge transfer dose-response (means over the outer folds; colour = initialisation, "
+                 "line style = test rendering)", fontsize=11)
+    return fig
+
+
 # --------------------------------------------------------------------------- Fig. 5
 
 
+#: Font sizes of :func:`fig5_lesion_background`: panel titles, subfigure titles, figure title.
+FIG5_FONTSIZES = {"panel": 9, "step": 10, "figure": 11}
+
+
 def fig5_lesion_background(roi: np.ndarray, lesion: np.ndarray, background: np.ndarray,
-                           explanation: Any = None, mask: Optional[np.ndarray] = None) -> Figure:
-    """Fig. 5 (steps 1 and 3 of Sec. 4.2): the ROI, its *Lesion* and *Background* images and, if an
-    :class:`~mammo_lib.explain.Explanation` is given, its map and cells (``explanation.plot``)."""
+                           explanation: Any = None, mask: Optional[np.ndarray] = None, *,
+                           true_label: Optional[str] = None,
+                           background_rule: Optional[str] = None) -> Figure:
+    """Fig. 5 (steps 1 and 3 of Sec. 4.2, Eq. 1-2, Eq. 6): the ROI, its *Lesion* and *Background*
+    images and, if an :class:`~mammo_lib.explain.Explanation` is given, its map and cells
+    (``explanation.plot``).
+
+    The three images share one grey scale (the joint min and max of the three) with one
+    colourbar, so that the complementary rules (``ROI = Lesion + Background``,
+    ``docs/DECISIONS.md``) read at a glance. The figure title names ``true_label`` and the
+    explanation's prediction when known; the step-1 title names the background rule
+    (``background_rule``, else the explanation's ``params["background_rule"]``).
+
+    Args:
+        roi, lesion, background: 2-D images of one shape.
+        explanation: optional Eq. 6 explanation of ``roi``.
+        mask: optional binary mass mask, outlined on every panel.
+        true_label: the ROI's true class name, for the title.
+        background_rule: the rule that made ``lesion`` / ``background``, for the title.
+    """
+    rule = background_rule
+    if rule is None and explanation is not None:
+        rule = getattr(explanation, "params", {}).get("background_rule")
     r = _grey(roi, "roi")
-    parts = {"ROI": r, "Lesion (GLCM variance)": _grey(lesion, "lesion"),
-             "Background": _grey(background, "background")}
+    if rule in ("soft", "otsu"):  # complementary: w from the GLCM variance, ROI = Lesion + Background
+        names = ("Lesion (w \u00b7 ROI)", "Background ((1 \u2212 w) \u00b7 ROI)")
+    else:
+        names = ("Lesion (GLCM variance)", "Background")
+    parts = {"ROI": r, names[0]: _grey(lesion, "lesion"), names[1]: _grey(background, "background")}
     for name, img in parts.items():
         if img.shape != r.shape:
             raise ValueError(f"{name} shape {img.shape} differs from the ROI's {r.shape}")
     m = None if mask is None else _binary(mask, r.shape, "mask")
-    fig = Figure(figsize=(12 if explanation is not None else 8, 3.6), layout="constrained")
+    fig = Figure(figsize=(14 if explanation is not None else 8.5, 4.0), layout="constrained")
     if explanation is not None:
-        left, right = fig.subfigures(1, 2, width_ratios=[3, 2.3])
+        left, right = fig.subfigures(1, 2, width_ratios=[3.2, 2.7])
     else:
         left, right = fig, None
     axes = left.subplots(1, 3)
+    lo = min(float(img.min()) for img in parts.values())
+    hi = max(float(img.max()) for img in parts.values())
+    if hi <= lo:
+        hi = lo + 1.0
+    im = None
     for ax, (name, img) in zip(axes, parts.items()):
-        ax.imshow(img, cmap="gray", vmin=min(0.0, float(img.min())), vmax=max(1.0, float(img.max())))
+        im = ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         if m is not None:
             _outline(ax, m, MASK_COLOUR, 0.8)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=FIG5_FONTSIZES["panel"], loc="center")
         ax.set_xticks([])
         ax.set_yticks([])
+    left.colorbar(im, ax=list(axes), shrink=0.75, pad=0.02, label="intensity (shared scale)")
     if right is not None:
-        explanation.plot(r, mask=None if m is None else m.astype(np.uint8), axes=right.subplots(1, 2))
+        left.suptitle("step 1: Lesion / Background" + (f" (rule: {rule})" if rule and rule != "given" else ""),
+                      fontsize=FIG5_FONTSIZES["step"])
+        cell_axes = right.subplots(1, 2)
+        explanation.plot(r, mask=None if m is None else m.astype(np.uint8), axes=cell_axes)
+        right.suptitle("step 3: Eq. 6 cells", fontsize=FIG5_FONTSIZES["step"])
+        for ax in cell_axes:
+            ax.set_title(ax.get_title(), fontsize=FIG5_FONTSIZES["panel"], loc="center")
+    title = []
+    if true_label is not None:
+        title.append(f"true: {true_label}")
+    if explanation is not None:
+        p = float(explanation.probabilities[explanation.prediction])
+        title.append(f"predicted: {explanation.predicted_label} (p = {p:.3f})")
+    if right is None and rule:
+        title.append(f"background rule: {rule}")
+    if title:
+        fig.suptitle(" | ".join(title), fontsize=FIG5_FONTSIZES["figure"])
     return fig
 
 
@@ -460,6 +554,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

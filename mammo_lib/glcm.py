@@ -1,4 +1,4 @@
-"""Grey-level co-occurrence texture (Sec. 2.2.2, Eq. 1-2; SPEC 7).
+"""Grey-level co-occurrence texture (Sec. 2.2.2, Eq. 1-2; Sec. 4.2).
 
 :func:`glcm_variance_map` is the per-pixel *variance* map that the proposed explanation calls
 *Lesion* (Sec. 4.2, step 1); :func:`glcm_features` / :func:`glcm_feature_table` are whole-ROI
@@ -69,7 +69,7 @@ def glcm_variance_map(img: np.ndarray, *, levels: int = 8, window: int = 5, dist
                       normed: bool = True, pad_mode: PadMode = "reflect") -> np.ndarray:
     """Per-pixel GLCM *variance* (Eq. 1) over a sliding ``window x window`` neighbourhood.
 
-    SPEC 7 decision defaults: ``levels=8``, ``window=5``, one-pixel offset at 0 degrees,
+    docs/DECISIONS.md defaults: ``levels=8``, ``window=5``, one-pixel offset at 0 degrees,
     ``mean="paper"`` (Eq. 2 as printed, ``mu = (1/L^2) sum m p(m,n)``, as in the ``fast_glcm``
     code) or ``"haralick"`` (``mu = sum m p(m,n)``).
 

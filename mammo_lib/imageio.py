@@ -9,9 +9,9 @@
   ``2**bits - 1``).
 * :func:`load_record` turns a :class:`~mammo_lib.records.MassRecord` into a :class:`LoadedCase`
   (image, binary mask, notes, optional confounder label map). Masks come from a mask file
-  (binary by content) or from an outline polygon (:func:`polygon_mask`, BCDR, SPEC section 1).
+  (binary by content) or from an outline polygon (:func:`polygon_mask`, BCDR, Sec. 3.1).
   A mask a few pixels off the image size is resized with nearest neighbour and noted
-  (CBIS-DDSM, SPEC section 1).
+  (CBIS-DDSM, Sec. 3.1).
 
 Every failure is a :class:`~mammo_lib.records.DataError` that names the file.
 """
@@ -301,7 +301,7 @@ def load_record(rec: MassRecord, intensity: IntensityMode = "minmax", *,
 
     The mask must be binary by content (:func:`binary_mask`) and not empty. A mask (or confounder
     map) whose sides differ from the image's by at most ``mask_size_tolerance`` (relative) is
-    resized with nearest neighbour and a note is appended (SPEC section 1, CBIS-DDSM); a larger
+    resized with nearest neighbour and a note is appended (Sec. 3.1, CBIS-DDSM); a larger
     difference is an error. With ``intensity="dtype"`` a DICOM image is divided by
     ``2**BitsStored - 1``. Errors are :class:`DataError` with ``rec.source_file`` /
     ``rec.source_row``; the message names the image or mask file.

@@ -36,7 +36,7 @@ def penultimate_features(model: nn.Module, images: np.ndarray, *, batch_size: in
     """Deep features of grey ROIs: ``flatten(avgpool(relu(model.features(x))))`` (classifier input).
 
     This is exactly what torchvision's ``DenseNet.forward`` feeds to ``model.classifier``
-    (group 4 after norm5 and ReLU, SPEC 3, globally average-pooled), so
+    (group 4 after norm5 and ReLU, Sec. 3.3, globally average-pooled), so
     ``model.classifier(features) == model(x)``. Runs in eval mode under ``torch.inference_mode``;
     the model's modes (and device, if it had to be moved to ``device``) are restored.
 

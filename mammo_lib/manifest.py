@@ -18,6 +18,7 @@ from typing import Optional
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .records import default_file_mode
 from .records import DataError
 
 __all__ = ["MANIFEST_COLUMNS", "VerifyReport", "generate_manifest", "read_manifest", "sha256_file",
@@ -43,6 +44,7 @@ def write_csv_atomic(df: pd.DataFrame, out_csv: str | Path) -> Path:
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             df.to_csv(fh, index=False, lineterminator="\n")
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

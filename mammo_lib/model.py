@@ -1,4 +1,4 @@
-"""The classifier of Sec. 3.3: torchvision's DenseNet121 with a new 2-way head (SPEC 3).
+"""The classifier of Sec. 3.3: torchvision's DenseNet121 with a new 2-way head (Sec. 3.3).
 
 Every architecture here is torchvision's :class:`~torchvision.models.DenseNet` class; ``"small"``
 is the same class with a tiny configuration, used by tests and the smoke profile so that the code
@@ -37,14 +37,14 @@ ARCHS: dict[str, dict[str, Any]] = {
 TRAINABLE_SETS = ("group4+classifier", "classifier", "all")
 TrainableSet = Literal["group4+classifier", "classifier", "all"]
 
-#: Parameter-name prefixes left trainable by each set (SPEC 3: group 4 = denseblock4 + norm5).
+#: Parameter-name prefixes left trainable by each set (Sec. 3.3: group 4 = denseblock4 + norm5).
 _TRAINABLE_PREFIXES: dict[str, tuple[str, ...]] = {
     "group4+classifier": ("features.denseblock4.", "features.norm5.", "classifier."),
     "classifier": ("classifier.",),
     "all": ("",),
 }
 
-#: ImageNet normalisation of torchvision's weights (applied to ROIs and masks alike, SPEC 4).
+#: ImageNet normalisation of torchvision's weights (applied to ROIs and masks alike, Sec. 4.1).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -60,6 +60,21 @@ _OLD_KEY = re.compile(
 
 Weights = Union[None, str, os.PathLike]
 
+#: ``head`` values of :func:`build_model` (Sec. 3.3 can be read either way; ``docs/DECISIONS.md``).
+HEADS = ("gap", "flatten")
+
+
+class FlattenHeadDenseNet(DenseNet):
+    """torchvision's DenseNet whose classifier reads the flattened group-4 map (``C * g * g``
+    inputs) instead of its global average (the other reading of Sec. 3.3's "average-pooling and
+    FC layer replaced by a FC layer"). ``head = "flatten"``; the input size is fixed by the head."""
+
+    head = "flatten"
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - as DenseNet.forward, without the pooling
+        out = torch.nn.functional.relu(self.features(x), inplace=True)
+        return self.classifier(torch.flatten(out, 1))
+
 
 class WeightsUnavailableError(RuntimeError):
     """Pre-trained weights were asked for but are not available offline."""
@@ -69,7 +84,7 @@ class WeightsUnavailableError(RuntimeError):
 
 
 def build_model(arch: str = "densenet121", weights: Weights = None, num_classes: int = 2, *,
-                seed: int | None = None) -> DenseNet:
+                seed: int | None = None, head: str = "gap", input_size: int = 224) -> DenseNet:
     """A torchvision DenseNet with one linear head ``num_features -> num_classes`` (Sec. 3.3).
 
     Args:
@@ -83,6 +98,13 @@ def build_model(arch: str = "densenet121", weights: Weights = None, num_classes:
         num_classes: outputs of the head (softmax is in the loss).
         seed: makes the random part of the initialisation (all of it, or the new head)
             reproducible without touching the global RNG.
+        head: ``"gap"`` (default decision: torchvision's global average pooling, then one linear
+            layer ``C -> num_classes``) or ``"flatten"`` (the flattened ``C x g x g`` group-4 map
+            into the linear layer; :class:`FlattenHeadDenseNet`, fixed ``input_size``).
+        input_size: ROI side the ``"flatten"`` head is built for (g = 7 at 224).
+
+    >>> build_model("small", seed=0).classifier
+    Linear(in_features=32, out_features=2, bias=True)
 
     Raises:
         ValueError: unknown ``arch``, bad ``num_classes``, ``"imagenet"`` for another arch, or a
@@ -96,13 +118,24 @@ def build_model(arch: str = "densenet121", weights: Weights = None, num_classes:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+
+    def make() -> DenseNet:
+        if head == "gap":
+            return DenseNet(num_classes=num_classes, **ARCHS[arch])
+        m = FlattenHeadDenseNet(num_classes=num_classes, **ARCHS[arch])
+        grid = feature_grid(m, input_size)
+        m.classifier = nn.Linear(m.classifier.in_features * grid * grid, num_classes)
+        nn.init.constant_(m.classifier.bias, 0)
+        return m
 
     if seed is None:
-        model = DenseNet(num_classes=num_classes, **ARCHS[arch])
+        model = make()
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = DenseNet(num_classes=num_classes, **ARCHS[arch])
+            model = make()
 
     if weights is None or (isinstance(weights, str) and weights.lower() == "none"):
         return model
@@ -168,8 +201,7 @@ def _load_into(model: DenseNet, state: dict[str, Tensor], source: str) -> None:
     own = model.state_dict()
     head = model.classifier.weight
     file_head = state.get("classifier.weight")
-    if file_head is not None and file_head.ndim == 2 and file_head.shape[1] == head.shape[1] \
-            and file_head.shape[0] != head.shape[0]:
+    if file_head is not None and file_head.ndim == 2 and file_head.shape != head.shape:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         state.update({k: v for k, v in own.items() if k.startswith("classifier.")})
     # Files saved before BatchNorm counted batches (torchvision's ImageNet file) lack the counter.
@@ -195,7 +227,7 @@ def _load_into(model: DenseNet, state: dict[str, Tensor], source: str) -> None:
 
 
 def set_trainable(model: DenseNet, layers: TrainableSet = "group4+classifier") -> list[str]:
-    """Freeze the network except ``layers`` (SPEC 3: "group 4 + classifier" = denseblock4, norm5,
+    """Freeze the network except ``layers`` (Sec. 3.3: "group 4 + classifier" = denseblock4, norm5,
     classifier); returns the names of the trainable parameters.
 
     Frozen BatchNorm statistics are kept by :func:`apply_train_mode`, which the training loop
@@ -216,7 +248,7 @@ def set_trainable(model: DenseNet, layers: TrainableSet = "group4+classifier") -
 
 def apply_train_mode(model: nn.Module) -> None:
     """``model.train()``, then every BatchNorm whose affine parameters are all frozen back to eval,
-    so frozen layers' running statistics never change (SPEC 3, "BatchNorm statistics too").
+    so frozen layers' running statistics never change (Sec. 3.3, "BatchNorm statistics too").
 
     A BatchNorm without affine parameters follows ``model.train()``.
     """
@@ -295,7 +327,7 @@ def to_model_input(x: Tensor) -> Tensor:
 
 
 def mask_to_model_input(m: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """Binary masks ``(N,H,W)`` / ``(N,1,H,W)`` (uint8, bool or float in {0, 1}) as images (SPEC 4):
+    """Binary masks ``(N,H,W)`` / ``(N,1,H,W)`` (uint8, bool or float in {0, 1}) as images (Sec. 4.1):
     {0, 1} -> {0, 255} -> /255, three channels, the ROIs' ImageNet normalisation."""
     if not isinstance(m, Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(m).__name__}")

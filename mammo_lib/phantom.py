@@ -1,4 +1,4 @@
-"""Synthetic mammography phantom: the package's default data set (SPEC section 8).
+"""Synthetic mammography phantom: the package's default data set (docs/DECISIONS.md).
 
 No real mammograms can be shipped, so the default run uses full-field phantom images with a
 known ground truth:
@@ -8,7 +8,7 @@ known ground truth:
 - one mass per image: *benign* = round/oval, circumscribed (sharp sigmoid margin), *malignant* =
   irregular outline (low-frequency radius noise), ill-defined margin and, mostly, spicules.
   Sizes and contrasts come from overlapping distributions, so shape and margin are the signal;
-- confounders inside the mass-centred ROI window (SPEC section 2) but outside the mass:
+- confounders inside the mass-centred ROI window (Sec. 3.2) but outside the mass:
   micro-calcification clusters and dense-tissue patches, drawn with ``P(confounder | label,
   split)`` so that their correlation with the label reverses between training and test data.
   This is the paper's failure mode (Sec. 5, Fig. 7: the fine-tuned model looks at calcium or
@@ -25,7 +25,7 @@ Decisions (all :class:`PhantomConfig` fields):
   ``spicules_in_mask=True`` (default), the core of every spicule (distance to its axis <= its
   half-width). Real outlines (CBIS-DDSM, BCDR) trace the spiculated border only roughly; here
   the default keeps the mask equal to the region the mass was drawn in.
-- **ROI window** for confounders = the SPEC section 2 mass-centred crop of the mask's box:
+- **ROI window** for confounders = the Sec. 3.2 mass-centred crop of the mask's box:
   ``max(roi_size, h) x max(roi_size, w)``, start ``y0 + (h - H) // 2`` (as ``mammo_lib.roi``).
   Every confounder lies fully inside it (``window_margin_px`` in from its border), inside the
   breast and at least ``confounder_gap_px`` away from the visible mass.
@@ -58,7 +58,9 @@ from tqdm.auto import tqdm
 from .records import BENIGN, LABEL_NAMES, MALIGNANT
 
 Kind = Literal["bcdr_like", "ddsm_like"]
-Rendering = Literal["train", "shifted"]
+#: ``"train"``, ``"shifted"`` (the ``"test"`` probabilities) or the name of an extra rendering:
+#: any further key of ``calcification_prob`` (e.g. ``"reversed"``), written as ``cases_<name>.csv``.
+Rendering = str
 
 #: Version of the rendering code; part of the generation hash (bump when the pixels change).
 PHANTOM_VERSION = 2
@@ -72,7 +74,7 @@ CASE_COLUMNS = ("case_id", "image_path", "mask_path", "label", "patient_id", "sp
                 "confounder_mask_path", "has_calcification", "has_dense_tissue", "mass_shape",
                 "mass_margin", "mass_radius_px", "mass_contrast", "rendering", "side", "view",
                 "mass_row", "mass_col", "mass_area_px", "n_spicules", "mass_scale")
-#: Header of the CBIS-DDSM mass description CSVs (SPEC section 1).
+#: Header of the CBIS-DDSM mass description CSVs (Sec. 3.1).
 CBIS_COLUMNS = ("patient_id", "breast_density", "left or right breast", "image view",
                 "abnormality id", "abnormality type", "mass shape", "mass margins", "assessment",
                 "pathology", "subtlety", "image file path", "cropped image file path",
@@ -84,6 +86,14 @@ _KIND_CODES = {"bcdr_like": 1, "ddsm_like": 2, "cbis_tree": 3}
 _SPLIT_CODES = {"": 0, "train": 1, "test": 2}
 _STREAM_ANATOMY, _STREAM_MASS, _STREAM_PATIENT = 0, 1, 2
 _STREAM_CONFOUNDERS = {"train": 10, "shifted": 11}
+
+
+def _confounder_stream(rendering: str) -> int:
+    """Generator stream of a rendering's confounders: 10 / 11 for train / shifted, else a stable
+    number from the name (so adding a rendering never changes the others)."""
+    if rendering in _STREAM_CONFOUNDERS:
+        return _STREAM_CONFOUNDERS[rendering]
+    return 100 + int(hashlib.sha256(rendering.encode()).hexdigest()[:6], 16)
 #: Shrink factors tried, in order, for a mass that does not fit or a confounder without room.
 _SCALES = tuple(0.85 ** k for k in range(8))  # 1 ... 0.32
 _PLACE_TRIES = 12
@@ -111,14 +121,14 @@ _FRACTION_FIELDS = ("ddsm_malignant_fraction", "paired_patient_prob", "two_view_
 
 @dataclass(frozen=True)
 class PhantomConfig:
-    """Every knob of the phantom (SPEC section 8); ranges are ``(low, high)``, drawn uniformly
+    """Every knob of the phantom (docs/DECISIONS.md); ranges are ``(low, high)``, drawn uniformly
     (radii log-uniformly). Pixel sizes refer to ``image_shape``; the defaults fit 640 x 512."""
 
     #: Master seed of every per-case generator (non-negative int).
     seed: int = 2025
     #: Full-field image size ``(rows, cols)``.
     image_shape: tuple[int, int] = (640, 512)
-    #: ``bcdr_like`` class counts (BCDR D01 + F01 draw: 144 benign, 130 malignant; SPEC section 1).
+    #: ``bcdr_like`` class counts (BCDR D01 + F01 draw: 144 benign, 130 malignant; Sec. 3.1).
     n_benign: int = 144
     n_malignant: int = 130
     #: ``ddsm_like`` cases (abnormalities) in the official train and test parts.
@@ -130,7 +140,7 @@ class PhantomConfig:
     paired_patient_prob: float = 0.25
     #: Share of two-case patients whose cases are two views (CC, MLO) of one mass; else two masses.
     two_view_fraction: float = 0.5
-    #: Minimum side of the mass-centred ROI (SPEC section 2, paper: 224); confounders go inside.
+    #: Minimum side of the mass-centred ROI (Sec. 3.2, paper: 224); confounders go inside.
     roi_size: int = 224
     #: Equivalent radius ``sqrt(a * b)`` of benign masses, pixels (log-uniform).
     benign_radius_px: tuple[float, float] = (15.0, 95.0)
@@ -166,9 +176,10 @@ class PhantomConfig:
     texture_amplitude: float = 0.07
     #: Standard deviation of the white noise added inside the breast.
     noise_sigma: float = 0.008
-    #: ``P(calcification cluster | label, split)``: ``{"train": {0: p, 1: p}, "test": {...}}``.
+    #: ``P(calcification cluster | label, split)``: ``{"train": {0: p, 1: p}, "test": {...}}``;
+    #: any further key (e.g. ``"reversed"``) is an extra rendering of every ``bcdr_like`` case.
     calcification_prob: dict[str, dict[int, float]] = field(default_factory=_default_calcification_prob)
-    #: ``P(dense-tissue patch | label, split)``, same layout.
+    #: ``P(dense-tissue patch | label, split)``, same layout (an extra rendering missing here uses ``"test"``).
     dense_prob: dict[str, dict[int, float]] = field(default_factory=_default_dense_prob)
     #: Dots per calcification cluster (inclusive range), their radius and the cluster radius, pixels.
     calcification_dots: tuple[int, int] = (5, 15)
@@ -252,8 +263,12 @@ def _check_range(name: str, value: Any, *, integer: bool) -> tuple:
 
 
 def _check_probs(name: str, value: Any) -> dict[str, dict[int, float]]:
-    if not isinstance(value, Mapping) or set(value) != {"train", "test"}:
-        raise ValueError(f"{name} must map exactly 'train' and 'test' to {{0: p, 1: p}}, got {value!r}")
+    if not isinstance(value, Mapping) or not {"train", "test"} <= set(value):
+        raise ValueError(f"{name} must map 'train', 'test' (and any extra rendering) to {{0: p, 1: p}}, "
+                         f"got {value!r}")
+    bad = [k for k in value if k in ("shifted",) or not isinstance(k, str) or not k.isidentifier()]
+    if bad:
+        raise ValueError(f"{name}: rendering names must be identifiers other than 'shifted', got {bad}")
     out: dict[str, dict[int, float]] = {}
     for split, table in value.items():
         if not isinstance(table, Mapping) or set(table) != {BENIGN, MALIGNANT}:
@@ -444,7 +459,7 @@ def render_mass(spec: MassSpec, centre: tuple[float, float], shape: tuple[int, i
 
 
 def roi_window(mask: np.ndarray, roi_size: int) -> tuple[int, int, int, int]:
-    """Mass-centred ROI window ``(top, left, height, width)`` of SPEC section 2: side
+    """Mass-centred ROI window ``(top, left, height, width)`` of Sec. 3.2: side
     ``max(roi_size, h) x max(roi_size, w)`` around the mask's box, start ``y0 + (h - H) // 2``
     (the rounding of ``mammo_lib.roi``). May extend past the image."""
     rows = np.flatnonzero(mask.any(axis=1))
@@ -537,7 +552,7 @@ def _place_mass(spec: MassSpec, breast: Breast, config: PhantomConfig, rng: np.r
 def simulate_anatomy(config: PhantomConfig, label: int, rng: np.random.Generator, *,
                      mass_rng: Optional[np.random.Generator] = None, side: str = "LEFT",
                      need_confounders: bool = True) -> SimulatedCase:
-    """Breast, power-law texture, one mass and noise (SPEC section 8). The mass is drawn from
+    """Breast, power-law texture, one mass and noise (docs/DECISIONS.md). The mass is drawn from
     ``mass_rng`` (default ``rng``): two views of one mass share it."""
     shape = config.image_shape
     breast = draw_breast(shape, side, rng)
@@ -713,15 +728,22 @@ def _render_calcifications(config: PhantomConfig, case: SimulatedCase, forbid: n
                                 for (y, x), q in zip(dots, rad)]})
 
 
+def extra_renderings(config: PhantomConfig) -> tuple[str, ...]:
+    """Names of the extra renderings (keys of ``calcification_prob`` besides train / test)."""
+    return tuple(k for k in config.calcification_prob if k not in ("train", "test"))
+
+
 def add_confounders(case: SimulatedCase, config: PhantomConfig, rendering: Rendering,
                     rng: np.random.Generator) -> Rendered:
     """Draw ``has_dense ~ Bernoulli(dense_prob[split][label])`` and ``has_calcification ~
     Bernoulli(calcification_prob[split][label])`` (split = ``RENDERING_PROBS[rendering]``),
     place them in the ROI window outside the mass, and return the clipped image."""
-    if rendering not in RENDERING_PROBS:
-        raise ValueError(f"rendering must be one of {sorted(RENDERING_PROBS)}, got {rendering!r}")
-    split = RENDERING_PROBS[rendering]
-    has_dense = bool(rng.random() < config.dense_prob[split][case.label])
+    known = sorted(set(RENDERING_PROBS) | set(extra_renderings(config)))
+    if rendering not in known:
+        raise ValueError(f"rendering must be one of {known}, got {rendering!r}")
+    split = RENDERING_PROBS.get(rendering, rendering)
+    dense = config.dense_prob.get(split, config.dense_prob["test"])
+    has_dense = bool(rng.random() < dense[case.label])
     has_calc = bool(rng.random() < config.calcification_prob[split][case.label])
     signal = np.zeros(case.base.shape)
     labels = np.zeros(case.base.shape, np.uint8)
@@ -814,7 +836,7 @@ def _case_rows(plan: CasePlan, config: PhantomConfig, root: Path, renderings: Se
     spec = case.mass.spec
     rows, conf = [], []
     for rendering in renderings:
-        out = add_confounders(case, config, rendering, plan.rng(config.seed, _STREAM_CONFOUNDERS[rendering]))
+        out = add_confounders(case, config, rendering, plan.rng(config.seed, _confounder_stream(rendering)))
         img_rel = f"images/{rendering}/{plan.case_id}.png"
         conf_rel = f"confounders/{rendering}/{plan.case_id}.png"
         _save_png(root / img_rel, _to_uint16(out.image))
@@ -882,14 +904,14 @@ def _atomic_build(out_dir: Path, marker: str, digest: str, build: Callable[[Path
 
 def generate_phantom(out_dir: str | Path, config: Optional[PhantomConfig] = None, *,
                      kind: Kind = "bcdr_like", progress: bool = True) -> Path:
-    """Write a phantom set (SPEC section 8) to ``out_dir`` and return it.
+    """Write a phantom set (docs/DECISIONS.md) to ``out_dir`` and return it.
 
     Files (paths in the CSVs relative to ``out_dir``): ``images/<rendering>/<case>.png`` (uint16),
     ``masks/<case>.png`` (uint8 0/255), ``confounders/<rendering>/<case>.png`` (uint8 label map
     0/1/2), ``cases.csv`` (generic loader format, :data:`CASE_COLUMNS`), ``confounders.json`` and
     ``phantom.json`` (config + hash, written last). ``bcdr_like``: ``cases.csv`` holds the
     ``train`` rendering and ``cases_shifted.csv`` the ``shifted`` one (same ids and masks), split
-    empty. ``ddsm_like``: split ``train`` (rendering ``train``) and ``test`` (``shifted``).
+    empty; every extra rendering ``e`` (see :func:`extra_renderings`) is ``cases_<e>.csv``. ``ddsm_like``: split ``train`` (rendering ``train``) and ``test`` (``shifted``).
     A folder holding the same generation is returned untouched; see :func:`_atomic_build`.
     """
     config = PhantomConfig() if config is None else config
@@ -900,11 +922,12 @@ def generate_phantom(out_dir: str | Path, config: Optional[PhantomConfig] = None
         raise ValueError(f"{kind} phantom with no cases: check the n_* counts of the config")
 
     def build(root: Path) -> dict[str, Any]:
-        rows: dict[str, list[dict[str, Any]]] = {"train": [], "shifted": []}
+        extras = extra_renderings(config) if kind == "bcdr_like" else ()
+        rows: dict[str, list[dict[str, Any]]] = {"train": [], "shifted": [], **{e: [] for e in extras}}
         confs: list[dict[str, Any]] = []
         for plan in tqdm(plans, desc=f"phantom {kind}", disable=not progress):
             if kind == "bcdr_like":
-                renderings: tuple[Rendering, ...] = ("train", "shifted")
+                renderings: tuple[Rendering, ...] = ("train", "shifted", *extras)
             else:
                 renderings = ("train",) if plan.split == "train" else ("shifted",)
             case_rows, case_conf = _case_rows(plan, config, root, renderings)
@@ -914,6 +937,8 @@ def generate_phantom(out_dir: str | Path, config: Optional[PhantomConfig] = None
         _write_csv(root / "cases.csv", rows["train"])
         if kind == "bcdr_like":
             _write_csv(root / "cases_shifted.csv", rows["shifted"])
+            for e in extras:
+                _write_csv(root / f"cases_{e}.csv", rows[e])
         (root / "confounders.json").write_text(json.dumps(confs, indent=1) + "\n")
         return {"format": "mammo-kt phantom", "version": PHANTOM_VERSION, "kind": kind,
                 "n_cases": len(plans), "config": config.to_dict()}
@@ -982,7 +1007,7 @@ def _write_dicom(path: Path, arr: np.ndarray, *, patient_id: str, study_uid: str
 
 def write_cbis_tree(out_dir: str | Path, config: Optional[PhantomConfig] = None, *, n_cases: int = 12,
                     renamed: bool = True, seed: Optional[int] = None, progress: bool = False) -> Path:
-    """Tiny CBIS-DDSM style data set (SPEC section 1) for loader tests; returns its root.
+    """Tiny CBIS-DDSM style data set (Sec. 3.1) for loader tests; returns its root.
 
     ``root`` holds ``mass_case_description_{train,test}_set.csv`` in the real format (CRLF rows,
     the ROI mask path ends in a quoted embedded newline) and the DICOMs of ``n_cases``
@@ -1101,7 +1126,7 @@ def _build_cbis(root: Path, cfg: PhantomConfig, n_cases: int, renamed: bool, pro
                          sop_uid=_uid(rng, used), description="ROI mask images", **common)
             if label == MALIGNANT:
                 pathology, assessment = "MALIGNANT", int(rng.integers(4, 6))
-            else:  # every other benign row is BENIGN_WITHOUT_CALLBACK (benign, SPEC section 1)
+            else:  # every other benign row is BENIGN_WITHOUT_CALLBACK (benign, Sec. 3.1)
                 n_benign += 1
                 pathology = "BENIGN_WITHOUT_CALLBACK" if n_benign % 2 == 1 else "BENIGN"
                 assessment = int(rng.integers(2, 5))

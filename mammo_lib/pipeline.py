@@ -37,28 +37,40 @@ class Datasets:
     exclusions: pd.DataFrame
     sources: dict[str, LoadResult] = field(default_factory=dict)
     variant: str = "mass_centred"
+    #: further renderings of the cross-validation cases by name (phantom: ``shifted`` and extras).
+    renderings: dict[str, Any] = field(default_factory=dict)
 
 
 def _phantom_records(cfg: Config, *, progress: bool) -> dict[str, LoadResult]:
     from .generic import load_generic
     from .phantom import PhantomConfig, generate_phantom
 
+    from .phantom import extra_renderings
+
     ph = cfg.section("phantom")
-    common = {"seed": int(ph.get("seed", cfg["seed"])), "image_shape": tuple(ph.get("image_shape", (640, 512)))}
-    bl = ph.get("bcdr_like", {})
-    dl = ph.get("ddsm_like", {})
+    common = {"seed": int(ph.get("seed", cfg["seed"])), "image_shape": tuple(ph.get("image_shape", (640, 512))),
+              **dict(ph.get("config") or {})}
+    bl = {**common, **dict(ph.get("bcdr_like") or {})}
+    dl = {**common, **dict(ph.get("ddsm_like") or {})}
     base = cfg.work_dir / "phantom"
-    bdir = generate_phantom(base / "bcdr_like", PhantomConfig(**common, **bl), kind="bcdr_like", progress=progress)
-    ddir = generate_phantom(base / "ddsm_like", PhantomConfig(**common, **dl), kind="ddsm_like", progress=progress)
+    bcfg = PhantomConfig(**_tuples(bl))
+    bdir = generate_phantom(base / "bcdr_like", bcfg, kind="bcdr_like", progress=progress)
+    ddir = generate_phantom(base / "ddsm_like", PhantomConfig(**_tuples(dl)), kind="ddsm_like", progress=progress)
     out = {
         "bcdr_like": load_generic(bdir / "cases.csv"),
         "bcdr_like_shifted": load_generic(bdir / "cases_shifted.csv"),
+        **{f"bcdr_like_{e}": load_generic(bdir / f"cases_{e}.csv") for e in extra_renderings(bcfg)},
         "ddsm_like": load_generic(ddir / "cases.csv"),
     }
     for name, res in out.items():
         for r in res.records:
             r.dataset = f"phantom-{name}"
     return out
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    """YAML lists to the tuples :class:`~mammo_lib.phantom.PhantomConfig` expects (ranges, shape)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def _real_records(cfg: Config) -> dict[str, LoadResult]:
@@ -118,26 +130,27 @@ _ROI_SETS: dict[tuple[str, ...], Datasets] = {}
 
 
 def roi_sets(cfg: Config, *, variant: str = "mass_centred", progress: bool = True,
-             sources: dict[str, LoadResult] | None = None, pretraining: bool = True) -> Datasets:
+             sources: dict[str, LoadResult] | None = None, pretraining: bool = True,
+             size: int | None = None) -> Datasets:
     """Preprocess every dataset of the profile into ROI sets (cached under ``work_dir/cache``).
 
     ``pretraining=False`` leaves out the pre-training set (``pre_train``/``pre_test`` are None).
     Within one process the result is reused: a step and the steps it depends on share one load."""
-    key = (str(cfg.root), cfg.digest(), variant, str(pretraining))
+    key = (str(cfg.root), cfg.digest(), variant, str(pretraining), str(size))
     if sources is None and key in _ROI_SETS:
         return _ROI_SETS[key]
-    ds = _roi_sets(cfg, variant=variant, progress=progress, sources=sources, pretraining=pretraining)
+    ds = _roi_sets(cfg, variant=variant, progress=progress, sources=sources, pretraining=pretraining, size=size)
     if sources is None:
         _ROI_SETS[key] = ds
     return ds
 
 
 def _roi_sets(cfg: Config, *, variant: str, progress: bool, sources: dict[str, LoadResult] | None,
-              pretraining: bool) -> Datasets:
+              pretraining: bool, size: int | None = None) -> Datasets:
     from .preprocess import preprocess
 
     sources = sources or load_sources(cfg, progress=progress)
-    kw = dict(variant=variant, size=int(cfg["roi_size"]), min_context=int(cfg["min_context"]),
+    kw = dict(variant=variant, size=int(size or cfg["roi_size"]), min_context=int(cfg["min_context"]),
               seed=int(cfg["seed"]), intensity=cfg.get("intensity", "minmax"),
               workers=int(cfg.get("workers", 2)), on_error="skip", progress=progress)
     cache = cfg.work_dir / "cache"
@@ -147,12 +160,15 @@ def _roi_sets(cfg: Config, *, variant: str, progress: bool, sources: dict[str, L
         test_kw = dict(kw, variant="original" if variant == "overlap_0.9" else variant)
         cv_test = preprocess(sources["bcdr_like_shifted"].records, cache, **test_kw)
         pre = preprocess(sources["ddsm_like"].records, cache, **kw) if pretraining else None
+        extra = {name[len("bcdr_like_"):]: preprocess(res.records, cache, **test_kw)
+                 for name, res in sources.items() if name.startswith("bcdr_like_")}
     else:
         cv = preprocess(sources["bcdr"].records, cache, **kw)
         cv_test = None
         if variant == "overlap_0.9":
             cv_test = preprocess(sources["bcdr"].records, cache, **dict(kw, variant="original"))
         pre = preprocess(sources["cbis_ddsm"].records, cache, **kw) if pretraining else None
+        extra = {}
     pre_train = pre_test = None
     if pre is not None:
         split = pre.index["split"].astype(str).str.lower().to_numpy()
@@ -165,7 +181,7 @@ def _roi_sets(cfg: Config, *, variant: str, progress: bool, sources: dict[str, L
     exclusions = pd.concat([e for e in excl if len(e)], ignore_index=True) if any(len(e) for e in excl) else \
         pd.DataFrame(columns=["source_file", "source_row", "reason", "case_id", "stage", "dataset"])
     return Datasets(cv=cv, cv_test=cv_test, pre_train=pre_train, pre_test=pre_test,
-                    exclusions=exclusions, sources=sources, variant=variant)
+                    exclusions=exclusions, sources=sources, variant=variant, renderings=extra)
 
 
 def dataset_table(ds: Datasets) -> pd.DataFrame:
@@ -237,35 +253,6 @@ def imagenet_init(cfg: Config) -> str:
         raise WeightsUnavailableError(str(err)) from err
 
 
-def _pretrained(cfg: Config, *, progress: bool = True):
-    """The DDSM pre-training run of the profile (trained on first use, then read back)."""
-    from .protocol import pretrain
-
-    ds = roi_sets(cfg, progress=progress)
-    p = cfg.section("pretrain")
-    tcfg = train_config(cfg, epochs=int(p.get("epochs", cfg["train"]["epochs"])),
-                        trainable=p.get("trainable", "all"), method="finetune")
-    res = pretrain(ds.pre_train, ds.pre_test, run_dir(cfg, "pretrain"), arch=cfg["arch"],
-                   weights=cfg.get("imagenet_weights", "imagenet"), cfg=tcfg, seed=int(cfg["seed"]),
-                   imagenet_fallback=cfg.get("imagenet_fallback", "error"), progress=progress)
-    return ds, res
-
-
-def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
-    """Notebook 03: the DDSM pre-training stage (CBIS-DDSM train set, patient-grouped validation,
-    official test set); its checkpoint starts the 'DDSM' rows of Table 2."""
-    ds, res = _pretrained(cfg, progress=progress)
-    m = dict(res.metrics)
-    row = {"init": res.init_used,
-           "train masses": len(ds.pre_train), "test masses": len(ds.pre_test),
-           "best epoch": m.get("best_epoch"), "test accuracy %": round(100 * m["accuracy"], 1),
-           "test AUC": round(m.get("auc", float("nan")), 3),
-           "sensitivity %": round(100 * m["sensitivity"], 1), "specificity %": round(100 * m["specificity"], 1)}
-    table = pd.DataFrame([row])
-    write_table(table, "pretraining", cfg.results_dir)
-    return {"result": res, "table": table, "checkpoint": res.checkpoint}
-
-
 def run_dir(cfg: Config, stage: str, *extra: Any) -> Path:
     """``work_dir/<stage>-<digest>``: a changed parameter gets a fresh folder, an unchanged one resumes."""
     import hashlib
@@ -279,123 +266,28 @@ def run_dir(cfg: Config, stage: str, *extra: Any) -> Path:
 
 def ddsm_checkpoint(cfg: Config, *, progress: bool = True) -> Path:
     """The DDSM pre-trained checkpoint of the profile (pre-trains first when absent)."""
-    return Path(_pretrained(cfg, progress=progress)[1].checkpoint)
+    from .table2 import ddsm_trunk
+
+    return Path(ddsm_trunk(cfg, progress=progress)["weights"])
+
+
+def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Notebook 03: the two pre-trained trunks and their gate (see :func:`mammo_lib.table2.step_pretrain`)."""
+    from .table2 import step_pretrain as _step
+
+    return _step(cfg, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------
 # Table 1, Table 2, Fig. 4(b), beta selection
 # --------------------------------------------------------------------------------------------
-def _specs(cfg: Config, names: tuple[str, ...], beta: float, **train_over: Any):
-    from .protocol import RunSpec
-
-    init_im = cfg.get("imagenet_weights", "imagenet")
-    out = []
-    for name in names:
-        if name == "mask_only":
-            out.append(RunSpec(name, init_im, train_config(cfg, method="finetune", input="mask", **train_over)))
-            continue
-        pre, method = name.split("_", 1)
-        init = init_im if pre == "imagenet" else "ddsm"
-        meth = "transfer" if method == "transfer" else "finetune"
-        out.append(RunSpec(name, init, train_config(cfg, method=meth, beta=beta, **train_over)))
-    return out
-
-
-def step_beta(cfg: Config, *, progress: bool = True) -> float:
-    """Choose beta (Eq. 5) on the inner validation split of fold 0 (SPEC 4 decision), once per profile."""
-    from .protocol import inner_split, make_folds
-    from .model import build_model
-    from .training import TensorData, train_model
-
-    import json
-
-    rd = cfg.results_dir
-    grid = [float(b) for b in cfg.section("cv").get("beta_grid", [cfg["train"]["beta"]])]
-    digest = cfg.digest("train", "cv", "seed", "arch", "roi_size", "phantom", "data_root")
-    stamp = run_dir(cfg, "beta") / "selection.json"
-    if stamp.exists():
-        saved = json.loads(stamp.read_text())
-        if saved.get("digest") == digest:
-            return float(saved["beta"])
-    ds = roi_sets(cfg, progress=progress)
-    ckpt = ddsm_checkpoint(cfg, progress=progress)
-    labels, groups = ds.cv.labels, ds.cv.groups
-    folds = make_folds(labels, groups, n_splits=int(cfg.section("cv")["n_splits"]), seed=int(cfg["seed"]))
-    train_idx = np.flatnonzero(folds != 0)
-    tr, va = inner_split(labels[train_idx], groups[train_idx], val_fraction=0.2, seed=int(cfg["seed"]))
-    tr, va = train_idx[tr], train_idx[va]
-    rows = []
-    for beta in grid:
-        tcfg = train_config(cfg, method="transfer", beta=beta)
-        model = build_model(cfg["arch"], weights=str(ckpt), seed=int(cfg["seed"]))
-        res = train_model(model, TensorData.from_roiset(ds.cv, tr), TensorData.from_roiset(ds.cv, va), tcfg,
-                          checkpoint_dir=run_dir(cfg, "beta") / f"beta_{beta:g}", progress=progress)
-        h = res.history
-        best = h.loc[h["epoch"] == res.best_epoch].iloc[0]
-        rows.append({"beta": beta, "val_accuracy": float(best["val_accuracy"]), "val_loss": float(best["val_loss"]),
-                     "best_epoch": int(res.best_epoch)})
-    df = pd.DataFrame(rows).sort_values("beta").reset_index(drop=True)
-    order = df.sort_values(["val_accuracy", "val_loss", "beta"], ascending=[False, True, True])
-    df["chosen"] = df.index == order.index[0]
-    write_table(df, "beta_selection", rd)
-    beta = float(df.loc[df["chosen"], "beta"].iloc[0])
-    write_json(stamp, {"digest": digest, "beta": beta})
-    return beta
-
-
-def table2_dir(cfg: Config, beta: float) -> Path:
-    """Where Table 2's cross-validation runs live: keyed by the profile, beta and the run specs."""
-    from dataclasses import asdict
-
-    specs = _specs(cfg, TABLE2_SPECS + ("mask_only",), beta)
-    return run_dir(cfg, "cv", beta, [asdict(s) for s in specs])
-
-
-def table2_cv(cfg: Config, *, progress: bool = True) -> tuple[Any, float]:
-    """Table 2's cross-validation (and the mask-only model): run on first use, resumed or read back
-    after; returns the ``CVResult`` and the beta used. Writes no result file."""
-    from .protocol import run_cv
-
-    ds = roi_sets(cfg, progress=progress)
-    ckpt = ddsm_checkpoint(cfg, progress=progress)
-    beta = step_beta(cfg, progress=progress)
-    specs = _specs(cfg, TABLE2_SPECS + ("mask_only",), beta)
-    res = run_cv(ds.cv, specs, table2_dir(cfg, beta), arch=cfg["arch"], n_splits=int(cfg.section("cv")["n_splits"]),
-                 seed=int(cfg["seed"]), ddsm_checkpoint=ckpt, test_data=ds.cv_test,
-                 imagenet_fallback=cfg.get("imagenet_fallback", "error"), progress=progress)
-    return res, beta
-
-
 def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
-    """Notebook 05: Table 2's four configurations and the Fig. 4(b) mask-only model, five-fold CV."""
-    from . import figures
-    from .report import table2_comparison
+    """Notebook 05: Table 2 as a calibrated instrument (see :func:`mammo_lib.table2.step_table2`)."""
+    from .table2 import step_table2 as _step
 
-    res, beta = table2_cv(cfg, progress=progress)
-    rd = cfg.results_dir
-    summary = res.summary()
-    write_table(res.per_fold, "table2_per_fold", rd)
-    write_table(res.predictions, "table2_predictions", rd)
-    write_table(summary, "table2_summary", rd)
-    comp = table2_comparison(summary[summary["spec"].isin(TABLE2_SPECS)])
-    write_table(comp, "table2_comparison", rd)
+    out = _step(cfg, progress=progress)
     write_phantom_notes(cfg)
-    # Fig. 4(b): mask-only vs ROI-only (the ImageNet fine-tune model is the ROI-only model).
-    from . import paper
-    s = summary.set_index("spec")
-    fig4 = pd.DataFrame([
-        {"model": "mask only", "accuracy % (ours)": round(100 * s.loc["mask_only", "acc_mean"], 1),
-         "accuracy % (paper)": paper.FIG4_ACCURACY["mask_only"]},
-        {"model": "ROI only (= ImageNet fine-tune)", "accuracy % (ours)": round(100 * s.loc["imagenet_finetune", "acc_mean"], 1),
-         "accuracy % (paper)": paper.FIG4_ACCURACY["roi_only"]},
-    ])
-    write_table(fig4, "fig4b", rd)
-    cms = {spec: res.confusion(spec) for spec in TABLE2_SPECS}
-    save_figure(figures.confusion_matrices(cms, title="Table 2: summed confusion matrices"), "table2_confusion", rd)
-    save_figure(figures.confusion_matrices({"mask only": res.confusion("mask_only"),
-                                            "ROI only": res.confusion("imagenet_finetune")},
-                                           title="Fig. 4(b)"), "fig4b_confusion", rd)
-    return {"cv": res, "summary": summary, "comparison": comp, "fig4b": fig4, "beta": beta}
+    return out
 
 
 PHANTOM_NOTES = {
@@ -403,18 +295,29 @@ PHANTOM_NOTES = {
                "window, so the tight crops (original ROI, overlap 0.9) never show them and are immune to "
                "the train/test reversal, while every context-rich crop sees them. The ranking here measures "
                "exposure to the confounder, not the value of context that the paper's OMI-DB table measures."),
-    "table2_comparison": ("On the phantom the test folds are the *shifted* rendering of the same masses: "
-                          "confounder probabilities reversed. 'ImageNet' rows start from random weights when "
-                          "ImageNet weights are unavailable (the small profile has none). The phantom-DDSM "
-                          "pre-training trains all layers on confounded data. See docs/FINDINGS_phantom_kt.md."),
+    "table2_comparison": ("On the phantom, condition A trains and tests with confounders independent of the "
+                          "label (the paper's setting); condition B trains with a calcification shortcut "
+                          "(P(calc | malignant) 0.9, benign 0.1) and is scored on a neutral rendering of the "
+                          "same test masses. 'ImageNet' rows start from the generic synthetic pre-training "
+                          "when ImageNet weights are unavailable (the small network has none); 'DDSM' rows "
+                          "from all-layer pre-training on the DDSM-like phantom set (confounders independent "
+                          "of the label). Groups 1-3 are frozen and cached; training uses flips, not rotation. "
+                          "beta is chosen per fold on its inner validation split."),
+}
+
+
+#: Notes under the tables on real data.
+REAL_NOTES = {
+    "table2_comparison": ("Groups 1-3 are frozen and cached; group 4 + classifier train from the cache with the "
+                          "four flips as augmentation (continuous rotation cannot be cached). beta is chosen per "
+                          "fold on its inner validation split."),
 }
 
 
 def write_phantom_notes(cfg: Config) -> None:
     """Notes under the tables that read differently on the phantom than on real data."""
-    if cfg.uses_phantom:
-        for name, text in PHANTOM_NOTES.items():
-            atomic_write_text(cfg.results_dir / "tables" / f"{name}.notes.md", text + "\n")
+    for name, text in (PHANTOM_NOTES if cfg.uses_phantom else REAL_NOTES).items():
+        atomic_write_text(cfg.results_dir / "tables" / f"{name}.notes.md", text + "\n")
 
 
 def step_table1(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
@@ -427,17 +330,21 @@ def step_table1(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     t1 = cfg.section("table1")
     rows = []
     per_fold = []
-    init = cfg.get("imagenet_weights", "imagenet")
+    from .table2 import imagenet_trunk
+
+    trunk = imagenet_trunk(cfg, progress=progress)
+    init = trunk["weights"] or "none"
     for name, (variant, augs) in TABLE1_CONFIGS.items():
-        ds = roi_sets(cfg, variant=variant, progress=progress, pretraining=False)
+        ds = roi_sets(cfg, variant=variant, progress=progress, pretraining=False,
+                      size=int(t1.get("roi_size", cfg["roi_size"])))
         tcfg = train_config(cfg, method="finetune", augment=tuple(augs), epochs=int(t1.get("epochs", cfg["train"]["epochs"])))
         res = run_cv(ds.cv, [RunSpec(name, init, tcfg)], run_dir(cfg, "table1"), arch=cfg["arch"],
                      n_splits=int(t1.get("n_splits", 5)), seed=int(cfg["seed"]), test_data=ds.cv_test,
-                     imagenet_fallback=cfg.get("imagenet_fallback", "error"), progress=progress)
+                     imagenet_fallback="error", progress=progress)
         s = res.summary().iloc[0]
         label, acc_paper = paper.TABLE1[name]
         rows.append({"configuration": label, "crop": variant, "augmentation": ", ".join(augs) or "none",
-                     "init used": s.get("init_used", init),
+                     "init used": trunk["note"],
                      "accuracy % (ours)": f"{100 * s['acc_mean']:.1f} ± {100 * s['acc_std']:.1f}",
                      "accuracy % (paper, OMI-DB)": acc_paper})
         per_fold.append(res.per_fold)
@@ -453,14 +360,12 @@ def step_table1(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 def pretrained_network(cfg: Config, *, progress: bool = True):
     """The 'pre-trained network' of Fig. 4(a)/Fig. 6: ImageNet weights when available, else the
-    DDSM pre-trained checkpoint (the report says which)."""
+    profile's stand-in (the report says which)."""
     from .model import build_model
+    from .table2 import imagenet_trunk
 
-    init = imagenet_init(cfg)
-    if init != "none":
-        return build_model(cfg["arch"], weights=init), "ImageNet"
-    ckpt = ddsm_checkpoint(cfg, progress=progress)
-    return build_model(cfg["arch"], weights=str(ckpt)), "DDSM pre-trained (ImageNet weights unavailable)"
+    t = imagenet_trunk(cfg, progress=progress)
+    return build_model(cfg["arch"], weights=t["weights"]), t["note"]
 
 
 def step_distances(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
@@ -500,41 +405,28 @@ def step_distances(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 # Significance
 # --------------------------------------------------------------------------------------------
 def step_significance(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
-    """Notebook 06: paired t-test and Wilcoxon over folds, McNemar on pooled predictions, bootstrap CI."""
-    from . import paper
-    from .stats import significance_table
+    """Notebook 06 (see :func:`mammo_lib.table2.step_significance`)."""
+    from .table2 import step_significance as _step
 
-    res, _ = table2_cv(cfg, progress=progress)
-    table = significance_table(res, [("imagenet_finetune", "imagenet_transfer"), ("ddsm_finetune", "ddsm_transfer")],
-                               seed=int(cfg["seed"]))
-    table["paper p"] = [paper.P_VALUES["imagenet"], paper.P_VALUES["ddsm"]][: len(table)]
-    write_table(table, "significance_full", cfg.results_dir, floatfmt=".4g")
-    compact = pd.DataFrame({
-        "comparison": table["spec_b"] + " vs " + table["spec_a"],
-        # stats report A - B with A = fine-tune; the table shows transfer - fine-tune
-        "accuracy difference (points)": (-100 * table["mean_diff"]).round(1),
-        "paired t-test p (folds)": table["t_p"],
-        "Wilcoxon p (folds; min possible)": [f"{p:.3g} ({m:.3g})" for p, m in zip(table["wilcoxon_p"], table["wilcoxon_min_p"])],
-        "McNemar p (pooled lesions)": table["mcnemar_p"],
-        "bootstrap 95% CI of the difference (points)": [f"[{-100 * hi:.1f}, {-100 * lo:.1f}]"
-                                                        for lo, hi in zip(table["boot_lo"], table["boot_hi"])],
-        "paper p": table["paper p"],
-    })
-    write_table(compact, "significance", cfg.results_dir, floatfmt=".3g")
-    return compact
+    return _step(cfg, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------
 # Fig. 7 and localisation
 # --------------------------------------------------------------------------------------------
 def fold_model(cfg: Config, spec: str, fold: int):
-    """The model selected on the inner validation split for ``spec`` and ``fold`` (Table 2 runs)."""
-    from .model import build_model
+    """The model selected on the inner validation split for ``spec`` and ``fold`` (Table 2 runs,
+    the profile's main condition; see :func:`mammo_lib.table2.fold_model`)."""
+    from .table2 import fold_model as _fold_model
 
-    path = table2_dir(cfg, step_beta(cfg, progress=False)) / spec / f"fold_{fold}" / "best.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} missing: run notebook 05 (Table 2) first")
-    return build_model(cfg["arch"], weights=str(path))
+    return _fold_model(cfg, spec, fold)
+
+
+def table2_run(cfg: Config, *, progress: bool = True):
+    """Table 2's instrument result and trunks (run on first use, read back after)."""
+    from .table2 import run
+
+    return run(cfg, progress=progress)
 
 
 def group4_maps(model, images: np.ndarray, *, batch_size: int = 32, device: str = "cpu") -> np.ndarray:
@@ -561,7 +453,7 @@ def step_localization(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     from .protocol import make_folds
 
     ds = roi_sets(cfg, progress=progress)
-    table2_cv(cfg, progress=progress)
+    table2_run(cfg, progress=progress)
     test = ds.cv_test if ds.cv_test is not None else ds.cv
     folds = make_folds(ds.cv.labels, ds.cv.groups, n_splits=int(cfg.section("cv")["n_splits"]), seed=int(cfg["seed"]))
     tables, maps = [], {}
@@ -609,10 +501,11 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     from .glcm import glcm_feature_table
     from .knn import feature_correlation, knn_explain, penultimate_features
     from .protocol import make_folds
+    from .sanity import explanation_sanity
 
     ex = cfg.section("explain")
     ds = roi_sets(cfg, progress=progress)
-    table2_cv(cfg, progress=progress)
+    table2_run(cfg, progress=progress)
     test = ds.cv_test if ds.cv_test is not None else ds.cv
     folds = make_folds(ds.cv.labels, ds.cv.groups, n_splits=int(cfg.section("cv")["n_splits"]), seed=int(cfg["seed"]))
     te_idx, tr_idx = np.flatnonzero(folds == 0), np.flatnonzero(folds != 0)
@@ -623,6 +516,19 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     labels = t.labels
     chosen = [int(np.flatnonzero(labels == c)[0]) for c in (0, 1) if (labels == c).any()][: int(ex.get("n_cases", 2))]
     rd = cfg.results_dir
+    # The explanation's sanity checks decide its Background rule (docs/DECISIONS.md).
+    n_sanity = min(int(ex.get("n_sanity", ex.get("n_agreement", 40))), len(t))
+    sanity = explanation_sanity(model_kt, t.images[:n_sanity], t.masks[:n_sanity], random_seed=int(cfg["seed"]),
+                                batch_size=int(ex.get("batch_size", 33)), device=cfg["device"], progress=progress)
+    rule = str(sanity.attrs["chosen_rule"])
+    write_table(sanity, "explanation_sanity", rd)
+    if not sanity.attrs.get("any_passes", False):
+        atomic_write_text(rd / "tables" / "explanation_sanity.notes.md",
+                          f"**No Background rule passes the sanity checks** on these models: the Eq. 6 labels "
+                          f"are not shown to be evidence of what the model uses. `{rule}` is the least bad "
+                          f"and is used for the figures.\n")
+    else:
+        (rd / "tables" / "explanation_sanity.notes.md").unlink(missing_ok=True)
     timings = []
     cases = []
     train_feats = penultimate_features(model_kt, ds.cv.images[tr_idx], device=cfg["device"])
@@ -633,14 +539,16 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     for c in chosen:
         roi, mask = t.images[c], t.masks[c]
         t0 = time.perf_counter()
-        expl = explain_roi(model_kt, roi, batch_size=int(ex.get("batch_size", 33)), device=cfg["device"])
+        expl = explain_roi(model_kt, roi, batch_size=int(ex.get("batch_size", 33)), device=cfg["device"],
+                           background_rule=rule)
         dt = time.perf_counter() - t0
         timings.append({"case_id": ids[te_idx][c], "label": int(labels[c]), "forward passes": 1 + 2 * expl.grid ** 2,
                         "seconds": round(dt, 3), "roi size": roi.shape[0], "arch": cfg["arch"], "device": cfg["device"]})
         expl.to_json(rd / "explanations" / f"{ids[te_idx][c]}.json")
-        lesion, background = lesion_background(roi)
+        lesion, background = lesion_background(roi, background_rule=rule)
         kind = "benign" if labels[c] == 0 else "malignant"
-        save_figure(figures.fig5_lesion_background(roi, lesion, background, expl, mask=mask),
+        save_figure(figures.fig5_lesion_background(roi, lesion, background, expl, mask=mask, true_label=kind,
+                                                   background_rule=rule),
                     f"fig5_lesion_background_{kind}", rd)
         # At norm5 (pytorch-grad-cam's usual DenseNet layer) Grad-CAM and HiResCAM differ; after the
         # final ReLU they coincide for global-average-pooling + one linear layer.
@@ -658,12 +566,13 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     save_figure(figures.fig9_framework(cases), "fig9_framework", rd)
     timing = pd.DataFrame(timings)
     write_table(timing, "explain_timing", rd)
-    agreement = explanation_agreement(cfg, t, n=int(ex.get("n_agreement", 40)))
+    agreement = explanation_agreement(cfg, t, n=int(ex.get("n_agreement", 40)), background_rule=rule)
     write_table(agreement, "explanation_agreement", rd)
-    return {"timing": timing, "cases": cases, "correlation": corr, "agreement": agreement}
+    return {"timing": timing, "cases": cases, "correlation": corr, "agreement": agreement, "sanity": sanity,
+            "rule": rule}
 
 
-def explanation_agreement(cfg: Config, test: Any, *, n: int = 40) -> pd.DataFrame:
+def explanation_agreement(cfg: Config, test: Any, *, n: int = 40, background_rule: str | None = None) -> pd.DataFrame:
     """Beyond the paper: over the first ``n`` test ROIs of fold 0, how often the Eq. 6 label is
     *Lesion* on cells covering the mass vs elsewhere, for each Table 2 model of that fold."""
     from .explain import explain_roi, lesion_agreement
@@ -673,10 +582,10 @@ def explanation_agreement(cfg: Config, test: Any, *, n: int = 40) -> pd.DataFram
     for spec in TABLE2_SPECS:
         model = fold_model(cfg, spec, 0)
         per = [lesion_agreement(explain_roi(model, test.images[i], batch_size=int(ex.get("batch_size", 33)),
-                                            device=cfg["device"]), test.masks[i])
+                                            device=cfg["device"], background_rule=background_rule), test.masks[i])
                for i in range(min(n, len(test)))]
         df = pd.DataFrame(per)
-        rows.append({"spec": spec, "ROIs": len(df),
+        rows.append({"spec": spec, "background rule": background_rule, "ROIs": len(df),
                      "P(Lesion | mass cell)": round(float(df["p_lesion_on_mass"].mean()), 3),
                      "P(Lesion | other cell)": round(float(df["p_lesion_off_mass"].mean()), 3),
                      "Lesion fraction": round(float(df["lesion_fraction"].mean()), 3)})

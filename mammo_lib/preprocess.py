@@ -1,4 +1,4 @@
-"""Cached, parallel ROI extraction for a list of :class:`~mammo_lib.records.MassRecord` (SPEC section 2).
+"""Cached, parallel ROI extraction for a list of :class:`~mammo_lib.records.MassRecord` (Sec. 3.2).
 
 :func:`preprocess` loads every record (``mammo_lib.imageio.load_record``), extracts its ROI with
 :func:`mammo_lib.roi.extract_roi` in worker processes, and returns a :class:`RoiSet`.

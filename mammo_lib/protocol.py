@@ -1,4 +1,4 @@
-"""Evaluation protocol of Table 2 (Sec. 3.1, 5.1; SPEC 5) and the CBIS-DDSM pre-training stage.
+"""Evaluation protocol of Table 2 (Sec. 3.1, 5.1; Sec. 5.1) and the CBIS-DDSM pre-training stage.
 
 * :func:`make_folds`: five-fold cross-validation, stratified by class and grouped by patient.
 * :func:`inner_split`: each training part split 80:20 into train / validation (model selection
@@ -30,6 +30,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from torch import nn
 from tqdm.auto import tqdm
 
+from .records import default_file_mode
 from .metrics import classification_metrics
 from .model import WeightsUnavailableError, build_model
 from .training import TensorData, TrainConfig, atomic_torch_save, atomic_write_json, predict, train_model
@@ -171,6 +172,7 @@ def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
     os.close(fd)
     try:
         df.to_csv(tmp, index=False)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -350,7 +352,7 @@ def pretrain(train_data: Any, test_data: Any, out_dir: str | Path, *, arch: str 
     patient-grouped validation part (:func:`inner_split`, ``seed``), select on validation, report
     on ``test_data`` (the official test set).
 
-    ``cfg`` defaults to ``TrainConfig(method="finetune", trainable="all")``: SPEC is silent on
+    ``cfg`` defaults to ``TrainConfig(method="finetune", trainable="all")``: the paper is silent on
     which layers pre-training updates; decision: all of them. ``weights``: ``"imagenet"``,
     ``"none"`` or a path; ``imagenet_fallback`` as in :func:`run_cv`. Writes
     ``out_dir/ddsm_pretrained.pt`` and ``out_dir/pretrain_metrics.json`` (atomically) and returns

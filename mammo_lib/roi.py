@@ -1,4 +1,4 @@
-"""Region-of-interest extraction around a mass (paper Sec. 3.2, Fig. 2; SPEC section 2).
+"""Region-of-interest extraction around a mass (paper Sec. 3.2, Fig. 2; Sec. 3.2).
 
 Coordinates are integer pixel indices ``(row, column)``; a :class:`Box` is end-exclusive, so
 pixel ``(i, j)`` covers the square ``[i, i+1) x [j, j+1)`` and a box's continuous centre is
@@ -7,8 +7,8 @@ pixel ``(i, j)`` covers the square ``[i, i+1) x [j, j+1)`` and a box's continuou
 Centring rule (used by every centred variant): a crop of side ``S`` around a box of side ``s``
 starts at ``y0 + (s - S) // 2`` (Python floor division), i.e. at ``floor(centre - S / 2)``.
 Its width is exactly ``S``; when ``S - s`` is odd, the extra context pixel goes to the top /
-left side.  A crop may leave the image; :func:`extract_roi` then pads with zeros (SPEC
-Decision) and records the padding.
+left side.  A crop may leave the image; :func:`extract_roi` then pads with zeros (a decision,
+``docs/DECISIONS.md``) and records the padding.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ VARIANTS: tuple[str, ...] = ("mass_centred", "original", "double_box", "overlap_
 RANDOM_VARIANTS: frozenset[str] = frozenset({"overlap_0.9"})
 
 #: Table 1 rows -> (ROI variant, training augmentations).  Augmentations are applied after the
-#: data division and only to training data (SPEC section 2, see ``mammo_lib.augment``).
+#: data division and only to training data (Sec. 3.2, see ``mammo_lib.augment``).
 TABLE1_CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
     # Ortega-Martorell et al. [46]: the mass's bounding box ("original ROI"), 54.4 %.
     "original_roi": ("original", ()),

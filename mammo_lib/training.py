@@ -1,5 +1,5 @@
 """Training loop of Table 2: fine-tuning or knowledge transfer (Eq. 5), with model selection
-on the validation split and exact checkpoint/resume (SPEC sections 4-5).
+on the validation split and exact checkpoint/resume (Sec. 4.1, 5.1).
 
 Paper-silent settings are :class:`TrainConfig` fields with documented defaults (decisions):
 Adam, learning rate 1e-4, weight decay 1e-4, 30 epochs, batch 16, selection by validation
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .records import default_file_mode
 from .activation import DISTANCE_FORMS, GROUP_LAYERS, GroupActivations, activation_map
 from .augment import AUGMENTATIONS, JointAugment
 from .model import TRAINABLE_SETS, apply_train_mode, mask_to_model_input, preserve_mode, set_trainable, to_model_input
@@ -92,10 +93,10 @@ class TrainConfig:
             optimizer's ``weight_decay``); ``momentum`` is used by ``"sgd"`` only.
         beta, omega, distance_form: Eq. 5 weight, groups Omega and the Eq. 4 form (``"paper"`` or
             ``"at"``); ignored by ``"finetune"``.
-        trainable: :func:`mammo_lib.model.set_trainable` set (SPEC 3: ``"group4+classifier"``).
-        augment, augment_p, max_degrees: training-only joint augmentation (SPEC 2).
+        trainable: :func:`mammo_lib.model.set_trainable` set (Sec. 3.3: ``"group4+classifier"``).
+        augment, augment_p, max_degrees: training-only joint augmentation (Sec. 3.2).
         selection_metric: ``"accuracy"`` (ties -> lower validation loss) or ``"loss"``, on the
-            validation split only (SPEC 5).
+            validation split only (Sec. 5.1).
         seed: seeds batch order and augmentation (see :func:`epoch_generator`).
         device: where to train (not part of the resume check).
         patience: stop after this many epochs without a better selection score (None: never).
@@ -257,6 +258,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -270,6 +272,7 @@ def atomic_write_json(obj: Any, path: Path) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(obj, fh, indent=2, default=str)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -352,7 +355,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
                 teacher: Optional[nn.Module] = None, checkpoint_dir: str | Path | None = None,
                 progress: bool = True,
                 on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None) -> TrainResult:
-    """Train ``model`` in place and load the epoch selected on ``val`` (SPEC 5).
+    """Train ``model`` in place and load the epoch selected on ``val`` (Sec. 5.1).
 
     Steps per epoch: :func:`mammo_lib.model.apply_train_mode` (frozen BatchNorms stay in eval),
     batches and joint image/mask augmentation from :func:`epoch_generator` ``(cfg.seed, epoch)``,
@@ -382,7 +385,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
 
     init_fp = _state_fingerprint(model)
     if cfg.method == "transfer" and teacher is None:
-        teacher = make_teacher(model)  # the frozen initial network (SPEC 4 decision)
+        teacher = make_teacher(model)  # the frozen initial network (docs/DECISIONS.md)
     model.to(device)
     if teacher is not None:
         teacher.to(device)

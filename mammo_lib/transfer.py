@@ -1,7 +1,7 @@
 """Knowledge transfer from binary masks to ROIs (Eq. 5, Sec. 4.1).
 
 The mask's activation maps come from a network that "will not participate in the training
-process": by default a frozen copy of the initial, pre-trained network (SPEC 4 decision,
+process": by default a frozen copy of the initial, pre-trained network (docs/DECISIONS.md,
 :func:`make_teacher`); any other model can be passed instead.
 
 One training step::
@@ -23,16 +23,16 @@ from torch import Tensor, nn
 
 from .activation import DISTANCE_FORMS, GROUP_LAYERS, DistanceForm, GroupActivations, activation_distance, activation_map
 
-#: Default weight of the transfer term. The paper gives no value; SPEC 4 decision: choose beta on
+#: Default weight of the transfer term. The paper gives no value; docs/DECISIONS.md: choose beta on
 #: the inner validation split and report it. The attention-transfer reference (ref. [15]) uses
 #: beta = 1000 with ``form="at"`` (whose values are smaller by a factor of about H*W).
 DEFAULT_BETA = 1.0
-#: Groups Omega of Eq. 5 (SPEC 4: default {4}).
+#: Groups Omega of Eq. 5 (Sec. 4.1: default {4}).
 DEFAULT_OMEGA = (4,)
 
 
 def make_teacher(model: nn.Module) -> nn.Module:
-    """A frozen copy of ``model`` for the mask branch (SPEC 4 decision): deep copy, eval mode, no
+    """A frozen copy of ``model`` for the mask branch (docs/DECISIONS.md): deep copy, eval mode, no
     gradients. The caller's model is untouched."""
     teacher = copy.deepcopy(model)
     teacher.eval()

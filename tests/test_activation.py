@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.activation: group hooks, Eq. 3 maps, Eq. 4 distances (SPEC 3, 4)."""
+"""Tests of mammo_lib.activation: group hooks, Eq. 3 maps, Eq. 4 distances (Sec. 3.3, 4.1)."""
 from __future__ import annotations
 
 import math

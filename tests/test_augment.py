@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.augment: joint flips and rotation of ROI and mask (Sec. 3.2, SPEC 2)."""
+"""Tests of mammo_lib.augment: joint flips and rotation of ROI and mask (Sec. 3.2, Sec. 3.2)."""
 from __future__ import annotations
 
 import pytest

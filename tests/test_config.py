@@ -21,8 +21,8 @@ def test_every_profile_has_the_keys_the_pipeline_reads(name, monkeypatch):
     cfg = load_config(name, {"data_root": "/data"} if name == "full" else None)
     for key in ("arch", "roi_size", "min_context", "seed", "device", "work_dir", "results_dir"):
         assert key in cfg.values, f"{name} lacks {key}"
-    for section, keys in {"train": ("epochs", "batch_size", "lr", "beta", "trainable"),
-                          "cv": ("n_splits", "beta_grid"), "table1": ("n_splits",),
+    for section, keys in {"train": ("epochs", "batch_size", "lr", "trainable", "head"),
+                          "cv": ("n_splits", "beta_grid", "beta_grid_at"), "table1": ("n_splits",),
                           "explain": ("n_cases",)}.items():
         for k in keys:
             assert k in cfg.section(section), f"{name}: {section}.{k}"

@@ -16,8 +16,9 @@ from matplotlib.patches import Rectangle
 from torch import nn
 
 from mammo_lib.activation import GroupActivations
-from mammo_lib.explain import (BACKGROUND, LESION, Explanation, classify_cells, explain_many,
-                               explain_roi, lesion_background, window_grid)
+from mammo_lib.explain import (BACKGROUND, BACKGROUND_RULES, DEFAULT_BACKGROUND_RULE, LESION, Explanation,
+                               canonical_background_rule, classify_cells, explain_many, explain_roi,
+                               lesion_background, lesion_weight, window_grid)
 from mammo_lib.glcm import glcm_variance_map
 from mammo_lib.model import build_model, to_model_input
 from mammo_lib.records import DataError
@@ -67,6 +68,41 @@ HAND_DIS_B = math.sqrt(5) / 4 * np.array([[0.125, 0.25], [0.625, 0.0]])
 HAND_LABELS = [[BACKGROUND, BACKGROUND],   # 0.5 is a tie -> Background
                [LESION, BACKGROUND]]
 
+def _disk_roi(size: int = 32, lo: float = 0.0) -> np.ndarray:
+    """A bright noisy disk on a darker noisy background, min ``lo`` (0 by default)."""
+    rng = np.random.default_rng(size)
+    yy, xx = np.mgrid[:size, :size]
+    disk = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2).astype(np.float64)
+    img = 0.2 + 0.5 * disk + 0.2 * rng.random((size, size))
+    img = lo + (img - img.min()) / (img.max() - img.min()) * (0.95 - lo)
+    return img.astype(np.float32)
+
+
+# Complementary rules: (name, ROI, kwargs of lesion_background)
+COMPLEMENTARY_CASES = [
+    ("soft_disk", _disk_roi(32), dict(background_rule="soft")),
+    ("soft_disk_p50", _disk_roi(32), dict(background_rule="soft", soft_percentile=50)),
+    ("soft_disk_min_0.3", _disk_roi(28, lo=0.3), dict(background_rule="soft")),
+    ("otsu_disk", _disk_roi(32), dict(background_rule="otsu")),
+    ("otsu_noise", np.random.default_rng(3).random((40, 40)).astype(np.float32), dict(background_rule="otsu")),
+    ("soft_constant", np.full((28, 28), 0.4, np.float32), dict(background_rule="soft")),
+    ("otsu_constant", np.full((28, 28), 0.4, np.float32), dict(background_rule="otsu")),
+    ("soft_p99_explicit", _disk_roi(32), dict(background_rule="soft", soft_percentile=99.0)),
+]
+
+# (kwargs of lesion_background on a 16 px ROI, exception, message)
+LESION_BACKGROUND_FAIL_CASES = [
+    (dict(background_rule="ratio"), ValueError, "background_rule must be one of"),
+    (dict(background_rule=None, soft_percentile=0), ValueError, r"soft_percentile must be a number in \(0, 100\]"),
+    (dict(soft_percentile=101), ValueError, r"soft_percentile must be a number in \(0, 100\]"),
+    (dict(soft_percentile=True), ValueError, "soft_percentile"),
+]
+
+# (name, rule given, canonical)
+RULE_NAME_CASES = [("soft", "soft", "soft"), ("otsu", "otsu", "otsu"), ("old", "subtract_clip", "subtract_clip"),
+                   ("alias", "unit_difference", "subtract_clip"), ("legacy", "difference", "difference"),
+                   ("none", None, DEFAULT_BACKGROUND_RULE)]
+
 # (size, grid, windows, window side)
 GRID_CASES = [(224, 7, 49, 32), (64, 2, 4, 32), (12, 3, 9, 4), (5, 1, 1, 5), (6, 6, 36, 1)]
 
@@ -112,10 +148,58 @@ def forward_hook_count(model: nn.Module) -> int:
 # ----------------------------------------------------------------------------- step 1
 
 
-def test_lesion_is_variance_rescaled_to_roi_range():
+@pytest.mark.parametrize("name, roi, kwargs", COMPLEMENTARY_CASES, ids=[c[0] for c in COMPLEMENTARY_CASES])
+def test_complementary_rules_split_the_roi(name, roi, kwargs):
+    lesion, background = lesion_background(roi, **kwargs)
+    assert lesion.dtype == background.dtype == np.float32
+    assert lesion.shape == background.shape == roi.shape
+    np.testing.assert_allclose(lesion.astype(np.float64) + background, roi, atol=1e-6)  # ROI = L + B
+    # each pixel of both lies between 0 and the ROI's pixel: no clipping, the ROI's range [0, max]
+    assert (lesion >= 0).all() and (background >= -1e-7).all()
+    assert (lesion <= roi + 1e-7).all() and (background <= roi + 1e-7).all()
+    if roi.min() == 0:  # then also within [roi.min(), roi.max()] literally
+        for img in (lesion, background):
+            assert roi.min() - 1e-7 <= img.min() and img.max() <= roi.max() + 1e-7
+    if np.ptp(roi) == 0:  # constant ROI -> constant variance map -> w = 0: all Background
+        np.testing.assert_array_equal(lesion, 0.0)
+        np.testing.assert_array_equal(background, roi)
+    else:
+        assert lesion.max() > 0 and background.max() > 0  # both hold part of the ROI
+
+
+def test_soft_and_otsu_weights_by_hand():
+    variance = np.array([[0.0, 1.0], [2.0, 4.0]])
+    # 100th percentile = 4 -> w = v / 4; 50th = 1.5 -> clip(v / 1.5, 0, 1)
+    np.testing.assert_allclose(lesion_weight(variance, "soft", 100), [[0, 0.25], [0.5, 1.0]])
+    np.testing.assert_allclose(lesion_weight(variance, "soft", 50), [[0, 1 / 1.5], [1, 1]])
+    # a map that is mostly 0: the percentile is 0 -> scale by the maximum
+    np.testing.assert_allclose(lesion_weight(np.array([[0.0, 0.0], [0.0, 2.0]]), "soft", 50), [[0, 0], [0, 1]])
+    np.testing.assert_array_equal(lesion_weight(np.zeros((2, 2)), "soft"), 0.0)
+    np.testing.assert_array_equal(lesion_weight(np.full((2, 2), 3.0), "soft"), 0.0)  # constant: no contrast
+    # Otsu between the two modes {0, 0.1} and {3.9, 4}
+    np.testing.assert_array_equal(lesion_weight(np.array([[0.0, 0.1], [3.9, 4.0]]), "otsu"), [[0, 0], [1, 1]])
+    np.testing.assert_array_equal(lesion_weight(np.full((3, 3), 0.7), "otsu"), 0.0)
+    with pytest.raises(ValueError, match="'soft' and 'otsu'"):
+        lesion_weight(variance, "subtract_clip")
+
+
+def test_soft_rule_is_the_weight_times_the_roi():
+    roi = _disk_roi(32)
+    lesion, background = lesion_background(roi, background_rule="soft", soft_percentile=90)
+    w = lesion_weight(glcm_variance_map(roi), "soft", 90)
+    np.testing.assert_allclose(lesion, w * roi, atol=1e-6)
+    np.testing.assert_allclose(background, (1 - w) * roi, atol=1e-6)
+    hard, _ = lesion_background(roi, background_rule="otsu")
+    assert set(np.unique(hard[roi > 0] / roi[roi > 0]).round(5)) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("rule", ["subtract_clip", "unit_difference"])
+def test_old_rule_keeps_its_numbers(rule):
+    """The former default: Lesion = variance stretched to the ROI's range, Background =
+    clip(u(ROI) - u(Lesion), 0) with u the min-max rescaling to [0, 1]."""
     rng = np.random.default_rng(0)
     roi = (0.2 + 0.5 * rng.random((16, 16))).astype(np.float32)
-    lesion, background = lesion_background(roi)
+    lesion, background = lesion_background(roi, background_rule=rule)
     assert lesion.dtype == background.dtype == np.float32
     assert lesion.shape == background.shape == roi.shape
     assert lesion.min() == pytest.approx(roi.min()) and lesion.max() == pytest.approx(roi.max())
@@ -123,7 +207,6 @@ def test_lesion_is_variance_rescaled_to_roi_range():
     slope, intercept = np.polyfit(variance, lesion.ravel(), 1)
     np.testing.assert_allclose(slope * variance + intercept, lesion.ravel(), atol=1e-6)
     assert slope > 0
-    # SPEC 7: Background = clip(u(ROI) - u(Lesion), 0) with u the min-max rescaling to [0, 1]
     u = lambda x: (x - x.min()) / (x.max() - x.min())  # noqa: E731
     np.testing.assert_allclose(background, np.clip(u(roi) - u(lesion), 0, None), atol=1e-6)
     assert background.min() == 0.0 and background.max() <= 1.0
@@ -131,13 +214,30 @@ def test_lesion_is_variance_rescaled_to_roi_range():
 
 def test_background_difference_rule_and_constant_roi():
     roi = np.full((8, 8), 0.4, dtype=np.float32)
-    lesion, background = lesion_background(roi)
+    lesion, background = lesion_background(roi, background_rule="subtract_clip")
     np.testing.assert_array_equal(lesion, np.float32(0.4))  # constant variance -> ROI minimum
     np.testing.assert_array_equal(background, 0.0)
     rng = np.random.default_rng(1)
     roi = rng.random((8, 8)).astype(np.float32)
     lesion, background = lesion_background(roi, background_rule="difference")
     np.testing.assert_allclose(background, np.clip(roi - lesion, 0, None), atol=1e-7)
+
+
+@pytest.mark.parametrize("name, rule, canonical", RULE_NAME_CASES, ids=[c[0] for c in RULE_NAME_CASES])
+def test_rule_names_and_default(name, rule, canonical):
+    assert canonical_background_rule(rule) == canonical
+    assert DEFAULT_BACKGROUND_RULE in BACKGROUND_RULES
+    roi = _disk_roi(28)
+    got = lesion_background(roi, background_rule=rule)
+    want = lesion_background(roi, background_rule=canonical)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", LESION_BACKGROUND_FAIL_CASES)
+def test_lesion_background_bad_input(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        lesion_background(np.full((16, 16), 0.5, np.float32), **kwargs)
 
 
 # ----------------------------------------------------------------------------- step 2
@@ -398,3 +498,98 @@ def test_lesion_agreement_bad_input(mask, kw, match):
 
     with pytest.raises(ValueError, match=match):
         lesion_agreement(make_explanation(), mask, **kw)
+
+
+# ----------------------------------------------------------------------------- background rule and sanity record
+
+# (name, explain_roi kwargs besides roi/layer_fn, recorded background_rule)
+RULE_RECORD_CASES = [
+    ("default", dict(), DEFAULT_BACKGROUND_RULE),
+    ("otsu", dict(background_rule="otsu"), "otsu"),
+    ("alias", dict(background_rule="unit_difference"), "subtract_clip"),
+    ("given", dict(lesion=np.full((12, 12), 0.2, np.float32), background=np.full((12, 12), 0.3, np.float32)),
+     "given"),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, recorded", RULE_RECORD_CASES, ids=[c[0] for c in RULE_RECORD_CASES])
+def test_rule_and_pixel_change_agreement_always_recorded(name, kwargs, recorded, tmp_path):
+    roi = _disk_roi(12)
+    e = explain_roi(PoolNet(grid=3), roi, layer_fn=pool_fn, **kwargs)
+    assert e.params["background_rule"] == recorded
+    assert ("soft_percentile" in e.params) == (recorded == "soft")
+    agreement = e.sanity["pixel_change_agreement"]
+    assert 0.0 <= agreement <= 1.0 and agreement * 9 == pytest.approx(round(agreement * 9))
+    back = Explanation.from_json(e.to_json(tmp_path / "e.json"))
+    assert back.params["background_rule"] == recorded
+    assert back.sanity == {"pixel_change_agreement": agreement}
+
+
+def test_recorded_agreement_is_the_share_of_pixel_change_labels():
+    rng = np.random.default_rng(11)
+    roi, lesion, background = rng.random((3, 12, 12)).astype(np.float32)
+    e = explain_roi(PoolNet(grid=3), roi, lesion=lesion, background=background, layer_fn=pool_fn)
+    from mammo_lib.sanity import pixel_change_labels
+
+    trivial = pixel_change_labels(roi, lesion, background, 3)
+    assert e.sanity["pixel_change_agreement"] == float(np.mean(e.cell_labels == trivial))
+
+
+def test_old_json_without_sanity_still_reads(tmp_path):
+    d = make_explanation(sanity={"pixel_change_agreement": 0.25}).to_dict()
+    assert d["sanity"] == {"pixel_change_agreement": 0.25}
+    del d["sanity"]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(d))
+    back = Explanation.from_json(path)
+    assert back.sanity == {} and back.params == {"group": 4, "glcm_angle": 0.5}
+
+
+def test_cli_explain_background_rule(tmp_path, capsys):
+    from PIL import Image
+
+    from mammo_lib.cli import build_parser, main
+
+    assert build_parser().parse_args(["explain", "--checkpoint", "c", "--image", "i", "--out", "o"]
+                                     ).background_rule == DEFAULT_BACKGROUND_RULE
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model_state": build_model("small", seed=0).state_dict()}, ckpt)
+    img = tmp_path / "roi.png"
+    Image.fromarray((255 * _disk_roi(64)).astype(np.uint8)).save(img)
+    out = tmp_path / "expl"
+    rc = main(["explain", "--checkpoint", str(ckpt), "--arch", "small", "--image", str(img), "--size", "64",
+               "--background-rule", "otsu", "--out", str(out)])
+    assert rc == 0
+    d = json.loads((out / "explanation.json").read_text())
+    assert d["params"]["background_rule"] == "otsu"
+    agreement = d["sanity"]["pixel_change_agreement"]
+    assert f"pixel-change agreement: {100 * agreement:.0f}%" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["explain", "--checkpoint", "c", "--image", "i", "--out", "o",
+                                   "--background-rule", "ratio"])
+
+
+def test_fig5_shared_scale_titles_and_labels():
+    from mammo_lib import figures
+
+    roi = _disk_roi(32)
+    lesion, background = lesion_background(roi, background_rule="soft")
+    mask = (roi > 0.6).astype(np.uint8)
+    fig = figures.fig5_lesion_background(roi, lesion, background, make_explanation(grid=4, window=8,
+                                         activation_map=np.zeros((4, 4)), dis_lesion=np.zeros((4, 4)),
+                                         dis_background=np.ones((4, 4)), cell_labels=np.full((4, 4), LESION),
+                                         params={"background_rule": "soft"}), mask, true_label="benign")
+    axes = fig.get_axes()
+    assert len(axes) == 7  # 3 images + shared colourbar + the explanation's 2 panels + its colourbar
+    images = [ax.images[0] for ax in axes[:3]]
+    assert len({im.get_clim() for im in images}) == 1  # one grey scale for ROI, Lesion, Background
+    assert images[0].get_clim() == pytest.approx((0.0, float(roi.max())), abs=1e-6)
+    title = fig._suptitle.get_text()
+    assert "true: benign" in title and "predicted: malignant (p = 0.750)" in title
+    sizes = {ax.title.get_fontsize() for ax in (*axes[:3], *axes[4:6])}
+    assert len(sizes) == 1 and {ax.title.get_horizontalalignment() for ax in axes[:3]} == {"center"}
+    assert "(1 \u2212 w)" in axes[2].get_title()
+    # backward compatible: the old positional call, no explanation, no title
+    fig = figures.fig5_lesion_background(roi, lesion, background)
+    assert len(fig.get_axes()) == 4 and fig._suptitle is None
+    fig.canvas.draw()

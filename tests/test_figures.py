@@ -60,9 +60,15 @@ FIGURE_CASES = [
         {1: RNG.random((8, 8)), 2: RNG.random((4, 4)), 4: RNG.random((1, 1))}), 8),
     ("confusion two", lambda: figures.confusion_matrices({"mask": [[5, 1], [2, 4]], "ROI": [[3, 3], [3, 3]]},
                                                          title="Fig. 4b"), 2),
-    ("fig5 without explanation", lambda: figures.fig5_lesion_background(ROI, ROI ** 2, np.clip(ROI - ROI ** 2, 0, 1)), 3),
-    # 3 images + explanation's two panels + its colorbar
-    ("fig5 with explanation", lambda: figures.fig5_lesion_background(ROI, ROI ** 2, ROI / 2, explanation(), MASK), 6),
+    # ROI, Lesion, Background + their shared colourbar
+    ("fig5 without explanation", lambda: figures.fig5_lesion_background(ROI, ROI ** 2, np.clip(ROI - ROI ** 2, 0, 1)), 4),
+    # 3 images + shared colourbar + explanation's two panels + its colorbar
+    ("fig5 with explanation", lambda: figures.fig5_lesion_background(ROI, ROI ** 2, ROI / 2, explanation(), MASK), 7),
+    # 2 conditions x 4 panels
+    ("dose-response", lambda: figures.dose_response(pd.DataFrame({
+        "condition": ["A"] * 4 + ["B"] * 4, "init": ["imagenet", "imagenet", "ddsm", "ddsm"] * 2,
+        "form": ["paper", "at"] * 4, "beta": [0.0, 1000.0] * 4, "acc in distribution": RNG.random(8),
+        "flip rate": RNG.random(8), "d4 (test)": RNG.random(8), "energy share on mass": RNG.random(8)})), 8),
     ("fig6", lambda: figures.fig6_distance_distribution(
         pd.DataFrame({"group": np.repeat([1, 2, 3, 4], 5), "d": RNG.random(20)})), 1),
     ("fig7 two rows", lambda: figures.fig7_overlays(np.stack([ROI, ROI]), np.stack([MASK, MASK]),

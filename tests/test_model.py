@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.model: architectures, weights loading, freezing, inputs (SPEC 3, 4)."""
+"""Tests of mammo_lib.model: architectures, weights loading, freezing, inputs (Sec. 3.3, 4.1)."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Tests of the synthetic mammography phantom (SPEC section 8), tiny images throughout."""
+"""Tests of the synthetic mammography phantom (docs/DECISIONS.md), tiny images throughout."""
 from __future__ import annotations
 
 import csv
@@ -40,7 +40,9 @@ CONFIG_ERRORS = [
     ({"paired_patient_prob": 1.5}, ValueError, "paired_patient_prob must lie in"),
     ({"calcification_prob": {"train": {0: 0.2, 1: 1.2}, "test": {0: 0.5, 1: 0.5}}}, ValueError,
      r"calcification_prob\['train'\]\[1\] must lie in"),
-    ({"dense_prob": {"train": {0: 0.5, 1: 0.5}}}, ValueError, "dense_prob must map exactly"),
+    ({"dense_prob": {"train": {0: 0.5, 1: 0.5}}}, ValueError, "dense_prob must map 'train', 'test'"),
+    ({"calcification_prob": {"train": {0: 0.5, 1: 0.5}, "test": {0: 0.5, 1: 0.5}, "shifted": {0: 1, 1: 0}}},
+     ValueError, "other than 'shifted'"),
     ({"dense_prob": {"train": {0: 0.5}, "test": {0: 0.5, 1: 0.5}}}, ValueError,
      r"dense_prob\['train'\] must map labels 0 and 1"),
     ({"roi_size": 4}, ValueError, "roi_size must be an int >= 8"),
@@ -208,7 +210,7 @@ def test_confounders_lie_outside_the_mask_inside_the_roi_window(bcdr_set, tables
         for row in df.itertuples():
             mask = imread(bcdr_set / row.mask_path) > 0
             cmap = imread(bcdr_set / row.confounder_mask_path)
-            # SPEC section 2 window: max(224, h) x max(224, w) around the box, floor rounding.
+            # Sec. 3.2 window: max(224, h) x max(224, w) around the box, floor rounding.
             rr, cc = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
             h, w = rr[-1] - rr[0] + 1, cc[-1] - cc[0] + 1
             big_h, big_w = max(cfg.roi_size, h), max(cfg.roi_size, w)

@@ -60,20 +60,36 @@ def test_build_report_marks_missing_sections_and_phantom(tmp_path):
     assert "- **seed**: 1" in text and "- **device**: cpu" in text
 
 
-def test_headline_computes_the_difference_from_the_tables(tmp_path):
+def test_headline_reads_the_verdict_mask_only_and_sanity_tables(tmp_path):
     from mammo_lib.report import headline
 
     assert "not produced" in headline(tmp_path)
-    summ = pd.DataFrame([
-        {"spec": "ddsm_finetune", "acc_mean": 0.60, "acc_std": 0.1, "tn": 1, "fp": 1, "fn": 1, "tp": 1},
-        {"spec": "ddsm_transfer", "acc_mean": 0.75, "acc_std": 0.1, "tn": 1, "fp": 1, "fn": 1, "tp": 1},
-        {"spec": "mask_only", "acc_mean": 0.9, "acc_std": 0.1, "tn": 1, "fp": 1, "fn": 1, "tp": 1}])
-    write_table(summ, "table2_summary", tmp_path)
-    write_table(pd.DataFrame([{"spec": "ddsm_finetune", "mean_share_mass": 0.2, "pointing_accuracy": 0.4},
-                              {"spec": "ddsm_transfer", "mean_share_mass": 0.5, "pointing_accuracy": 0.8}]),
-                "localization_summary", tmp_path)
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "summary.notes.md").write_text("**Calibration gate**: passed.\n- Condition B: no effect.\n")
+    write_table(pd.DataFrame([{"model": "mask only", "accuracy % (ours)": 96.7, "accuracy % (paper)": 81.8}]),
+                "fig4b", tmp_path)
+    write_table(pd.DataFrame([
+        {"rule": "soft", "pixel_change_agreement": 0.9, "random_net_label_agreement": 0.95,
+         "mass_margin_minus_random": -0.1, "passes": False, "default": False},
+        {"rule": "subtract_clip", "pixel_change_agreement": 0.8, "random_net_label_agreement": 0.9,
+         "mass_margin_minus_random": 0.05, "passes": False, "default": True}]), "explanation_sanity", tmp_path)
     text = headline(tmp_path)
-    assert "knowledge transfer 75.0 % vs fine-tune 60.0 % (+15.0 points; paper +18.2)" in text
-    assert "0.500 vs 0.200" in text and "80 % vs 40 %" in text
-    assert "ImageNet rows" not in text                 # rows not run are not invented
-    assert "binary masks alone reaches 90.0 %" in text
+    assert text.index("Calibration gate") < text.index("Condition B: no effect")
+    assert "binary masks alone reaches 96.7 %" in text
+    assert "default Background rule `subtract_clip`" in text and "pixel-change agreement 0.80" in text
+    assert "no rule passes the sanity checks" in text
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_result_files_follow_the_umask(tmp_path, umask, mode):
+    """Atomic writers create via mkstemp (0600); the final file gets the usual mode instead."""
+    import os
+
+    from mammo_lib.report import atomic_write_text
+
+    old = os.umask(umask)
+    try:
+        p = atomic_write_text(tmp_path / "t.md", "x\n")
+    finally:
+        os.umask(old)
+    assert (p.stat().st_mode & 0o777) == mode

@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.stats against hand-computed values (SPEC 5: significance of KT vs fine-tune)."""
+"""Tests of mammo_lib.stats against hand-computed values (Sec. 5.1: significance of KT vs fine-tune)."""
 from __future__ import annotations
 
 import math

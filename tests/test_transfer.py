@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.transfer: the teacher and the knowledge-transfer loss (Eq. 5, SPEC 4)."""
+"""Tests of mammo_lib.transfer: the teacher and the knowledge-transfer loss (Eq. 5, Sec. 4.1)."""
 from __future__ import annotations
 
 import math

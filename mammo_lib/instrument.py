@@ -1,0 +1,380 @@
+"""Table 2 as a calibrated instrument: beta chosen per fold, the dose-response, controls and a
+calibration gate printed before any verdict (Sec. 5.1, Eq. 4-5; ``docs/DECISIONS.md``).
+
+For every condition (the phantom's A: confounders independent of the label, as the paper assumes;
+B: a calcification shortcut, P(calc | malignant) = 0.9, P(calc | benign) = 0.1 in training),
+every initialisation (``generic``: the stand-in for ImageNet, ``ddsm``: pre-training on the
+DDSM-like set) and every outer fold k:
+
+1. the training part is split 80:20 (Sec. 3.1) into train / inner validation;
+2. group 4 + classifier train from the cached frozen trunk (:mod:`mammo_lib.trunk_cache`) for
+   every beta of the grid (``("paper", 0)`` is fine-tuning; Eq. 4 form at 2, 8, 32, 128 and the
+   attention-transfer reference form at 1000);
+3. knowledge transfer's beta is the one with the best inner-validation accuracy (ties: lower
+   validation loss, then smaller beta): chosen inside the fold, never from another fold;
+4. the controls, a shuffled teacher (another case's mask map) and an oracle target (the mask
+   pooled to the grid), train at knowledge transfer's beta (the best non-zero one when that is 0);
+5. every model predicts the test fold under every rendering of the condition.
+
+The calibration gate (:func:`calibration_gate`) asks whether the instrument can show an effect at
+all: in condition B fine-tuning must reach >= 85 % in distribution and flip >= 25 % of its
+predictions between the training-like and the reversed rendering, and a mask-only model >= 80 %.
+
+>>> grid = beta_grid([0, 2], at=[1000])
+>>> [(g.form, g.beta) for g in grid]
+[('paper', 0.0), ('paper', 2.0), ('at', 1000.0)]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .protocol import PER_FOLD_COLUMNS, PREDICTION_COLUMNS, CVResult, inner_split, make_folds
+from .metrics import classification_metrics
+from .stand_in import energy_share
+from .training import TrainConfig, atomic_torch_save, atomic_write_json
+from .trunk_cache import TrunkCache, group4_maps_cached, predict_cached, train_head
+
+#: Gate thresholds (``docs/DECISIONS.md``).
+GATE_FT_IN_DISTRIBUTION = 0.85
+GATE_FT_FLIP_RATE = 0.25
+GATE_MASK_ONLY = 0.80
+#: Labels of the rows.
+METHOD_LABELS = {"finetune": "fine-tune", "transfer": "knowledge transfer", "shuffled": "KT, shuffled teacher",
+                 "oracle": "KT, oracle target"}
+
+
+@dataclass(frozen=True)
+class BetaPoint:
+    """One point of the dose-response: Eq. 4 ``form`` (``"paper"`` or ``"at"``) and ``beta``."""
+
+    form: str
+    beta: float
+
+    @property
+    def name(self) -> str:
+        return f"{'at' if self.form == 'at' else 'b'}{self.beta:g}"
+
+    @property
+    def is_finetune(self) -> bool:
+        return self.beta == 0
+
+
+def beta_grid(paper: Sequence[float] = (0, 2, 8, 32, 128), at: Sequence[float] = (1000,)) -> list[BetaPoint]:
+    """The beta grid: Eq. 4 (``paper``) values and attention-transfer reference (``at``) values."""
+    pts = [BetaPoint("paper", float(b)) for b in paper] + [BetaPoint("at", float(b)) for b in at]
+    if not pts or any(p.beta < 0 for p in pts):
+        raise ValueError(f"the beta grid must be non-empty with beta >= 0, got {pts}")
+    if not any(p.is_finetune for p in pts):
+        raise ValueError("the beta grid must contain 0 (fine-tuning, the reference of every comparison)")
+    return pts
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A training distribution and the renderings its test folds are scored on.
+
+    ``train``: rendering of the training and validation parts; ``tests``: ``{name: rendering}``;
+    ``primary``: the test that Table 2 reports; ``flip_pair``: two tests whose predictions are
+    compared (share of test cases whose prediction differs: reliance on the confounder)."""
+
+    name: str
+    description: str
+    train: str
+    tests: Mapping[str, str]
+    primary: str
+    flip_pair: Optional[tuple[str, str]] = None
+    in_distribution: Optional[str] = None
+
+
+#: The phantom's two conditions. Renderings are the phantom's: ``train`` (``cases.csv``, the
+#: shortcut probabilities), ``shifted`` (``cases_shifted.csv``, the "test" probabilities: neutral),
+#: ``reversed`` and ``neutral2`` (extra renderings, ``cases_<name>.csv``).
+PHANTOM_CONDITIONS = (
+    Condition("A", "confounders independent of the label (the paper's setting)", train="shifted",
+              tests={"in distribution": "shifted", "another draw": "neutral2"}, primary="in distribution",
+              flip_pair=("in distribution", "another draw"), in_distribution="in distribution"),
+    Condition("B", "calcification shortcut in training: P(calc | malignant) 0.9, benign 0.1",
+              train="train", tests={"in distribution": "train", "neutral": "shifted", "reversed": "reversed"},
+              primary="neutral", flip_pair=("in distribution", "reversed"), in_distribution="in distribution"),
+)
+#: Real data: one condition, the test folds of the data as they are.
+REAL_CONDITION = Condition("real", "real data as it is", train="data", tests={"test": "data"}, primary="test")
+
+
+def code_digest(*modules: str) -> str:
+    """Digest of the source of ``mammo_lib`` modules (part of every cache key here)."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for m in modules:
+        h.update((root / f"{m}.py").read_bytes())
+    return h.hexdigest()[:12]
+
+
+CODE = code_digest("instrument", "trunk_cache", "training", "activation", "model")
+
+
+def _choose(rows: pd.DataFrame) -> pd.Series:
+    """Best inner-validation accuracy, ties lower validation loss, then smaller beta (form paper first)."""
+    order = rows.assign(_at=(rows["form"] == "at").astype(int)).sort_values(
+        ["val_accuracy", "val_loss", "beta", "_at"], ascending=[False, True, True, True], kind="mergesort")
+    return order.iloc[0]
+
+
+@dataclass
+class InstrumentResult:
+    """All runs (``runs``: one row per condition, init, fold, run), pooled test predictions
+    (``predictions``), and the per-fold beta choice (``choices``)."""
+
+    runs: pd.DataFrame
+    predictions: pd.DataFrame
+    choices: pd.DataFrame
+    conditions: tuple[Condition, ...] = field(default_factory=tuple)
+
+    # ---------------------------------------------------------------- tables
+    def dose_response(self) -> pd.DataFrame:
+        """Mean over folds of every grid point's metrics, per condition and initialisation."""
+        g = self.runs[self.runs["run"].str.startswith("grid:")]
+        cols = [c for c in g.columns if c.startswith(("acc ", "flip", "d4", "energy")) or c in ("val_accuracy",)]
+        out = (g.groupby(["condition", "init", "form", "beta"], sort=False)[cols].mean().reset_index())
+        chosen = self.choices.groupby(["condition", "init", "form", "beta"]).size().rename("times chosen")
+        out = out.merge(chosen.reset_index(), on=["condition", "init", "form", "beta"], how="left")
+        out["times chosen"] = out["times chosen"].fillna(0).astype(int)
+        return out
+
+    def per_fold(self, condition: str) -> pd.DataFrame:
+        """Table 2's per-fold rows (``protocol.PER_FOLD_COLUMNS``) of one condition: specs
+        ``<init>_finetune``, ``<init>_transfer``, ``<init>_shuffled``, ``<init>_oracle``, ``mask_only``."""
+        r = self.runs[(self.runs["condition"] == condition) & (self.runs["spec"] != "")]
+        return r[list(PER_FOLD_COLUMNS)].reset_index(drop=True)
+
+    def cv_result(self, condition: str) -> CVResult:
+        """A :class:`~mammo_lib.protocol.CVResult` of one condition (primary test rendering)."""
+        pf = self.per_fold(condition)
+        pr = self.predictions[(self.predictions["condition"] == condition)
+                              & (self.predictions["spec"].isin(pf["spec"].unique()))
+                              & (self.predictions["primary"])]
+        return CVResult(per_fold=pf, predictions=pr[list(PREDICTION_COLUMNS)].reset_index(drop=True),
+                        folds=pd.DataFrame())
+
+
+def calibration_gate(result: InstrumentResult, condition: str = "B") -> pd.DataFrame:
+    """The gate, one row per initialisation plus the mask-only model: measured value, threshold,
+    pass. Computed on ``condition`` (B: the shortcut)."""
+    r = result.runs[result.runs["condition"] == condition]
+    if r.empty:
+        return pd.DataFrame(columns=["check", "init", "value", "threshold", "passes"])
+    rows = []
+    for init, g in r[r["spec"].str.endswith("_finetune")].groupby("init", sort=False):
+        acc = float(g["acc in distribution"].mean())
+        flip = float(g["flip rate"].mean())
+        rows.append({"check": "fine-tune (beta 0), in-distribution accuracy", "init": init, "value": acc,
+                     "threshold": f">= {GATE_FT_IN_DISTRIBUTION:.2f}", "passes": acc >= GATE_FT_IN_DISTRIBUTION})
+        rows.append({"check": "fine-tune (beta 0), predictions flipped by the reversed rendering", "init": init,
+                     "value": flip, "threshold": f">= {GATE_FT_FLIP_RATE:.2f}", "passes": flip >= GATE_FT_FLIP_RATE})
+    m = r[r["spec"] == "mask_only"]
+    if len(m):
+        acc = float(m["accuracy"].mean())
+        rows.append({"check": "mask-only model, accuracy", "init": "", "value": acc,
+                     "threshold": f">= {GATE_MASK_ONLY:.2f}", "passes": acc >= GATE_MASK_ONLY})
+    return pd.DataFrame(rows)
+
+
+def gate_passes(gate: pd.DataFrame, init: str) -> bool:
+    """Whether the gate holds for ``init`` (its own rows and the mask-only row)."""
+    rows = gate[(gate["init"] == init) | (gate["init"] == "")]
+    return bool(len(rows)) and bool(rows["passes"].all())
+
+
+# -------------------------------------------------------------------------------- running
+@dataclass
+class InstrumentData:
+    """What the instrument trains on: per initialisation a factory of its initial network and
+    per rendering a :class:`TrunkCache` made with that network; the cross-validation labels and
+    patient groups (one order for every rendering), and a mask-only cache."""
+
+    inits: Mapping[str, Callable[[int], torch.nn.Module]]
+    caches: Mapping[str, Mapping[str, TrunkCache]]
+    labels: np.ndarray
+    groups: Optional[np.ndarray]
+    ids: list[str]
+    masks: np.ndarray
+    mask_cache: Optional[TrunkCache] = None
+    mask_init: Optional[Callable[[int], torch.nn.Module]] = None
+
+
+def _metrics_row(prob: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    m = classification_metrics(y, prob[:, 1])
+    return {"accuracy": m["accuracy"], "sensitivity": m["sensitivity"], "specificity": m["specificity"],
+            "auc": m["auc"], "tn": m["tn"], "fp": m["fp"], "fn": m["fn"], "tp": m["tp"]}
+
+
+def _score(model: torch.nn.Module, data: InstrumentData, init: str, cond: Condition, te: np.ndarray,
+           device: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Accuracy per test rendering, flip rate, and on the primary test d^4 and mass energy share."""
+    out: dict[str, Any] = {}
+    probs: dict[str, np.ndarray] = {}
+    y = data.labels[te]
+    for name, rendering in cond.tests.items():
+        c = data.caches[init][rendering].subset(te)
+        p = predict_cached(model, c, device=device)
+        probs[name] = p
+        out[f"acc {name}"] = float((p.argmax(1) == y).mean())
+    if cond.flip_pair is not None:
+        a, b = cond.flip_pair
+        out["flip rate"] = float((probs[a].argmax(1) != probs[b].argmax(1)).mean())
+    c = data.caches[init][cond.tests[cond.primary]].subset(te)
+    maps = group4_maps_cached(model, c, device=device)
+    target = c.teacher_maps[:, 0].numpy().reshape(len(te), -1)
+    flat = maps.reshape(len(te), -1)
+    un = lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    out["d4 (test)"] = float(np.linalg.norm(un(flat) - un(target), axis=1).mean())
+    es = energy_share(maps, data.masks[te])
+    out["energy share on mass"] = float(es["energy_share"].mean())
+    out["mass cell share"] = float(es["mass_area"].mean())
+    return out, probs
+
+
+def run_instrument(data: InstrumentData, conditions: Sequence[Condition], out_dir: str | Path,
+                   cfg: TrainConfig, *, grid: Sequence[BetaPoint], n_splits: int = 5, seed: int = 0,
+                   val_fraction: float = 0.2, shuffle_seed: int = 0, progress: bool = True) -> InstrumentResult:
+    """Run the whole instrument (module docstring), resumable per (condition, init, fold, run):
+    each run writes ``result.json`` (metrics, predictions and a key of settings and code) and the
+    selected head state ``head.pt`` atomically; a rerun with the same key reads them back.
+    ``cfg`` gives epochs, batch size, optimiser, augmentation and seed (``cfg.seed + k`` in fold k).
+    """
+    out = Path(out_dir)
+    grid = list(grid)
+    folds = make_folds(data.labels, data.groups, n_splits=n_splits, seed=seed)
+    runs, preds, choices = [], [], []
+    jobs = [(c, i, k) for c in conditions for i in data.inits for k in range(n_splits)]
+    n_runs = len(jobs) * (len(grid) + 2) + (len(conditions) * n_splits if data.mask_cache is not None else 0)
+    bar = tqdm(total=n_runs, disable=not progress, desc="Table 2 instrument (runs)")
+
+    def fit(cond: Condition, init: str, k: int, run: str, tr: np.ndarray, va: np.ndarray, te: np.ndarray,
+            tcfg: TrainConfig, target: str, factory: Callable[[int], torch.nn.Module],
+            cache: Mapping[str, TrunkCache], score_cond: Condition, spec: str) -> dict[str, Any]:
+        d = out / cond.name / init / f"fold_{k}" / run.replace(":", "_")
+        key = {"cfg": tcfg.to_dict(), "target": target, "condition": cond.name, "init": init, "fold": k,
+               "test": [data.ids[i] for i in te], "val": [data.ids[i] for i in va], "seed": seed,
+               "shuffle_seed": shuffle_seed, "code": CODE, "cache": _cache_digest(cache, tr)}
+        done = d / "result.json"
+        if done.exists():
+            saved = json.loads(done.read_text())
+            if saved.get("key") == json.loads(json.dumps(key, default=str)):
+                bar.update(1)
+                return saved
+        model = factory(tcfg.seed)
+        res = train_head(model, cache[score_cond.train].subset(tr), cache[score_cond.train].subset(va), tcfg,
+                         target=target, shuffle_seed=shuffle_seed)
+        tmp = InstrumentData(data.inits, {init: cache}, data.labels, data.groups, data.ids, data.masks)
+        scores, probs = _score(res.model, tmp, init, score_cond, te, tcfg.device)
+        row = {"condition": cond.name, "init": init, "fold": k, "run": run, "spec": spec, "target": target,
+               "form": tcfg.distance_form, "beta": tcfg.beta if tcfg.method == "transfer" else 0.0,
+               "val_accuracy": res.best_val_accuracy, "val_loss": res.best_val_loss,
+               "best_epoch": res.best_epoch, "epochs": len(res.history), "wall_s": res.wall_s,
+               "n_train": len(tr), "n_val": len(va), "n_test": len(te), **scores,
+               **_metrics_row(probs[score_cond.primary], data.labels[te])}
+        pred = {name: p[:, 1].tolist() for name, p in probs.items()}
+        head = {k2: v for k2, v in res.model.state_dict().items()
+                if k2.startswith(("features.denseblock4.", "features.norm5.", "classifier."))}
+        atomic_torch_save(head, d / "head.pt")
+        saved = {"key": key, "row": row, "prob_malignant": pred}
+        atomic_write_json(saved, done)
+        bar.update(1)
+        return json.loads(json.dumps(saved, default=str))
+
+    def record(saved: dict[str, Any], cond: Condition, te: np.ndarray) -> None:
+        runs.append(saved["row"])
+        for name, p in saved["prob_malignant"].items():
+            p = np.asarray(p)
+            preds.append(pd.DataFrame({"condition": cond.name, "spec": saved["row"]["spec"], "run": saved["row"]["run"],
+                                       "init": saved["row"]["init"], "fold": saved["row"]["fold"], "test": name,
+                                       "primary": name == cond.primary, "case_id": [data.ids[i] for i in te],
+                                       "label": data.labels[te], "prob_malignant": p,
+                                       "pred": (p >= 0.5).astype(np.int64)}))
+
+    for cond, init, k in jobs:
+        tr_all, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        a, b = inner_split(data.labels[tr_all], None if data.groups is None else data.groups[tr_all],
+                           val_fraction=val_fraction, seed=seed + k)
+        tr, va = tr_all[a], tr_all[b]
+        base = cfg.replace(seed=cfg.seed + k, omega=(4,), trainable="group4+classifier", input="roi")
+        grid_rows = []
+        for pt in grid:
+            tcfg = base.replace(method="finetune" if pt.is_finetune else "transfer", beta=pt.beta,
+                                distance_form=pt.form)
+            saved = fit(cond, init, k, f"grid:{pt.name}", tr, va, te, tcfg, "teacher", data.inits[init],
+                        data.caches[init], cond, f"{init}_finetune" if pt.is_finetune else "")
+            record(saved, cond, te)
+            grid_rows.append(saved["row"])
+        g = pd.DataFrame(grid_rows)
+        best = _choose(g)
+        nz = g[g["beta"] > 0]
+        ctrl = best if best["beta"] > 0 or nz.empty else _choose(nz)
+        choices.append({"condition": cond.name, "init": init, "fold": k, "form": best["form"], "beta": best["beta"],
+                        "val_accuracy": best["val_accuracy"], "control_form": ctrl["form"], "control_beta": ctrl["beta"]})
+        # knowledge transfer = the chosen grid point (a copy of its row under the Table 2 spec name)
+        chosen = dict(next(r for r in runs[::-1] if r["condition"] == cond.name and r["init"] == init
+                           and r["fold"] == k and r["run"] == best["run"]))
+        chosen.update(spec=f"{init}_transfer", run=f"transfer({best['run']})")
+        runs.append(chosen)
+        pr = [p for p in preds if p["run"].iloc[0] == best["run"] and p["condition"].iloc[0] == cond.name
+              and p["init"].iloc[0] == init and p["fold"].iloc[0] == k]
+        preds.extend(p.assign(spec=f"{init}_transfer", run=chosen["run"]) for p in pr)
+        for target in ("shuffled", "oracle"):
+            tcfg = base.replace(method="transfer", beta=float(ctrl["beta"]), distance_form=str(ctrl["form"]))
+            saved = fit(cond, init, k, f"control:{target}:{ctrl['run'].split(':')[1]}", tr, va, te, tcfg, target,
+                        data.inits[init], data.caches[init], cond, f"{init}_{target}")
+            record(saved, cond, te)
+    if data.mask_cache is not None and data.mask_init is not None:
+        for cond in conditions:
+            mcond = Condition(cond.name, "mask only", train="mask", tests={cond.primary: "mask"}, primary=cond.primary)
+            for k in range(n_splits):
+                tr_all, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+                a, b = inner_split(data.labels[tr_all], None if data.groups is None else data.groups[tr_all],
+                                   val_fraction=val_fraction, seed=seed + k)
+                tcfg = cfg.replace(seed=cfg.seed + k, method="finetune", beta=0.0, omega=(4,))
+                saved = fit(cond, "mask", k, "mask_only", tr_all[a], tr_all[b], te, tcfg, "teacher",
+                            data.mask_init, {"mask": data.mask_cache}, mcond, "mask_only")
+                record(saved, mcond, te)
+    bar.close()
+    runs_df = pd.DataFrame(runs)
+    for c in PER_FOLD_COLUMNS:
+        if c not in runs_df:
+            runs_df[c] = {"init_used": runs_df["init"], "seed": seed, "method": runs_df["spec"].str.split("_").str[-1],
+                          "input": np.where(runs_df["spec"] == "mask_only", "mask", "roi")}.get(c, np.nan)
+    return InstrumentResult(runs=runs_df, predictions=pd.concat(preds, ignore_index=True),
+                            choices=pd.DataFrame(choices), conditions=tuple(conditions))
+
+
+def _cache_digest(cache: Mapping[str, TrunkCache], idx: np.ndarray) -> str:
+    """A cheap fingerprint of the cached features (a few sums), so a changed trunk retrains."""
+    h = hashlib.sha256()
+    for name in sorted(cache):
+        f = cache[name].features
+        h.update(name.encode())
+        h.update(np.float64(f.double().sum()).tobytes())
+        h.update(np.float64(cache[name].teacher_maps.double().sum()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_head(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load a head state written by :func:`run_instrument` into ``model`` (same initialisation)."""
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    missing = model.load_state_dict(state, strict=False)
+    if missing.unexpected_keys:
+        raise ValueError(f"{path}: unexpected keys {missing.unexpected_keys[:5]}")
+    return model
+
+
+__all__ = ["BetaPoint", "beta_grid", "Condition", "PHANTOM_CONDITIONS", "REAL_CONDITION", "InstrumentData",
+           "InstrumentResult", "run_instrument", "calibration_gate", "gate_passes", "load_head", "METHOD_LABELS"]

@@ -1,0 +1,197 @@
+"""Tests of mammo_lib.instrument and mammo_lib.stand_in: the beta grid and per-fold choice, the
+calibration gate, a tiny end-to-end instrument run (resumable, same numbers), the generic task
+and the trunk gate's energy share computed by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mammo_lib.instrument import (BetaPoint, Condition, InstrumentData, _choose, beta_grid, calibration_gate,
+                                  gate_passes, run_instrument)
+from mammo_lib.model import build_model
+from mammo_lib.stand_in import SHAPES, energy_share, mass_cells, shape_task
+from mammo_lib.training import TrainConfig
+from mammo_lib.trunk_cache import build_cache
+
+GRID_FAIL_CASES = [
+    (dict(paper=(2, 8), at=()), "must contain 0"),
+    (dict(paper=(0, -1), at=()), "beta >= 0"),
+    (dict(paper=(), at=()), "non-empty"),
+]
+
+# rows of one fold's grid -> the chosen (form, beta)
+CHOICE_CASES = [
+    ("best accuracy", [("paper", 0, 0.7, 0.5), ("paper", 8, 0.8, 0.6)], ("paper", 8)),
+    ("tie -> lower loss", [("paper", 0, 0.8, 0.5), ("paper", 8, 0.8, 0.4)], ("paper", 8)),
+    ("tie -> smaller beta", [("paper", 8, 0.8, 0.4), ("paper", 2, 0.8, 0.4), ("at", 1000, 0.8, 0.4)], ("paper", 2)),
+    ("reference form can win", [("paper", 0, 0.6, 0.5), ("at", 1000, 0.9, 0.5)], ("at", 1000)),
+]
+
+
+@pytest.mark.parametrize("kw,msg", GRID_FAIL_CASES)
+def test_beta_grid_rejects(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        beta_grid(**kw)
+
+
+def test_beta_grid_names():
+    g = beta_grid((0, 2, 8, 32, 128), (1000,))
+    assert [p.name for p in g] == ["b0", "b2", "b8", "b32", "b128", "at1000"]
+    assert [p.is_finetune for p in g] == [True] + [False] * 5
+
+
+@pytest.mark.parametrize("name,rows,want", CHOICE_CASES)
+def test_choose_beta(name, rows, want):
+    df = pd.DataFrame(rows, columns=["form", "beta", "val_accuracy", "val_loss"]).assign(run="x")
+    best = _choose(df)
+    assert (best["form"], best["beta"]) == want
+
+
+def _runs(ft_in=0.9, flip=0.3, mask=0.85):
+    rows = []
+    for init in ("imagenet", "ddsm"):
+        for k in range(2):
+            rows.append({"condition": "B", "init": init, "spec": f"{init}_finetune", "acc in distribution": ft_in,
+                         "flip rate": flip, "accuracy": 0.5})
+    rows += [{"condition": "B", "init": "mask", "spec": "mask_only", "accuracy": mask}] * 2
+    return pd.DataFrame(rows)
+
+
+# (in-distribution accuracy, flip rate, mask-only accuracy) -> gate passes
+GATE_CASES = [
+    ((0.90, 0.30, 0.85), True),
+    ((0.84, 0.30, 0.85), False),
+    ((0.90, 0.24, 0.85), False),
+    ((0.90, 0.30, 0.79), False),
+    ((0.85, 0.25, 0.80), True),   # thresholds are inclusive
+]
+
+
+@pytest.mark.parametrize("vals,ok", GATE_CASES)
+def test_calibration_gate(vals, ok):
+    from mammo_lib.instrument import InstrumentResult
+
+    res = InstrumentResult(runs=_runs(*vals), predictions=pd.DataFrame(), choices=pd.DataFrame())
+    gate = calibration_gate(res, "B")
+    assert len(gate) == 5
+    assert gate_passes(gate, "imagenet") is ok and gate_passes(gate, "ddsm") is ok
+
+
+def test_energy_share_by_hand():
+    # 4x4 ROI, 2x2 grid: the mask covers the top-left window fully -> one mass cell of four
+    masks = np.zeros((1, 4, 4), np.uint8)
+    masks[0, :2, :2] = 1
+    maps = np.array([[[3.0, 1.0], [0.0, 0.0]]])
+    es = energy_share(maps, masks)
+    assert es.loc[0, "energy_share"] == pytest.approx(0.75)
+    assert es.loc[0, "mass_area"] == pytest.approx(0.25)
+    # a quarter-covered window counts (>= 0.25), less does not
+    m2 = np.zeros((1, 8, 8), np.uint8)
+    m2[0, 0, 0:4] = 1            # 4 of 16 pixels of window (0, 0)
+    m2[0, 4, 4:7] = 1            # 3 of 16 pixels of window (1, 1)
+    np.testing.assert_array_equal(mass_cells(m2, 2)[0], [[True, False], [False, False]])
+
+
+def test_shape_task_balanced_and_deterministic():
+    a, b = shape_task(16, size=48, seed=3), shape_task(16, size=48, seed=3)
+    np.testing.assert_array_equal(a.images, b.images)
+    assert np.bincount(a.labels).tolist() == [4] * len(SHAPES)
+    assert set(a.targets.tolist()) <= set(range(2 * len(SHAPES)))
+    assert a.images.min() >= 0 and a.images.max() <= 1
+    assert all(a.masks[i].sum() > 0 for i in range(16))
+    assert 0 < a.dots.mean() < 1
+
+
+@pytest.mark.parametrize("n,size", [(0, 64), (4, 16), (True, 64)])
+def test_shape_task_rejects(n, size):
+    with pytest.raises(ValueError):
+        shape_task(n, size=size)
+
+
+def _tiny_data(n=20, S=64):
+    rng = np.random.default_rng(0)
+    x = rng.random((n, S, S), dtype=np.float32)
+    m = np.zeros((n, S, S), np.uint8)
+    y = np.arange(n) % 2
+    for i in range(n):
+        m[i, 10:30 + 4 * y[i], 12:40] = 1
+        x[i][m[i] > 0] += 0.3 * y[i]
+    x = np.clip(x, 0, 1)
+    model = build_model("small", seed=0)
+    caches = {"r": build_cache(model, x, m, labels=y, progress=False),
+              "r2": build_cache(model, x[:, ::-1].copy(), m[:, ::-1].copy(), labels=y, flips=("none",), progress=False)}
+    mcache = build_cache(model, m.astype(np.float32), m, labels=y, progress=False)
+    return InstrumentData(inits={"imagenet": lambda s: build_model("small", seed=0)}, caches={"imagenet": caches},
+                          labels=y, groups=None, ids=[f"c{i}" for i in range(n)], masks=m, mask_cache=mcache,
+                          mask_init=lambda s: build_model("small", seed=0))
+
+
+def test_run_instrument_end_to_end_and_resume(tmp_path):
+    data = _tiny_data()
+    cond = Condition("B", "test", train="r", tests={"in distribution": "r", "flipped": "r2"},
+                     primary="flipped", flip_pair=("in distribution", "flipped"), in_distribution="in distribution")
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, seed=0, augment=("hflip", "vflip"))
+    grid = [BetaPoint("paper", 0.0), BetaPoint("paper", 8.0), BetaPoint("at", 1000.0)]
+    res = run_instrument(data, [cond], tmp_path, cfg, grid=grid, n_splits=2, seed=0, progress=False)
+    # per fold: 3 grid runs + KT copy + 2 controls; plus mask-only per fold
+    assert len(res.runs) == 2 * (3 + 1 + 2) + 2
+    assert set(res.per_fold("B")["spec"]) == {"imagenet_finetune", "imagenet_transfer", "imagenet_shuffled",
+                                              "imagenet_oracle", "mask_only"}
+    assert len(res.choices) == 2
+    # every case is predicted once per spec on the primary test
+    cv = res.cv_result("B")
+    assert cv.predictions.groupby("spec")["case_id"].nunique().eq(20).all()
+    kt = res.runs[res.runs["spec"] == "imagenet_transfer"].sort_values("fold")
+    for _, r in kt.iterrows():
+        ch = res.choices[res.choices["fold"] == r["fold"]].iloc[0]
+        assert (r["form"], r["beta"]) == (ch["form"], ch["beta"])
+    dose = res.dose_response()
+    assert len(dose) == 3 and dose["times chosen"].sum() == 2
+    # resume: same numbers, nothing retrained
+    again = run_instrument(data, [cond], tmp_path, cfg, grid=grid, n_splits=2, seed=0, progress=False)
+    pd.testing.assert_frame_equal(again.runs.drop(columns="wall_s"), res.runs.drop(columns="wall_s"))
+
+
+def _result(kt_acc, ft_in=0.9, flip=0.4):
+    """A synthetic instrument result: 5 folds x 10 cases, condition B, ImageNet rows."""
+    from mammo_lib.instrument import PHANTOM_CONDITIONS, InstrumentResult
+
+    rng = np.random.default_rng(0)
+    runs, preds = [], []
+    accs = {"imagenet_finetune": [0.60, 0.62, 0.58, 0.61, 0.59], "imagenet_transfer": kt_acc,
+            "imagenet_shuffled": [0.60, 0.61, 0.59, 0.60, 0.60], "mask_only": [0.9] * 5}
+    for spec, acc in accs.items():
+        for k, a in enumerate(acc):
+            y = np.array([0, 1] * 5)
+            correct = np.zeros(10, bool)
+            correct[: int(round(a * 10))] = True
+            pred = np.where(correct, y, 1 - y)
+            runs.append({"condition": "B", "init": "mask" if spec == "mask_only" else "imagenet", "spec": spec,
+                         "fold": k, "accuracy": a, "acc in distribution": ft_in, "flip rate": flip,
+                         "energy share on mass": 0.2, "tn": 0, "fp": 0, "fn": 0, "tp": 0, "init_used": "",
+                         "seed": 0, "method": "", "input": "roi", "beta": 0.0, "sensitivity": 0, "specificity": 0,
+                         "auc": 0.5, "n_train": 1, "n_val": 1, "n_test": 10, "epochs": 1, "best_epoch": 0,
+                         "wall_s": 0.0})
+            preds.append(pd.DataFrame({"condition": "B", "spec": spec, "primary": True, "fold": k,
+                                       "case_id": [f"{k}_{i}" for i in range(10)], "label": y,
+                                       "prob_malignant": pred.astype(float), "pred": pred}))
+    cond = [c for c in PHANTOM_CONDITIONS if c.name == "B"]
+    return InstrumentResult(pd.DataFrame(runs), pd.concat(preds, ignore_index=True), pd.DataFrame(), tuple(cond))
+
+
+@pytest.mark.parametrize("kt,ft_in,want", [
+    ([0.80, 0.82, 0.79, 0.81, 0.80], 0.9, "Knowledge transfer helps here"),
+    ([0.60, 0.63, 0.57, 0.61, 0.60], 0.9, "No effect of knowledge transfer"),
+    ([0.80, 0.82, 0.79, 0.81, 0.80], 0.5, "not calibrated"),      # the gate fails: no verdict
+])
+def test_verdict_follows_gate_and_controls(kt, ft_in, want):
+    from mammo_lib.config import load_config
+    from mammo_lib.table2 import summary, verdict_lines
+
+    res = _result(kt, ft_in=ft_in)
+    gate = calibration_gate(res, "B")
+    trunks = {"imagenet": {"note": "stand-in"}}
+    lines = verdict_lines(load_config("smoke", honour_env=False), res, gate, {"B": summary(res, "B", trunks)}, trunks)
+    assert lines[0].startswith("**Calibration gate")
+    assert want in "\n".join(lines[1:])

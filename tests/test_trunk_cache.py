@@ -1,0 +1,192 @@
+"""Tests of mammo_lib.trunk_cache: the cached frozen trunk equals the full network (logits, Eq. 5
+loss, group-4 maps), flips, the controls' targets, and reproducible head training."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mammo_lib.activation import GroupActivations, activation_map
+from mammo_lib.model import apply_train_mode, build_model, mask_to_model_input, set_trainable, to_model_input
+from mammo_lib.training import TrainConfig, _step_loss
+from mammo_lib.transfer import KnowledgeTransferLoss, make_teacher
+from mammo_lib.trunk_cache import (FLIPS, TrunkCache, build_cache, derangement, group4_activation, head_logits,
+                                   head_loss, predict_cached, train_head, trunk_forward)
+
+S = 64  # small DenseNet: 2x2 group-4 grid at 64 px
+
+
+def data(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, S, S), dtype=np.float32)
+    m = np.zeros((n, S, S), np.uint8)
+    for i in range(n):
+        r0, c0 = rng.integers(0, S - 24, 2)
+        m[i, r0:r0 + 20, c0:c0 + 16] = 1
+    y = np.arange(n) % 2
+    return x, m, y
+
+
+# name, build_cache kwargs, expected error
+BUILD_FAIL_CASES = [
+    ("unknown flip", dict(flips=("rot90",)), "flips must be"),
+    ("no flip", dict(flips=()), "flips must be"),
+]
+
+TRAIN_FAIL_CASES = [
+    ("omega 3", dict(omega=(3, 4)), "omega=(4,)"),
+    ("all layers", dict(trainable="all"), "group4+classifier"),
+]
+
+
+@pytest.mark.parametrize("name,kw,msg", BUILD_FAIL_CASES)
+def test_build_cache_rejects(name, kw, msg):
+    x, m, y = data(2)
+    with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        build_cache(build_model("small", seed=0), x, m, progress=False, **kw)
+
+
+@pytest.mark.parametrize("name,kw,msg", TRAIN_FAIL_CASES)
+def test_train_head_rejects(name, kw, msg):
+    x, m, y = data(4)
+    model = build_model("small", seed=0)
+    c = build_cache(model, x, m, labels=y, progress=False)
+    with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        train_head(model, c, c, TrainConfig(**kw))
+
+
+@pytest.mark.parametrize("head", ["gap", "flatten"])
+def test_cached_logits_equal_full_network(head):
+    x, m, y = data()
+    model = build_model("small", seed=1, head=head, input_size=S)
+    model.eval()
+    with torch.no_grad():
+        full = model(to_model_input(torch.from_numpy(x)))
+        cached = head_logits(model, group4_activation(model, trunk_forward(model, to_model_input(torch.from_numpy(x)))))
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-5)
+    c = build_cache(model, x, m, labels=y, progress=False)
+    p = predict_cached(model, c)
+    torch.testing.assert_close(torch.from_numpy(p), torch.softmax(full.double(), 1), rtol=0, atol=1e-5)
+
+
+def test_cache_flips_are_the_flipped_inputs():
+    x, m, y = data(3)
+    model = build_model("small", seed=2)
+    c = build_cache(model, x, m, labels=y, progress=False)
+    assert c.features.shape[:2] == (3, 4)
+    model.eval()
+    with torch.no_grad():
+        for code, dims in enumerate([(), (-1,), (-2,), (-2, -1)]):
+            xi = torch.from_numpy(x).flip(dims) if dims else torch.from_numpy(x)
+            torch.testing.assert_close(c.features[:, code], trunk_forward(model, to_model_input(xi)), rtol=0, atol=1e-5)
+    # oracle target: the flipped mask average-pooled to the grid
+    g = c.oracle_maps.shape[-1]
+    want = F.adaptive_avg_pool2d(torch.from_numpy(m).float().flip(-1)[:, None], g)[:, 0]
+    torch.testing.assert_close(c.oracle_maps[:, 1], want)
+
+
+def test_cached_kt_loss_equals_uncached():
+    """Eq. 5 on the cache = Eq. 5 through the whole network with a frozen teacher (train mode of
+    group 4, frozen BatchNorms in eval as apply_train_mode sets them)."""
+    x, m, y = data()
+    model = build_model("small", seed=3)
+    teacher = make_teacher(model)
+    c = build_cache(model, x, m, labels=y, progress=False, teacher=teacher)
+    cfg = TrainConfig(method="transfer", beta=8.0)
+    set_trainable(model, "group4+classifier")
+    apply_train_mode(model)
+    xt, mt, yt = torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(y)
+    loss_full, parts_full = _step_loss(model, xt, mt, yt, cfg, torch.device("cpu"),
+                                       KnowledgeTransferLoss(8.0, (4,), "paper"), teacher, None)
+    apply_train_mode(model)
+    loss_c, parts_c = head_loss(model, c.features[:, 0], yt, c.teacher_maps[:, 0], cfg)
+    torch.testing.assert_close(loss_c, loss_full, rtol=0, atol=1e-5)
+    assert parts_c["d4"] == pytest.approx(parts_full["d4"], abs=1e-5)
+
+
+def test_teacher_maps_are_eq3_of_the_mask_forward():
+    x, m, y = data(4)
+    model = build_model("small", seed=4)
+    c = build_cache(model, x, m, labels=y, progress=False)
+    with torch.no_grad(), GroupActivations(model, (4,), mode="eval", detach=True) as acts:
+        model(mask_to_model_input(torch.from_numpy(m)))
+        want = activation_map(acts[4])
+    torch.testing.assert_close(c.teacher_maps[:, 0], want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 50])
+def test_derangement_has_no_fixed_point(n):
+    p = derangement(n, seed=n)
+    assert sorted(p.tolist()) == list(range(n))
+    assert (p != np.arange(n)).all()
+
+
+def test_derangement_needs_two():
+    with pytest.raises(ValueError, match="at least 2"):
+        derangement(1, 0)
+
+
+@pytest.mark.parametrize("target", ["teacher", "shuffled", "oracle"])
+def test_train_head_reproducible_and_trunk_untouched(target):
+    x, m, y = data(12)
+    c = build_cache(build_model("small", seed=5), x, m, labels=y, progress=False)
+    tr, va = c.subset(range(8)), c.subset(range(8, 12))
+    cfg = TrainConfig(method="transfer", beta=8.0, epochs=3, batch_size=4, lr=1e-2, seed=7,
+                      augment=("hflip", "vflip", "rotate"))
+    runs = []
+    for _ in range(2):
+        model = build_model("small", seed=5)
+        before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("features.conv0")}
+        res = train_head(model, tr, va, cfg, target=target, shuffle_seed=1)
+        runs.append(res.history[["train_loss", "val_loss"]].to_numpy())
+        for k, v in before.items():
+            torch.testing.assert_close(model.state_dict()[k], v)
+        assert res.history["train_d4"].notna().all()
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_finetune_has_no_transfer_term():
+    x, m, y = data(8)
+    c = build_cache(build_model("small", seed=6), x, m, labels=y, progress=False)
+    res = train_head(build_model("small", seed=6), c.subset(range(6)), c.subset(range(6, 8)),
+                     TrainConfig(method="finetune", epochs=2, batch_size=3, seed=0))
+    assert res.history["train_d4"].isna().all()
+    assert (res.history["train_loss"] == res.history["train_ce"]).all()
+
+
+def test_cache_roundtrip(tmp_path):
+    x, m, y = data(3)
+    c = build_cache(build_model("small", seed=0), x, m, labels=y, ids=["a", "b", "c"], progress=False)
+    d = TrunkCache.load(c.save(tmp_path / "c.pt"))
+    torch.testing.assert_close(d.features, c.features)
+    assert d.ids == ["a", "b", "c"] and d.flips == FLIPS
+    np.testing.assert_array_equal(d.labels, y)
+
+
+@pytest.mark.slow
+def test_densenet121_224_cached_path_equals_full_network():
+    """The paper's network at 224 px: 7x7 grid; cached logits and Eq. 5 loss equal the full path."""
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 224, 224), dtype=np.float32)
+    m = np.zeros((2, 224, 224), np.uint8)
+    m[:, 80:150, 60:170] = 1
+    y = np.array([0, 1])
+    model = build_model("densenet121", seed=0)
+    teacher = make_teacher(model)
+    c = build_cache(model, x, m, labels=y, flips=("none",), teacher=teacher, batch_size=2, progress=False)
+    assert c.features.shape == (2, 1, 512, 7, 7) and c.teacher_maps.shape == (2, 1, 7, 7)
+    model.eval()
+    with torch.no_grad():
+        full = model(to_model_input(torch.from_numpy(x)))
+    torch.testing.assert_close(torch.from_numpy(predict_cached(model, c)), torch.softmax(full.double(), 1),
+                               rtol=0, atol=1e-5)
+    cfg = TrainConfig(method="transfer", beta=22.0)
+    set_trainable(model, "group4+classifier")
+    apply_train_mode(model)
+    with torch.no_grad():
+        loss_full, _ = _step_loss(model, torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(y), cfg,
+                                  torch.device("cpu"), KnowledgeTransferLoss(22.0, (4,), "paper"), teacher, None)
+        apply_train_mode(model)
+        loss_c, _ = head_loss(model, c.features[:, 0], torch.from_numpy(y), c.teacher_maps[:, 0], cfg)
+    torch.testing.assert_close(loss_c, loss_full, rtol=0, atol=1e-5)
