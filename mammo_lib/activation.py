@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .model import apply_train_mode, mask_to_model_input, preserve_mode, to_model_input
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .generic import read_csv_strings
 from .imageio import binary_mask, read_dicom_header, read_image

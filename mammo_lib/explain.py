@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .records import default_file_mode
 from .activation import GroupActivations, activation_map

@@ -1,4 +1,4 @@
-"""Drawing functions for the paper's figures (Sec. 5): Figs. 2, 4, 5, 6, 7, 8 and 9.
+"""Drawing functions for the paper's figures (Sec. 5): Figs. 2, 4, 5, 6, 7, 8 and 9 (framework).
 
 Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global
 state, safe under any backend, nothing shown); a notebook displays it as the cell's value and
@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Rectangle
+from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
 from skimage.measure import find_contours
 
 from .records import default_file_mode
@@ -28,6 +30,15 @@ from .records import LABEL_NAMES
 #: Outline colours: the mass, and the phantom's confounders (label -> colour).
 MASK_COLOUR = "yellow"
 CONFOUNDER_COLOURS: dict[int, str] = {1: "cyan", 2: "magenta"}
+#: Eq. 6 cell colours (as :meth:`mammo_lib.explain.Explanation.plot`).
+LESION_COLOUR, BACKGROUND_COLOUR = "tab:red", "tab:blue"
+#: Outline of the replaced window (p, q) in :func:`fig9_framework`.
+WINDOW_COLOUR = "orange"
+#: Font sizes used throughout: panel titles, group (subfigure / row) titles, figure titles.
+FONTSIZES = {"panel": 8, "group": 10, "figure": 11}
+#: Labels of the colour scales.
+OVERLAY_SCALE = "$F^4$ rescaled to [0, 1]"
+CAM_SCALE = "CAM, rescaled"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -60,7 +71,10 @@ def rescale01(F: np.ndarray) -> np.ndarray:
 
 def _overlay(ax: Axes, roi: np.ndarray, F: Optional[np.ndarray], *, cmap: str = "jet", alpha: float = 0.45,
              title: str = "") -> Any:
-    """ROI in grey with ``F`` rescaled to [0, 1], resized to the ROI (bilinear), as a colour overlay."""
+    """ROI in grey with ``F`` rescaled to [0, 1], resized to the ROI (bilinear), as a colour overlay.
+
+    Returns the overlay's image (for a colourbar), or ``None`` without ``F``.
+    """
     ax.imshow(roi, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     im = None
     if F is not None:
@@ -68,10 +82,25 @@ def _overlay(ax: Axes, roi: np.ndarray, F: Optional[np.ndarray], *, cmap: str = 
         im = ax.imshow(np.clip(up, 0, 1), cmap=cmap, alpha=alpha, vmin=0, vmax=1, interpolation="nearest")
         if np.ptp(F) == 0:
             title += f" (constant map: {float(np.max(F)):.3g})"
-    ax.set_title(title, fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    ax.set_title(title, fontsize=FONTSIZES["panel"], loc="center")
+    _no_ticks(ax)
     return im
+
+
+def _no_ticks(*axes: Axes) -> None:
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+
+def _colorbar(where: Figure | SubFigure, im: Any, ax: Axes | Sequence[Axes], label: str, **kwargs: Any) -> Any:
+    """A colourbar labelled ``label`` (tick and label font sizes as everywhere in this module)."""
+    kwargs.setdefault("fraction", 0.046)
+    kwargs.setdefault("pad", 0.02)
+    cb = where.colorbar(im, ax=ax, **kwargs)
+    cb.set_label(label, fontsize=FONTSIZES["panel"])
+    cb.ax.tick_params(labelsize=7)
+    return cb
 
 
 def _outline(ax: Axes, region: np.ndarray, colour: str, linewidth: float = 1.0) -> None:
@@ -82,7 +111,9 @@ def _outline(ax: Axes, region: np.ndarray, colour: str, linewidth: float = 1.0) 
 
 
 def _outlines(ax: Axes, mask: Optional[np.ndarray], confounders: Optional[np.ndarray],
-              confounder_labels: Mapping[int, str] = CONFOUNDER_LABELS) -> None:
+              confounder_labels: Mapping[int, str] = CONFOUNDER_LABELS) -> list[int]:
+    """Outline the mask and each confounder type present; returns the confounder values drawn."""
+    drawn = []
     if mask is not None:
         _outline(ax, mask, MASK_COLOUR)
     if confounders is not None:
@@ -90,15 +121,81 @@ def _outlines(ax: Axes, mask: Optional[np.ndarray], confounders: Optional[np.nda
             region = np.asarray(confounders) == value
             if region.any():
                 _outline(ax, region, CONFOUNDER_COLOURS.get(value, "white"), linewidth=0.8)
+                drawn.append(value)
+    return drawn
 
 
-def _outline_legend(fig: Figure, confounders: bool,
+def _outline_legend(fig: Figure, confounders: bool | Iterable[int],
                     confounder_labels: Mapping[int, str] = CONFOUNDER_LABELS) -> None:
+    """Legend of the outlines: the mask, and the confounder types in ``confounders``.
+
+    ``confounders`` is the collection of confounder values actually drawn (so the legend lists
+    only what the figure shows); ``True`` (former use) lists every type, ``False`` none.
+    """
+    if confounders is True:
+        shown = set(confounder_labels)
+    elif confounders is False:
+        shown = set()
+    else:
+        shown = {int(v) for v in confounders}
     handles = [Line2D([], [], color=MASK_COLOUR, label="mass (mask)")]
-    if confounders:
-        handles += [Line2D([], [], color=CONFOUNDER_COLOURS.get(v, "white"), label=name)
-                    for v, name in confounder_labels.items()]
+    handles += [Line2D([], [], color=CONFOUNDER_COLOURS.get(v, "white"), label=name)
+                for v, name in confounder_labels.items() if v in shown]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
+
+
+def _cell_legend_handles() -> list[Any]:
+    from .explain import BACKGROUND, LESION
+
+    return [Patch(facecolor=LESION_COLOUR, alpha=0.6, label=f"{LESION} (dis$^L$ < dis$^B$)"),
+            Patch(facecolor=BACKGROUND_COLOUR, alpha=0.6, label=BACKGROUND)]
+
+
+def _cells_panel(ax: Axes, roi: np.ndarray, explanation: Any, mask: Optional[np.ndarray], *,
+                 vmin: float = 0.0, vmax: float = 1.0, alpha: float = 0.4) -> Any:
+    """The Eq. 6 labels as a two-colour g x g grid over the ROI (Lesion red, Background blue).
+
+    Draws the ROI in grey on ``[vmin, vmax]``, the cells (image data: 1 where *Lesion*, 0 where
+    *Background*) at the ROI's extent, the window grid and the mask outline. Returns the cells' image.
+    """
+    from .explain import LESION
+
+    size = roi.shape[0]
+    g = int(explanation.grid)
+    labels = np.asarray(explanation.cell_labels)
+    if labels.shape != (g, g) or size != g * int(explanation.window):
+        raise ValueError(f"explanation ({g}x{g} cells of {explanation.window} px) does not fit an ROI of "
+                         f"shape {roi.shape}")
+    ax.imshow(roi, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+    im = ax.imshow((labels == LESION).astype(float), cmap=ListedColormap([BACKGROUND_COLOUR, LESION_COLOUR]),
+                   vmin=0, vmax=1, alpha=alpha, interpolation="nearest",
+                   extent=(-0.5, size - 0.5, size - 0.5, -0.5))
+    _grid_lines(ax, size, g)
+    if mask is not None:
+        _outline(ax, mask, MASK_COLOUR)
+    ax.set_xlim(-0.5, size - 0.5)
+    ax.set_ylim(size - 0.5, -0.5)
+    _no_ticks(ax)
+    return im
+
+
+def _grid_lines(ax: Axes, size: int, grid: int, colour: str = "white") -> None:
+    """The g x g projection-window grid (inner lines) on an S x S image."""
+    w = size / grid
+    for k in range(1, grid):
+        ax.axhline(k * w - 0.5, color=colour, linewidth=0.5, alpha=0.8)
+        ax.axvline(k * w - 0.5, color=colour, linewidth=0.5, alpha=0.8)
+
+
+def _wrap(text: str, fig: Figure, fontsize: float) -> str:
+    """``text`` wrapped to the figure's width (about 0.55 em per character)."""
+    width = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, width) for line in str(text).splitlines() or [""])
+
+
+def _prediction_text(explanation: Any) -> str:
+    p = float(np.asarray(explanation.probabilities)[int(explanation.prediction)])
+    return f"predicted: {explanation.predicted_label} (p = {p:.3f})"
 
 
 def _label_name(label: Any) -> str:
@@ -155,9 +252,11 @@ def fig4_activation_levels(roi: np.ndarray, mask: np.ndarray, maps_roi: Mapping[
                            maps_mask: Mapping[int, np.ndarray]) -> Figure:
     """Fig. 4a: activation maps ``F^j`` (Eq. 3) at several groups for one ROI and its binary mask.
 
-    Row 1: the ROI and its maps; row 2: the mask and its maps. Each column (group j) shares one
-    colour scale ``[0, max]`` over both rows, so ROI and mask are comparable at a level; maps are
-    shown at their own resolution (no interpolation).
+    Row 1: the ROI and its maps; row 2: the mask and its maps. Every map panel has its own colour
+    scale ``[0, its max]`` (``[min, max]`` if it has negative values) and its own colourbar, so the
+    spatial pattern of each map is visible whatever its magnitude (a shared scale left the ROI's
+    maps uniformly dark); compare magnitudes on the colourbars. Maps are shown at their own
+    resolution (no interpolation).
     """
     r = _grey(roi, "roi")
     m = _binary(mask, r.shape, "mask")
@@ -165,21 +264,27 @@ def fig4_activation_levels(roi: np.ndarray, mask: np.ndarray, maps_roi: Mapping[
         raise ValueError(f"maps_roi and maps_mask must have the same non-empty groups, got "
                          f"{sorted(maps_roi)} and {sorted(maps_mask)}")
     groups = sorted(maps_roi)
-    fig = Figure(figsize=(2.3 * (len(groups) + 1), 4.8), layout="constrained")
+    fig = Figure(figsize=(2.9 * (len(groups) + 1), 5.0), layout="constrained")
     axes = fig.subplots(2, len(groups) + 1, squeeze=False)
     axes[0, 0].imshow(r, cmap="gray", vmin=0, vmax=1)
-    axes[0, 0].set_title("ROI", fontsize=9)
+    axes[0, 0].set_title("ROI", fontsize=FONTSIZES["group"], loc="center")
     axes[1, 0].imshow(m, cmap="gray", vmin=0, vmax=1)
-    axes[1, 0].set_title("binary mask", fontsize=9)
+    axes[1, 0].set_title("binary mask", fontsize=FONTSIZES["group"], loc="center")
     for k, j in enumerate(groups, start=1):
-        a, b = _grey(maps_roi[j], f"maps_roi[{j}]"), _grey(maps_mask[j], f"maps_mask[{j}]")
-        vmax = max(float(a.max()), float(b.max()), 1e-12)
-        for row, fmap in ((0, a), (1, b)):
-            axes[row, k].imshow(fmap, cmap="jet", vmin=0, vmax=vmax, interpolation="nearest")
-            axes[row, k].set_title(f"group {j} ({fmap.shape[0]}x{fmap.shape[1]}), max {vmax:.2g}", fontsize=8)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
+        for row, (source, maps) in enumerate((("ROI", maps_roi), ("mask", maps_mask))):
+            fmap = _grey(maps[j], f"maps_{source.lower()}[{j}]")
+            vmin = min(0.0, float(fmap.min()))
+            vmax = max(float(fmap.max()), vmin + 1e-12)
+            ax = axes[row, k]
+            im = ax.imshow(fmap, cmap="jet", vmin=vmin, vmax=vmax, interpolation="nearest")
+            _colorbar(fig, im, ax, f"$F^{{{j}}}$", fraction=0.046)
+            ax.set_title(f"{source}: group {j} ({fmap.shape[0]}x{fmap.shape[1]})\nown scale [0, {vmax:.2g}]"
+                         if vmin == 0 else
+                         f"{source}: group {j} ({fmap.shape[0]}x{fmap.shape[1]})\nown scale [{vmin:.2g}, {vmax:.2g}]",
+                         fontsize=FONTSIZES["panel"], loc="center")
+    _no_ticks(*axes.ravel())
+    fig.suptitle("Activation maps $F^j$ (Eq. 3) of the ROI and of its mask; each map on its own scale",
+                 fontsize=FONTSIZES["figure"])
     return fig
 
 
@@ -387,11 +492,23 @@ def fig6_distance_distribution(df: pd.DataFrame, *, floor: float = 1e-12, offset
 def fig7_overlays(rois: np.ndarray, masks: np.ndarray, maps_a: np.ndarray, maps_b: np.ndarray, *,
                   labels: tuple[str, str] = ("fine-tune", "knowledge transfer"),
                   ids: Optional[Sequence[str]] = None, confounders: Optional[np.ndarray] = None,
-                  cmap: str = "jet", alpha: float = 0.45) -> Figure:
+                  cmap: str = "jet", alpha: float = 0.45, true_labels: Optional[Sequence[str]] = None,
+                  predictions: Optional[Sequence[tuple[str, str]]] = None,
+                  title: Optional[str] = None) -> Figure:
     """Fig. 7: group-4 maps of two models (fine-tune vs knowledge transfer) on the same ROIs.
 
     One row per ROI: the ROI with the mask outline (and confounder outlines, if given), then each
-    model's map rescaled to [0, 1], resized to the ROI by bilinear interpolation and overlaid.
+    model's map rescaled to [0, 1], resized to the ROI by bilinear interpolation and overlaid; one
+    colourbar for that [0, 1] scale. The outline legend lists the mask and only the confounder
+    types that appear in a drawn ROI.
+
+    Args:
+        labels: the two models' names (map panel titles).
+        ids: row names (default 0..N-1).
+        confounders: optional ``(N, S, S)`` label images (values of ``CONFOUNDER_LABELS``).
+        true_labels: optional true class per ROI, in the row title ("<id>: true <label>").
+        predictions: optional ``(model a, model b)`` predicted class per ROI, in the map titles.
+        title: optional figure title (e.g. the initialisation).
     """
     r = np.asarray(rois)
     if r.ndim != 3 or len(r) == 0:
@@ -412,18 +529,33 @@ def fig7_overlays(rois: np.ndarray, masks: np.ndarray, maps_a: np.ndarray, maps_
     ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
     if len(ids) != n:
         raise ValueError(f"ids has {len(ids)} entries for {n} ROIs")
+    if true_labels is not None:
+        true_labels = [_label_name(t) for t in true_labels]
+        if len(true_labels) != n:
+            raise ValueError(f"true_labels has {len(true_labels)} entries for {n} ROIs")
+    if predictions is not None:
+        predictions = [tuple(_label_name(x) for x in pair) for pair in predictions]
+        if len(predictions) != n or any(len(pair) != 2 for pair in predictions):
+            raise ValueError(f"predictions must hold one (model a, model b) pair per ROI ({n}), got {predictions!r}")
 
-    fig = Figure(figsize=(7.5, 2.5 * n + 0.4), layout="constrained")
+    fig = Figure(figsize=(8.2, 2.5 * n + 0.6 + (0.3 if title else 0)), layout="constrained")
     axes = fig.subplots(n, 3, squeeze=False)
+    drawn: set[int] = set()
+    im = None
     for i in range(n):
         roi = _grey(r[i], f"rois[{i}]")
         mask = _binary(m[i], roi.shape, f"masks[{i}]")
-        _overlay(axes[i, 0], roi, None, title=f"{ids[i]}: ROI")
-        _outlines(axes[i, 0], mask, None if conf is None else conf[i])
+        row_title = f"{ids[i]}: true {true_labels[i]}" if true_labels is not None else f"{ids[i]}: ROI"
+        _overlay(axes[i, 0], roi, None, title=row_title)
+        drawn.update(_outlines(axes[i, 0], mask, None if conf is None else conf[i]))
         for k, (fmap, lab) in enumerate(((a[i], labels[0]), (b[i], labels[1])), start=1):
-            _overlay(axes[i, k], roi, _grey(fmap, f"maps[{i}]"), cmap=cmap, alpha=alpha, title=lab)
+            panel = lab if predictions is None else f"{lab}: pred. {predictions[i][k - 1]}"
+            im = _overlay(axes[i, k], roi, _grey(fmap, f"maps[{i}]"), cmap=cmap, alpha=alpha, title=panel) or im
             _outline(axes[i, k], mask, MASK_COLOUR)
-    _outline_legend(fig, conf is not None)
+    _colorbar(fig, im, list(axes[:, 1:].ravel()), OVERLAY_SCALE, fraction=0.04, shrink=min(1.0, 0.35 + 0.2 * n))
+    _outline_legend(fig, sorted(drawn))
+    if title:
+        fig.suptitle(_wrap(title, fig, FONTSIZES["figure"]), fontsize=FONTSIZES["figure"])
     return fig
 
 
@@ -432,13 +564,16 @@ def fig7_overlays(rois: np.ndarray, masks: np.ndarray, maps_a: np.ndarray, maps_
 
 def fig8_panels(roi: np.ndarray, cam: np.ndarray, corr_df: pd.DataFrame, knn_df: pd.DataFrame,
                 knn_rois: np.ndarray, explanation: Any, mask: Optional[np.ndarray] = None, *,
-                hirescam: Optional[np.ndarray] = None, cmap: str = "jet", alpha: float = 0.45) -> Figure:
+                hirescam: Optional[np.ndarray] = None, cmap: str = "jet", alpha: float = 0.45,
+                true_label: Optional[str] = None) -> Figure:
     """Fig. 8: the three comparison explanations beside the proposed one.
 
     (a) the CAM (``cam.cam_map``: Grad-CAM, and HiResCAM if ``hirescam`` is given) over the ROI;
     (b) the Pearson correlation heatmap of GLCM vs deep features (``knn.feature_correlation``);
     (c) the k nearest training ROIs (``knn.knn_explain`` rows of one query, ``knn_rois`` the
     matching images) with label and distance; (d) ``explanation.plot(roi, mask=mask, axes=...)``.
+    The CAM panels share one colourbar (each CAM rescaled to [0, 1]); the figure title gives
+    ``true_label`` (if known) and the explanation's prediction and probability.
     """
     import seaborn as sns
 
@@ -463,11 +598,14 @@ def fig8_panels(roi: np.ndarray, cam: np.ndarray, corr_df: pd.DataFrame, knn_df:
     fa, fb = top.subfigures(1, 2, width_ratios=[len(cams), 2.2])
     fc, fd = bottom.subfigures(1, 2, width_ratios=[1.2, 1.6])
 
-    for ax, (name, c) in zip(np.atleast_1d(fa.subplots(1, len(cams))), cams.items()):
-        _overlay(ax, r, c, cmap=cmap, alpha=alpha, title=name)   # a map at ROI size is only rescaled
+    cam_axes = list(np.atleast_1d(fa.subplots(1, len(cams))))
+    im = None
+    for ax, (name, c) in zip(cam_axes, cams.items()):
+        im = _overlay(ax, r, c, cmap=cmap, alpha=alpha, title=name)   # a map at ROI size is only rescaled
         if m is not None:
             _outline(ax, m, MASK_COLOUR)
-    fa.suptitle("(a) CAM: where the model looked", fontsize=10)
+    _colorbar(fa, im, cam_axes, CAM_SCALE + " to [0, 1]", fraction=0.05, shrink=0.8)
+    fa.suptitle("(a) CAM: where the model looked", fontsize=FONTSIZES["group"])
 
     ax_b = fb.subplots()
     sns.heatmap(corr_df.astype(float), vmin=-1, vmax=1, cmap="RdBu_r", annot=corr_df.shape[1] <= 10,
@@ -475,7 +613,7 @@ def fig8_panels(roi: np.ndarray, cam: np.ndarray, corr_df: pd.DataFrame, knn_df:
     ax_b.tick_params(labelsize=7)
     ax_b.set_xlabel("deep feature")
     ax_b.set_ylabel("GLCM feature")
-    fb.suptitle("(b) correlation of hand-crafted and deep features", fontsize=10)
+    fb.suptitle("(b) correlation of hand-crafted and deep features", fontsize=FONTSIZES["group"])
 
     k = len(knn_df)
     ncols = int(np.ceil(np.sqrt(k)))
@@ -491,25 +629,186 @@ def fig8_panels(roi: np.ndarray, cam: np.ndarray, corr_df: pd.DataFrame, knn_df:
         ax.set_yticks([])
     for ax in axes_c[k:]:
         ax.set_axis_off()
-    fc.suptitle(f"(c) {k} nearest training ROIs (deep features)", fontsize=10)
+    fc.suptitle(f"(c) {k} nearest training ROIs (deep features)", fontsize=FONTSIZES["group"])
 
-    explanation.plot(r, mask=None if m is None else m.astype(np.uint8), axes=fd.subplots(1, 2))
-    fd.suptitle("(d) proposed: Lesion / Background cells (Eq. 6)", fontsize=10)
+    axes_d = fd.subplots(1, 2)
+    explanation.plot(r, mask=None if m is None else m.astype(np.uint8), axes=axes_d)
+    for ax in axes_d:
+        ax.set_title(ax.get_title(), fontsize=FONTSIZES["panel"] + 1, loc="center")
+    fd.suptitle("(d) proposed: Lesion / Background cells (Eq. 6)", fontsize=FONTSIZES["group"])
+    head = ([f"true: {_label_name(true_label)}"] if true_label is not None else []) + [_prediction_text(explanation)]
+    fig.suptitle(" | ".join(head), fontsize=FONTSIZES["figure"])
     return fig
 
 
 # --------------------------------------------------------------------------- Fig. 9
 
 
-def fig9_framework(cases: Sequence[Mapping[str, Any]], *, labels: tuple[str, str] = ("fine-tune", "knowledge transfer"),
-                   cmap: str = "jet", alpha: float = 0.45) -> Figure:
-    """Fig. 9: the framework on a few cases (e.g. one benign, one malignant), one row each.
+def _default_cell(explanation: Any, mask: Optional[np.ndarray]) -> tuple[int, int]:
+    """The cell with the largest ``|dis^L - dis^B|`` among cells overlapping ``mask`` (any cell
+    if there is no mask or it overlaps none); the first in row order on ties."""
+    from .explain import window_grid
+
+    gap = np.abs(np.asarray(explanation.dis_lesion, float) - np.asarray(explanation.dis_background, float))
+    allowed = np.ones_like(gap, dtype=bool)
+    if mask is not None:
+        size = int(explanation.window) * int(explanation.grid)
+        allowed = np.zeros_like(gap, dtype=bool)
+        for p, q, rows, cols in window_grid(size, int(explanation.grid)):
+            allowed[p, q] = bool(mask[rows, cols].any())
+        if not allowed.any():
+            allowed[:] = True
+    flat = int(np.argmax(np.where(allowed, gap, -np.inf)))
+    p, q = divmod(flat, gap.shape[1])
+    return int(p), int(q)
+
+
+def fig9_framework(roi: np.ndarray, lesion: np.ndarray, background: np.ndarray, explanation: Any, *,
+                   mask: Optional[np.ndarray] = None, cell: Optional[tuple[int, int]] = None,
+                   true_label: Optional[str] = None, background_rule: Optional[str] = None) -> Figure:
+    """Fig. 9: the proposed framework (Sec. 4.2, Eq. 6) drawn from one real case, left to right.
+
+    (0) the ROI with the mask outline and the g x g projection-window grid; step 1: its *Lesion*
+    and *Background* images; step 2: for one window (p, q), ``ROI_L(p,q)`` and ``ROI_B(p,q)``, the
+    ROI with that window replaced by Lesion's / Background's pixels (window outlined); step 3: the
+    Eq. 6 distances ``dis^L`` and ``dis^B`` as g x g maps on one shared colour scale; labels:
+    *Lesion* where ``dis^L < dis^B``, else *Background*, as a two-colour grid over the ROI.
+    All grey panels share one intensity scale (the joint range of ROI, Lesion and Background).
+
+    Args:
+        roi, lesion, background: 2-D images of one shape ``S x S``, ``S = window * grid``.
+        explanation: the :class:`~mammo_lib.explain.Explanation` of ``roi``.
+        mask: optional binary mass mask (outlined; also picks the default window).
+        cell: the window (p, q), 0-based, of step 2; default: the cell with the largest
+            ``|dis^L - dis^B|`` among cells overlapping the mask (any cell without a mask).
+        true_label: the ROI's true class, for the title.
+        background_rule: the rule that made ``lesion`` / ``background`` (default
+            ``explanation.params["background_rule"]``), for the title.
+    """
+    from .explain import LESION, window_grid
+
+    r = _grey(roi, "roi")
+    les, bg = _grey(lesion, "lesion"), _grey(background, "background")
+    for name, img in (("lesion", les), ("background", bg)):
+        if img.shape != r.shape:
+            raise ValueError(f"{name} shape {img.shape} differs from the ROI's {r.shape}")
+    g, w = int(explanation.grid), int(explanation.window)
+    if r.shape != (g * w, g * w):
+        raise ValueError(f"roi must be {g * w}x{g * w} (window {w} x grid {g}), got {r.shape}")
+    m = None if mask is None else _binary(mask, r.shape, "mask")
+    if cell is None:
+        cell = _default_cell(explanation, m)
+    p, q = (int(v) for v in cell)
+    if not (0 <= p < g and 0 <= q < g):
+        raise ValueError(f"cell {cell!r} is outside the {g}x{g} grid (0-based)")
+    rule = background_rule
+    if rule is None:
+        rule = getattr(explanation, "params", {}).get("background_rule")
+    _, _, rows, cols = window_grid(g * w, g)[p * g + q]
+    roi_l, roi_b = r.copy(), r.copy()
+    roi_l[rows, cols] = les[rows, cols]
+    roi_b[rows, cols] = bg[rows, cols]
+    lo = min(float(x.min()) for x in (r, les, bg))
+    hi = max(float(x.max()) for x in (r, les, bg))
+    if hi <= lo:
+        hi = lo + 1.0
+    dl = np.asarray(explanation.dis_lesion, float)
+    db = np.asarray(explanation.dis_background, float)
+    dlo, dhi = min(float(dl.min()), float(db.min())), max(float(dl.max()), float(db.max()))
+    if dhi <= dlo:
+        dhi = dlo + 1e-12
+
+    fig = Figure(figsize=(16.5, 5.6), layout="constrained")
+    widths = [1.15, 1.1, 0.95, 1.1, 1.25]
+    subs = fig.subfigures(1, 5, width_ratios=widths, wspace=0.04)
+    step_titles = [f"ROI, mask, {g}x{g} window grid", "\u2192 step 1: split",
+                   f"\u2192 step 2: replace window ({p}, {q})", "\u2192 step 3: Eq. 6 distances",
+                   "\u2192 labels (Eq. 6)"]
+    for sf, t in zip(subs, step_titles):
+        sf.suptitle(t, fontsize=FONTSIZES["group"])
+
+    def window_box(ax: Axes) -> None:
+        ax.add_patch(Rectangle((cols.start - 0.5, rows.start - 0.5), w, w, fill=False,
+                               edgecolor=WINDOW_COLOUR, linewidth=1.6))
+
+    def grey(ax: Axes, img: np.ndarray, title: str) -> Any:
+        im = ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        ax.set_title(title, fontsize=FONTSIZES["panel"] + 1, loc="center")
+        _no_ticks(ax)
+        return im
+
+    # (0) ROI, mask, grid, the chosen window
+    ax0 = subs[0].subplots()
+    grey(ax0, r, f"ROI ({r.shape[0]} px)")
+    _grid_lines(ax0, r.shape[0], g)
+    if m is not None:
+        _outline(ax0, m, MASK_COLOUR)
+    window_box(ax0)
+    ax0.legend(handles=[Line2D([], [], color=MASK_COLOUR, label="mass (mask)"),
+                        Patch(fill=False, edgecolor=WINDOW_COLOUR, label=f"window ({p}, {q}), {w} px")],
+               loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=1, fontsize=7, frameon=False)
+
+    # step 1: Lesion / Background
+    ax_l, ax_b = subs[1].subplots(2, 1)
+    im_grey = grey(ax_l, les, "Lesion")
+    grey(ax_b, bg, "Background")
+    _colorbar(subs[1], im_grey, [ax_l, ax_b], "intensity (all grey panels)", shrink=0.6)
+
+    # step 2: the replaced inputs of window (p, q)
+    ax_rl, ax_rb = subs[2].subplots(2, 1)
+    grey(ax_rl, roi_l, f"ROI$_L$({p}, {q})")
+    grey(ax_rb, roi_b, f"ROI$_B$({p}, {q})")
+    for ax in (ax_rl, ax_rb):
+        window_box(ax)
+
+    # step 3: dis^L and dis^B
+    ax_dl, ax_db = subs[3].subplots(2, 1)
+    im_d = None
+    for ax, d, name in ((ax_dl, dl, "dis$^L$ (ROI vs ROI$_L$)"), (ax_db, db, "dis$^B$ (ROI vs ROI$_B$)")):
+        im_d = ax.imshow(d, cmap="viridis", vmin=dlo, vmax=dhi, interpolation="nearest")
+        ax.add_patch(Rectangle((q - 0.5, p - 0.5), 1, 1, fill=False, edgecolor=WINDOW_COLOUR, linewidth=1.6))
+        ax.set_title(name, fontsize=FONTSIZES["panel"] + 1, loc="center")
+        _no_ticks(ax)
+    _colorbar(subs[3], im_d, [ax_dl, ax_db], "Eq. 6 distance (shared scale)", shrink=0.6)
+
+    # labels
+    ax_c = subs[4].subplots()
+    _cells_panel(ax_c, r, explanation, m, vmin=lo, vmax=hi)
+    window_box(ax_c)
+    lesion_share = float(np.mean(np.asarray(explanation.cell_labels) == LESION))
+    ax_c.set_title(f"{lesion_share:.0%} of cells Lesion", fontsize=FONTSIZES["panel"] + 1, loc="center")
+    ax_c.legend(handles=_cell_legend_handles(), loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=1,
+                fontsize=7, frameon=False)
+
+    # arrows between the steps, in the gaps between the subfigures
+    x = 0.0
+    total = sum(widths)
+    for wd in widths[:-1]:
+        x += wd / total
+        fig.add_artist(FancyArrowPatch((x - 0.012, 0.5), (x + 0.012, 0.5), transform=fig.transFigure,
+                                       arrowstyle="-|>", mutation_scale=18, color="0.3", in_layout=False))
+
+    head = ([f"true: {_label_name(true_label)}"] if true_label is not None else []) + [_prediction_text(explanation)]
+    if rule:
+        head.append(f"background rule: {rule}")
+    fig.suptitle("Framework (Sec. 4.2): " + " | ".join(head), fontsize=FONTSIZES["figure"])
+    return fig
+
+
+def explanation_grid(cases: Sequence[Mapping[str, Any]], *,
+                     labels: tuple[str, str] = ("fine-tune", "knowledge transfer"),
+                     cmap: str = "jet", alpha: float = 0.45, title: Optional[str] = None) -> Figure:
+    """The two models' maps and the proposed explanation on a few cases (e.g. one benign, one
+    malignant), one row each (formerly ``fig9_framework``).
 
     Each case is a mapping with ``roi``, ``mask``, ``maps_ft`` and ``maps_kt`` (group-4 maps of the
     fine-tuned and the knowledge-transfer model), ``explanation`` (of the knowledge-transfer
-    model) and ``label`` (true class). Row: ROI with the mask outline, the two maps overlaid
-    (Fig. 7 style), then ``explanation.plot`` (map and Lesion/Background cells).
+    model), ``label`` (true class) and optionally ``prediction`` (str, shown with the true label;
+    default: the explanation's prediction). Row: ROI with the mask outline, the two maps overlaid
+    (Fig. 7 style, rescaled to [0, 1], one colourbar), then the explanation's Lesion/Background cells.
     """
+    from .explain import LESION
+
     if not cases:
         raise ValueError("cases is empty: give at least one case")
     required = ("roi", "mask", "maps_ft", "maps_kt", "explanation", "label")
@@ -517,20 +816,34 @@ def fig9_framework(cases: Sequence[Mapping[str, Any]], *, labels: tuple[str, str
         missing = [k for k in required if k not in case]
         if missing:
             raise ValueError(f"case {i} lacks keys {missing} (needs {list(required)})")
-    fig = Figure(figsize=(16, 3.9 * len(cases)), layout="constrained")
+    if len(labels) != 2:
+        raise ValueError(f"labels must name the two models, got {labels!r}")
+    fig = Figure(figsize=(11.5, 3.1 * len(cases) + 0.5 + (0.3 if title else 0)), layout="constrained")
     rows = np.atleast_1d(fig.subfigures(len(cases), 1))
     for i, (sub, case) in enumerate(zip(rows, cases)):
         roi = _grey(case["roi"], f"cases[{i}]['roi']")
         mask = _binary(case["mask"], roi.shape, f"cases[{i}]['mask']")
-        left, right = sub.subfigures(1, 2, width_ratios=[3, 2.6])
-        axes = left.subplots(1, 3)
+        expl = case["explanation"]
+        axes = sub.subplots(1, 4)
         _overlay(axes[0], roi, None, title="ROI and mask")
         _outline(axes[0], mask, MASK_COLOUR)
+        im = None
         for ax, key, lab in ((axes[1], "maps_ft", labels[0]), (axes[2], "maps_kt", labels[1])):
-            _overlay(ax, roi, _grey(case[key], f"cases[{i}][{key!r}]"), cmap=cmap, alpha=alpha, title=lab)
+            im = _overlay(ax, roi, _grey(case[key], f"cases[{i}][{key!r}]"), cmap=cmap, alpha=alpha, title=lab)
             _outline(ax, mask, MASK_COLOUR)
-        case["explanation"].plot(roi, mask=mask.astype(np.uint8), axes=right.subplots(1, 2))
-        left.suptitle(f"({chr(ord('a') + i)}) true: {_label_name(case['label'])}", fontsize=10)
+        _colorbar(sub, im, [axes[1], axes[2]], OVERLAY_SCALE, fraction=0.04, shrink=0.85)
+        _cells_panel(axes[3], roi, expl, mask)
+        share = float(np.mean(np.asarray(expl.cell_labels) == LESION))
+        axes[3].set_title(f"Eq. 6 cells ({labels[1]}): {share:.0%} Lesion", fontsize=FONTSIZES["panel"],
+                          loc="center")
+        pred = (f"predicted: {case['prediction']}" if case.get("prediction") is not None
+                else f"{labels[1]} " + _prediction_text(expl))
+        sub.suptitle(f"({chr(ord('a') + i)}) true: {_label_name(case['label'])} | {pred}",
+                     fontsize=FONTSIZES["group"])
+    handles = [Line2D([], [], color=MASK_COLOUR, label="mass (mask)")] + _cell_legend_handles()
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=7, frameon=False)
+    if title:
+        fig.suptitle(_wrap(title, fig, FONTSIZES["figure"]), fontsize=FONTSIZES["figure"])
     return fig
 
 

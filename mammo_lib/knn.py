@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .model import preserve_mode, to_model_input
 

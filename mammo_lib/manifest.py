@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .records import default_file_mode
 from .records import DataError

@@ -53,7 +53,7 @@ import pandas as pd
 from scipy.ndimage import distance_transform_edt
 from scipy.spatial import ConvexHull, QhullError
 from scipy.special import expit
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .records import BENIGN, LABEL_NAMES, MALIGNANT
 

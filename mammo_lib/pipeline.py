@@ -347,7 +347,8 @@ def step_table1(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                      "init used": trunk["note"],
                      "accuracy % (ours)": f"{100 * s['acc_mean']:.1f} ± {100 * s['acc_std']:.1f}",
                      "accuracy % (paper, OMI-DB)": acc_paper})
-        per_fold.append(res.per_fold)
+        # committed tables hold no machine paths and no wall-clock times (a rerun reproduces them)
+        per_fold.append(res.per_fold.assign(init_used=trunk["note"]).drop(columns=["wall_s"]))
     table = pd.DataFrame(rows)
     write_table(table, "table1", cfg.results_dir)
     write_phantom_notes(cfg)
@@ -477,14 +478,33 @@ def step_localization(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     rd = cfg.results_dir
     write_table(per_case, "localization_per_case", rd)
     write_table(summary, "localization_summary", rd)
-    # Fig. 7: cases with a confounder, fine-tune vs transfer from the DDSM rows.
+    # Fig. 7: two benign and two malignant test cases (with a confounder where there is one),
+    # fine-tune vs transfer from the DDSM rows, with each model's prediction.
+    from .table2 import spec_label
+
+    res, trunks = table2_run(cfg, progress=False)
     tfull = test.by_case_ids(list(ds.cv.index["case_id"]))
-    has_conf = np.flatnonzero((tfull.confounders > 0).any(axis=(1, 2))) if tfull.confounders is not None else np.arange(len(ds.cv))
-    pick = (list(has_conf[:4]) + list(range(4)))[:4]
-    fig = figures.fig7_overlays(tfull.images[pick], tfull.masks[pick], maps["ddsm_finetune"][pick],
-                                maps["ddsm_transfer"][pick], labels=("fine-tune", "knowledge transfer"),
-                                ids=list(ds.cv.index["case_id"].to_numpy()[pick]),
-                                confounders=None if tfull.confounders is None else tfull.confounders[pick])
+    case_ids = ds.cv.index["case_id"].to_numpy()
+    has_conf = ((tfull.confounders > 0).any(axis=(1, 2)) if tfull.confounders is not None
+                else np.zeros(len(case_ids), bool))
+    pick = []
+    for cls in (0, 1):
+        order = np.flatnonzero(ds.cv.labels == cls)
+        order = np.concatenate([order[has_conf[order]], order[~has_conf[order]]])
+        pick += order[:2].tolist()
+    cond = res.conditions[-1]
+    pr = res.predictions[(res.predictions["condition"] == cond.name) & res.predictions["primary"]]
+    pred_of = {sp: dict(zip(g["case_id"].astype(str), g["pred"])) for sp, g in pr.groupby("spec")}
+    name = {0: "benign", 1: "malignant"}
+    fig = figures.fig7_overlays(
+        tfull.images[pick], tfull.masks[pick], maps["ddsm_finetune"][pick], maps["ddsm_transfer"][pick],
+        labels=("fine-tune", "knowledge transfer"), ids=list(case_ids[pick]),
+        confounders=None if tfull.confounders is None else tfull.confounders[pick],
+        true_labels=[name[int(ds.cv.labels[i])] for i in pick],
+        predictions=[(name[int(pred_of["ddsm_finetune"][str(case_ids[i])])],
+                      name[int(pred_of["ddsm_transfer"][str(case_ids[i])])]) for i in pick],
+        title=f"Fig. 7: group-4 maps of the {spec_label('ddsm_finetune', trunks).rsplit(',', 1)[0]} models, "
+              f"condition {cond.name}, test fold of each case ({cond.primary} rendering)")
     save_figure(fig, "fig7_overlays", rd)
     return {"per_case": per_case, "summary": summary}
 
@@ -536,6 +556,10 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     glcm_df = glcm_feature_table(t.images)
     corr = feature_correlation(glcm_df, test_feats, top=10)
     write_table(corr.reset_index() if corr.index.name else corr, "fig8b_correlation", rd)
+    # Fig. 8(b) per class: the correlation over the test ROIs of the explained case's class.
+    corr_by_class = {cls: feature_correlation(glcm_df[labels == cls].reset_index(drop=True),
+                                              test_feats[labels == cls], top=10)
+                     for cls in (0, 1) if (labels == cls).sum() > 2}
     for c in chosen:
         roi, mask = t.images[c], t.masks[c]
         t0 = time.perf_counter()
@@ -557,13 +581,21 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
         knn = knn_explain(test_feats[c:c + 1], train_feats, ds.cv.labels[tr_idx], k=int(ex.get("knn_k", 5)),
                           train_ids=list(ids[tr_idx]))
         knn_rois = ds.cv.images[tr_idx][knn["train_index"].to_numpy()]
-        fig = figures.fig8_panels(roi, cam, corr, knn, knn_rois, expl, mask=mask, hirescam=hires)
+        fig = figures.fig8_panels(roi, cam, corr_by_class.get(int(labels[c]), corr), knn, knn_rois, expl, mask=mask,
+                                  hirescam=hires, true_label=kind)
         save_figure(fig, f"fig8_panels_{kind}", rd)
         ft_map = group4_maps(model_ft, roi[None], device=cfg["device"])[0]
         kt_map = group4_maps(model_kt, roi[None], device=cfg["device"])[0]
         cases.append({"roi": roi, "mask": mask, "maps_ft": ft_map, "maps_kt": kt_map, "explanation": expl,
-                      "label": int(labels[c])})
-    save_figure(figures.fig9_framework(cases), "fig9_framework", rd)
+                      "label": int(labels[c]), "prediction": expl.predicted_label, "lesion": lesion,
+                      "background": background, "kind": kind})
+    # Fig. 9: the framework drawn from one real case (the malignant one), and the explanation grid.
+    f9 = cases[-1]
+    save_figure(figures.fig9_framework(f9["roi"], f9["lesion"], f9["background"], f9["explanation"], mask=f9["mask"],
+                                       true_label=f9["kind"], background_rule=rule), "fig9_framework", rd)
+    save_figure(figures.explanation_grid(cases, labels=("fine-tune", "knowledge transfer"),
+                                         title="DDSM-initialised models, fold 0 (explanations of the knowledge-"
+                                               "transfer model)"), "explanation_grid", rd)
     timing = pd.DataFrame(timings)
     write_table(timing, "explain_timing", rd)
     agreement = explanation_agreement(cfg, t, n=int(ex.get("n_agreement", 40)), background_rule=rule)

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from torch import nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .records import default_file_mode
 from .metrics import classification_metrics

@@ -209,7 +209,7 @@ SECTIONS: list[tuple[str, str, str | None, tuple[str, ...]]] = [
     ("Beyond the paper: do the Lesion cells of Eq. 6 lie on the mass?", "explanation_agreement",
      "A cell is a mass cell when at least a quarter of its window lies in the mask.",
      ("fig5_lesion_background_benign", "fig5_lesion_background_malignant", "fig8_panels_benign",
-      "fig8_panels_malignant", "fig9_framework")),
+      "fig8_panels_malignant", "fig9_framework", "explanation_grid")),
     ("Explanation timing", "explain_timing", None, ()),
 ]
 

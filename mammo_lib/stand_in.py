@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from skimage.draw import polygon as draw_polygon
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .activation import activation_distances, activation_map
 from .model import build_model, set_trainable, to_model_input

@@ -25,6 +25,25 @@ from .report import save_figure, write_table
 TABLE2_SPECS = ("imagenet_finetune", "imagenet_transfer", "ddsm_finetune", "ddsm_transfer")
 CONTROL_SPECS = ("imagenet_shuffled", "imagenet_oracle", "ddsm_shuffled", "ddsm_oracle")
 INIT_LABELS = {"imagenet": "ImageNet", "ddsm": "DDSM"}
+#: Display names of the methods in figure titles.
+_METHOD_SHORT = {"finetune": "fine-tune", "transfer": "knowledge transfer", "shuffled": "KT, shuffled teacher",
+                 "oracle": "KT, oracle target"}
+
+
+def spec_label(spec: str, trunks: dict[str, Any] | None = None) -> str:
+    """A figure label saying what a model really started from, e.g. ``"ImageNet stand-in
+    (generic synthetic), fine-tune"`` rather than ``"imagenet_finetune"``."""
+    if spec == "mask_only":
+        return "mask only"
+    init, meth = spec.split("_", 1)
+    note = (trunks or {}).get(init, {}).get("note", "")
+    if init == "imagenet" and note and note != "ImageNet":
+        name = "ImageNet stand-in (generic synthetic)" if "generic" in note else "ImageNet role (random)"
+    elif init == "ddsm" and "generic" in note:
+        name = "DDSM (from the generic stand-in)"
+    else:
+        name = INIT_LABELS.get(init, init)
+    return f"{name}, {_METHOD_SHORT.get(meth, meth)}"
 
 
 # ------------------------------------------------------------------------------------- trunks
@@ -237,8 +256,10 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     dose = res.dose_response()
     write_table(dose, "table2_dose_response", rd, floatfmt=".3f")
     write_table(res.choices, "beta_selection", rd)
-    write_table(res.runs, "table2_runs", rd, floatfmt=".4g")
-    pf = pd.concat([res.per_fold(c.name).assign(condition=c.name) for c in res.conditions], ignore_index=True)
+    # wall-clock columns stay in the run folders: committed tables hold only what a rerun reproduces
+    write_table(res.runs.drop(columns=["wall_s"]), "table2_runs", rd, floatfmt=".4g")
+    pf = pd.concat([res.per_fold(c.name).assign(condition=c.name) for c in res.conditions],
+                   ignore_index=True).drop(columns=["wall_s"])
     write_table(pf, "table2_per_fold", rd, floatfmt=".4g")
     write_table(res.predictions[res.predictions["primary"] & res.predictions["spec"].ne("")]
                 .drop(columns=["primary"]), "table2_predictions", rd, floatfmt=".4g")
@@ -282,12 +303,14 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     ])
     write_table(fig4, "fig4b", rd)
     cvr = res.cv_result(main)
-    save_figure(figures.confusion_matrices({sp: cvr.confusion(sp) for sp in TABLE2_SPECS},
-                                           title=f"Table 2 (condition {main}): summed confusion matrices"),
+    save_figure(figures.confusion_matrices({spec_label(sp, trunks): cvr.confusion(sp) for sp in TABLE2_SPECS},
+                                           title=f"Table 2, condition {main} (test: {res.conditions[-1].primary} "
+                                                 f"rendering): confusion matrices summed over folds"),
                 "table2_confusion", rd)
     save_figure(figures.confusion_matrices({"mask only": cvr.confusion("mask_only"),
-                                            "ROI only": cvr.confusion("imagenet_finetune")},
-                                           title="Fig. 4(b)"), "fig4b_confusion", rd)
+                                            f"ROI only ({spec_label('imagenet_finetune', trunks)})":
+                                                cvr.confusion("imagenet_finetune")},
+                                           title=f"Fig. 4(b), condition {main}"), "fig4b_confusion", rd)
     verdict = verdict_lines(cfg, res, gate, summaries, trunks)
     from .report import atomic_write_text
     atomic_write_text(rd / "tables" / "summary.notes.md", "\n".join(verdict) + "\n")

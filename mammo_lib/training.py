@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .records import default_file_mode
 from .activation import DISTANCE_FORMS, GROUP_LAYERS, GroupActivations, activation_map

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+from .progress import tqdm
 
 from .activation import activation_distance, activation_map
 from .model import mask_to_model_input, preserve_mode, set_trainable, to_model_input
@@ -231,29 +231,30 @@ def _target_maps(cache: TrunkCache, idx: Tensor, codes: Tensor, target: str,
 
 
 @torch.no_grad()
+def _over_cache(model: nn.Module, cache: TrunkCache, read: Any, *, flip: int, batch_size: int,
+                device: str | torch.device) -> Tensor:
+    """``read(group-4 activation)`` over the cached features of one flip, batched, eval mode."""
+    device = torch.device(device)
+    out = []
+    with eval_mode(model):
+        for s in range(0, len(cache), batch_size):
+            out.append(read(group4_activation(model, cache.features[s:s + batch_size, flip].to(device))).cpu())
+    return torch.cat(out)
+
+
 def predict_cached(model: nn.Module, cache: TrunkCache, *, flip: int = 0, batch_size: int = 256,
                    device: str | torch.device = "cpu") -> np.ndarray:
     """Softmax probabilities ``(N, 2)`` from cached trunk features (eval mode, modes restored)."""
-    device = torch.device(device)
-    out = []
-    with eval_mode(model):
-        for s in range(0, len(cache), batch_size):
-            t = cache.features[s:s + batch_size, flip].to(device)
-            out.append(torch.softmax(head_logits(model, group4_activation(model, t)).double(), 1).cpu())
-    return torch.cat(out).numpy() if out else np.empty((0, 2))
+    if not len(cache):
+        return np.empty((0, 2))
+    return _over_cache(model, cache, lambda a: torch.softmax(head_logits(model, a).double(), 1), flip=flip,
+                       batch_size=batch_size, device=device).numpy()
 
 
-@torch.no_grad()
 def group4_maps_cached(model: nn.Module, cache: TrunkCache, *, flip: int = 0, batch_size: int = 256,
                        device: str | torch.device = "cpu") -> np.ndarray:
     """F^4 (Eq. 3) of every cached ROI, ``(N, g, g)``."""
-    device = torch.device(device)
-    out = []
-    with eval_mode(model):
-        for s in range(0, len(cache), batch_size):
-            t = cache.features[s:s + batch_size, flip].to(device)
-            out.append(activation_map(group4_activation(model, t)).cpu())
-    return torch.cat(out).numpy()
+    return _over_cache(model, cache, activation_map, flip=flip, batch_size=batch_size, device=device).numpy()
 
 
 def head_loss(model: nn.Module, t: Tensor, y: Tensor, target_maps: Optional[Tensor], cfg: TrainConfig,

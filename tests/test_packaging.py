@@ -74,3 +74,17 @@ def test_notebooks_match_their_generator(tmp_path: Path):
                    capture_output=True)
     for nb in NOTEBOOKS:
         assert (tmp_path / nb.name).read_text() == nb.read_text(), f"{nb.name}: rerun tools/make_notebooks.py"
+
+
+def test_committed_results_are_not_gitignored():
+    """What the repository commits under results/ must not be listed in .gitignore."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    files = subprocess.run(["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    assert files, "results/ holds no committed file"
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", *files], cwd=ROOT, capture_output=True,
+                             text=True).stdout.split()
+    assert ignored == []

@@ -59,3 +59,25 @@ def test_no_notebooks_is_a_clear_error(tmp_path: Path):
     (tmp_path / "notebooks").mkdir()
     with pytest.raises(FileNotFoundError, match="no numbered notebooks"):
         notebooks(tmp_path)
+
+
+def test_progress_is_streamed_and_fresh_recomputes(project: Path, monkeypatch, capsys):
+    """With progress on, a bar the notebook draws reaches the terminal (not the executed notebook);
+    --fresh removes the work folder, so a notebook that was done runs again."""
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    monkeypatch.delenv("MAMMO_PROGRESS_FILE", raising=False)
+    (project / "notebooks" / "02_second.ipynb").unlink()
+    _notebook(project / "notebooks" / "01_first.ipynb",
+              "import time\nfrom mammo_lib.progress import tqdm\n"
+              "for _ in tqdm(range(3), desc='counting sheep', mininterval=0):\n    time.sleep(1.2)\n"
+              "open('ran_01.txt', 'a').write('x')")
+    run_all("smoke", root=project, progress=True)
+    out = capsys.readouterr().out
+    assert "counting sheep" in out and "[01 " in out
+    executed = nbf.read(project / "runs" / "smoke" / "executed" / "01_first.ipynb", 4)
+    assert "counting sheep" not in json.dumps(executed.cells[-1].get("outputs", []))
+    run_all("smoke", root=project, progress=True)              # unchanged: skipped
+    assert (project / "notebooks" / "ran_01.txt").read_text() == "x"
+    run_all("smoke", root=project, progress=True, fresh=True)  # from scratch: runs again
+    assert (project / "notebooks" / "ran_01.txt").read_text() == "xx"
+    assert "[fresh] removed" in capsys.readouterr().out

@@ -157,9 +157,9 @@ Beside it: Grad-CAM / HiResCAM, the GLCM/deep-feature correlation and k-NN expla
 display(out["sanity"])
 print("Background rule used below:", out["rule"], "| any rule passes:", out["sanity"].attrs["any_passes"])
 display(out["timing"])'''),
-("# Figs. 8 and 9",
+("# Figs. 5, 8, 9 (the framework on one real case) and the explanation grid",
  '''import glob, os
-for f in sorted(glob.glob(str(cfg.results_dir / "figures" / "fig[589]*.png"))):
+for f in sorted(glob.glob(str(cfg.results_dir / "figures" / "fig[589]*.png"))) + [str(cfg.results_dir / "figures" / "explanation_grid.png")]:
     display(Image(filename=f))'''),
 ]),
 "09_report": ("""# 09 Report
