@@ -35,9 +35,12 @@ case "$cmd" in
     export MPLBACKEND=Agg
     # 1) the library's tests, two processes with one torch thread each
     OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest -n 2 -q tests "$@"
-    # 2) the notebooks on the smoke profile under nbval (in order: later ones reuse earlier results)
+    # 2) the notebooks on the smoke profile under nbval, from scratch (in order: later ones reuse earlier results)
+    rm -rf runs/smoke
     MAMMO_PROFILE=smoke "$VENV/bin/python" -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
       --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 900 notebooks
+    # 3) what they wrote must be what is committed: a stale result cannot land
+    "$VENV/bin/python" -m mammo_lib.fingerprint --check runs/smoke/results results/smoke/fingerprint.json
     ;;
   *)
     echo "usage: bash run.sh reproduce [--profile demo|smoke|full] [--data-root DIR] [--device cpu|cuda] [--force]" >&2

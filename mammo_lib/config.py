@@ -1,8 +1,10 @@
 """Run profiles (``smoke``, ``demo``, ``full``): YAML files of parameters for the reproduction.
 
-A profile fills every parameter a notebook leaves as ``None``. The environment variable
-``MAMMO_PROFILE``, when set, replaces the profile a notebook asks for: the test command sets it
-to ``smoke`` so that nbval runs the same notebooks in minutes.
+A profile fills every parameter a notebook leaves as ``None``. A notebook's ``profile``
+parameter is ``""`` by default, which means ``$MAMMO_PROFILE`` (the test command sets it to
+``smoke`` so that nbval runs the same notebooks in a minute) or else ``demo``; a profile named
+explicitly (``--profile``, papermill's parameter) is never replaced by the environment. Every key
+is checked against the schema (:func:`check_keys`): a misspelt key is an error naming it.
 """
 from __future__ import annotations
 
@@ -18,6 +20,63 @@ import yaml
 
 PROFILE_NAMES = ("smoke", "demo", "full")
 ENV_PROFILE = "MAMMO_PROFILE"
+
+
+# ------------------------------------------------------------------------------ the profile schema
+#: Keys of a profile. A mapping is a section (its own keys); ``None`` takes any value; a tuple of
+#: key sets for a section whose keys come from a dataclass is resolved in :func:`_schema`.
+_TOP = {"name", "description", "data_root", "work_dir", "results_dir", "device", "seed", "workers", "arch",
+        "imagenet_weights", "imagenet_fallback", "roi_size", "min_context", "intensity", "phantom", "real_data",
+        "generic_pretrain", "train", "pretrain", "cv", "table1", "explain"}
+
+
+def _schema() -> dict[str, Any]:
+    """Every valid key of a profile, nested as the YAML is (built from the dataclasses the
+    sections feed, so a new ``TrainConfig`` or ``PhantomConfig`` field is valid at once)."""
+    from dataclasses import fields
+
+    from .phantom import PhantomConfig
+    from .training import TrainConfig
+
+    train = {f.name: None for f in fields(TrainConfig) if f.name not in ("seed", "device")} | {"head": None}
+    phantom_cfg = {f.name: None for f in fields(PhantomConfig)}
+    real = {"csv": None, "dicom_root": None, "outlines": None, "images": None,
+            "draw": {"n_benign": None, "n_malignant": None, "seed": None}}
+    return {
+        **{k: None for k in _TOP},
+        "phantom": {"seed": None, "image_shape": None, "config": phantom_cfg, "bcdr_like": phantom_cfg,
+                    "ddsm_like": phantom_cfg},
+        "real_data": {"cbis_ddsm": real, "bcdr_d01": real, "bcdr_f01": real},
+        "generic_pretrain": {"n_train": None, "n_test": None, "epochs": None, "batch_size": None, "lr": None},
+        "train": train,
+        "pretrain": train,
+        "cv": {"n_splits": None, "conditions": None, "beta_grid": None, "beta_grid_at": None},
+        "table1": {"n_splits": None, "epochs": None, "roi_size": None},
+        "explain": {"n_cases": None, "knn_k": None, "batch_size": None, "n_agreement": None, "n_sanity": None},
+    }
+
+
+def check_keys(values: Mapping[str, Any], source: str = "profile") -> None:
+    """Raise ``ValueError`` naming every unknown key (by its dotted path) and the closest valid one:
+    a misspelt key never falls back silently to a default."""
+    import difflib
+
+    problems: list[str] = []
+
+    def walk(node: Mapping[str, Any], schema: Mapping[str, Any], path: str) -> None:
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key not in schema:
+                close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1, cutoff=0.6)
+                hint = f" (did you mean {(path + '.' if path else '') + close[0]!r}?)" if close else ""
+                valid = ", ".join(sorted(str(k) for k in schema))
+                problems.append(f"unknown key {where!r}{hint}; valid here: {valid}")
+            elif isinstance(schema[key], Mapping) and isinstance(value, Mapping):
+                walk(value, schema[key], where)
+
+    walk(values, _schema(), "")
+    if problems:
+        raise ValueError(f"{source}: " + "; ".join(problems))
 
 
 def profile_path(name: str) -> Path:
@@ -104,20 +163,22 @@ def find_project_root(start: Path | None = None) -> Path:
     return here
 
 
-def load_config(profile: str = "demo", overrides: Mapping[str, Any] | None = None,
+def load_config(profile: str = "", overrides: Mapping[str, Any] | None = None,
                 *, root: Path | None = None, honour_env: bool = True) -> Config:
     """Load a profile and apply ``overrides`` (``None`` values are ignored, dicts merge).
 
-    ``MAMMO_PROFILE`` in the environment replaces ``profile`` when ``honour_env`` is true.
+    ``profile=""`` takes ``$MAMMO_PROFILE`` (when ``honour_env``) or else ``demo``; an explicit
+    profile is used as given. Unknown keys (in the file or the overrides) raise ``ValueError``.
     Relative paths in the profile resolve against the project root.
     """
-    if honour_env and os.environ.get(ENV_PROFILE):
-        profile = os.environ[ENV_PROFILE]
+    if not profile:
+        profile = (os.environ.get(ENV_PROFILE) if honour_env else None) or "demo"
     with open(profile_path(profile)) as fh:
         values = yaml.safe_load(fh)
     if not isinstance(values, dict) or "name" not in values:
         raise ValueError(f"profile {profile!r} is not a mapping with a 'name'")
     values = _merge(values, overrides or {})
+    check_keys(values, f"profile {profile!r}")
     cfg = Config(values=values, root=root or find_project_root())
     if cfg.name == "full" and cfg.uses_phantom:
         raise ValueError("the full profile needs real data: pass --data-root (or data_root=...) "

@@ -358,7 +358,10 @@ def dose_response(dose: pd.DataFrame) -> Figure:
             ax.set_xlabel("beta (Eq. 5; * = reference form at 1000)")
             ax.set_title(f"condition {cond}: {title}", fontsize=9)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=6, loc="best")
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=6, loc="best")
+            else:
+                ax.text(0.5, 0.5, "not measured here", ha="center", va="center", transform=ax.transAxes, fontsize=8)
     fig.suptitle("Knowledge transfer dose-response (means over the outer folds; colour = initialisation, "
                  "line style = test rendering)", fontsize=11)
     return fig

@@ -227,12 +227,16 @@ def train_config(cfg: Config, **overrides: Any):
     """A :class:`~mammo_lib.training.TrainConfig` from the profile's ``train`` section."""
     from .training import TrainConfig
 
+    from dataclasses import fields
+
     t = cfg.section("train")
-    kw = dict(epochs=int(t["epochs"]), batch_size=int(t["batch_size"]), optimizer=t.get("optimizer", "adam"),
-              lr=float(t["lr"]), weight_decay=float(t.get("weight_decay", 0.0)), beta=float(t.get("beta", 1.0)),
-              omega=tuple(int(j) for j in t.get("omega", (4,))), distance_form=t.get("distance_form", "paper"),
-              trainable=t.get("trainable", "group4+classifier"), augment=tuple(t.get("augment", ())),
-              seed=int(cfg["seed"]), device=cfg["device"])
+    # every TrainConfig field the profile sets is used (defaults are TrainConfig's, declared once)
+    names = {f.name for f in fields(TrainConfig)} - {"seed", "device"}
+    kw: dict[str, Any] = {k: v for k, v in t.items() if k in names}
+    for k in ("omega", "augment"):
+        if k in kw:
+            kw[k] = tuple(kw[k])
+    kw.update(seed=int(cfg["seed"]), device=cfg["device"])
     kw.update(overrides)
     return TrainConfig(**kw)
 

@@ -46,10 +46,53 @@ def test_overrides_merge_and_none_is_ignored(monkeypatch, tmp_path):
     assert cfg.uses_phantom and cfg.work_dir == tmp_path / "runs" / "demo"
 
 
-def test_env_profile_replaces_the_requested_one(monkeypatch):
+def test_env_profile_applies_only_when_none_is_named(monkeypatch):
     monkeypatch.setenv("MAMMO_PROFILE", "smoke")
-    assert load_config("demo").name == "smoke"
-    assert load_config("demo", honour_env=False).name == "demo"
+    assert load_config("").name == "smoke"                 # the notebooks' default: nbval's switch
+    assert load_config("demo").name == "demo"              # an explicit profile is never replaced
+    assert load_config("", honour_env=False).name == "demo"
+    monkeypatch.delenv("MAMMO_PROFILE")
+    assert load_config("").name == "demo"
+
+
+# misspelt keys from a review: (overrides, error naming the key and the closest valid one)
+MISSPELT_CASES = [
+    ({"intensty": "dtype"}, "unknown key 'intensty' (did you mean 'intensity'?)"),
+    ({"train": {"augmnet": ["hflip"]}}, "unknown key 'train.augmnet' (did you mean 'train.augment'?)"),
+    ({"train": {"weight_decy": 0.1}}, "unknown key 'train.weight_decy' (did you mean 'train.weight_decay'?)"),
+    ({"table1": {"n_split": 3}}, "unknown key 'table1.n_split' (did you mean 'table1.n_splits'?)"),
+    ({"phantom": {"config": {"confounder_gap": 32}}},
+     "unknown key 'phantom.config.confounder_gap' (did you mean 'phantom.config.confounder_gap_px'?)"),
+    ({"zzz": 1}, "unknown key 'zzz'; valid here"),
+]
+
+
+@pytest.mark.parametrize("overrides,msg", MISSPELT_CASES)
+def test_misspelt_keys_fail_before_any_work(overrides, msg, monkeypatch):
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    with pytest.raises(ValueError) as err:
+        load_config("demo", overrides)
+    assert msg in str(err.value)
+
+
+def test_misspelt_key_in_a_profile_file(tmp_path):
+    import yaml
+
+    values = yaml.safe_load(profile_path("smoke").read_text())
+    values["intensty"] = values.pop("intensity")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(values))
+    with pytest.raises(ValueError, match="did you mean 'intensity'"):
+        load_config(str(bad))
+
+
+@pytest.mark.parametrize("key,value", [("max_degrees", 10.0), ("selection_metric", "loss"), ("patience", 3),
+                                       ("weight_decay", 0.5)])
+def test_every_train_setting_of_a_profile_reaches_the_training(key, value, monkeypatch):
+    from mammo_lib.pipeline import train_config
+
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    assert getattr(train_config(load_config("demo", {"train": {key: value}})), key) == value
 
 
 def test_digest_changes_with_a_parameter(monkeypatch):

@@ -55,7 +55,7 @@ def test_parameters_cell_is_tagged_and_typed(nb: Path):
 def test_papermill_help_lists_typed_parameters(nb: Path):
     out = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(nb)],
                          capture_output=True, text=True, check=True).stdout
-    for expected in ('profile: str (default "demo")', 'data_root: str (default "")',
+    for expected in ('profile: str (default "")', 'data_root: str (default "")',
                      'device: str (default "")', "progress: bool (default True)"):
         assert expected in out, out
 

@@ -11,7 +11,7 @@ import nbformat as nbf
 
 OUT = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "notebooks"
 PARAMS = '''# Parameters: papermill injects values after this cell; `papermill --help-notebook` lists them.
-profile: str = "demo"  # smoke | demo | full, or a path to a YAML profile (env MAMMO_PROFILE overrides)
+profile: str = ""  # smoke | demo | full, or a YAML path; empty: env MAMMO_PROFILE, else demo
 data_root: str = ""  # folder with the real datasets; "" uses the built-in synthetic phantom
 device: str = ""  # cpu | cuda; "" takes the profile's device
 progress: bool = True  # show progress bars for long steps'''
