@@ -68,6 +68,25 @@ def _explain(a: argparse.Namespace) -> int:
     from .report import save_figure
     from .roi import extract_roi
 
+    from .model import checkpoint_meta
+
+    if not Path(a.checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {a.checkpoint}")
+    meta = checkpoint_meta(a.checkpoint)
+    spec = dict(meta.get("roi_spec") or {})
+    asked = {"arch": a.arch, "size": a.size, "intensity": a.intensity}
+    recorded = {"arch": meta.get("arch"), "size": spec.get("size"), "intensity": spec.get("intensity")}
+    clash = {k: (asked[k], recorded[k]) for k in asked if asked[k] is not None and recorded[k] is not None
+             and asked[k] != recorded[k]}
+    if clash and not a.ignore_roi_spec:
+        said = ", ".join(f"--{k} {v[0]} (the checkpoint was made with {v[1]})" for k, v in clash.items())
+        raise ValueError(f"{a.checkpoint}: {said}; leave the option out to use the recorded value, or pass "
+                         f"--ignore-roi-spec to override")
+    a.arch = a.arch or recorded["arch"] or "densenet121"
+    a.size = a.size or recorded["size"] or 224
+    a.intensity = a.intensity or recorded["intensity"] or "percentile"
+    used = "recorded in the checkpoint" if spec else "defaults (the checkpoint records no ROI spec)"
+    print(f"ROI spec: arch {a.arch}, size {a.size} px, intensity {a.intensity} ({used})")
     model = build_model(a.arch, weights=a.checkpoint)
     image = to_unit_float(read_image(a.image), a.intensity)
     if a.mask:
@@ -140,13 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explain", help="Lesion/Background explanation (Eq. 6) of one ROI")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--arch", choices=("densenet121", "small"), default="densenet121")
+    e.add_argument("--arch", choices=("densenet121", "small"), default=None,
+                   help="default: the checkpoint's, else densenet121")
     e.add_argument("--image", required=True, help="full image (with --mask) or a ready ROI")
     e.add_argument("--mask", default=None, help="binary mass mask at the image's size: the mass-centred ROI is cut")
-    e.add_argument("--size", type=int, default=224)
+    e.add_argument("--size", type=int, default=None, help="ROI side; default: the checkpoint's, else 224")
+    e.add_argument("--ignore-roi-spec", action="store_true",
+                   help="use --arch/--size/--intensity even where the checkpoint records other values")
     e.add_argument("--device", default="cpu")
-    e.add_argument("--intensity", choices=("percentile", "minmax", "dtype"), default="percentile",
-                   help="intensity scaling; use the one the model was trained with")
+    e.add_argument("--intensity", choices=("percentile", "minmax", "dtype"), default=None,
+                   help="intensity scaling; default: the checkpoint's, else percentile")
     e.add_argument("--background-rule", choices=BACKGROUND_RULES + tuple(BACKGROUND_RULE_ALIASES),
                    default=DEFAULT_BACKGROUND_RULE,
                    help="how the ROI splits into Lesion and Background (Sec. 4.2; docs/DECISIONS.md); "

@@ -165,6 +165,20 @@ def build_model(arch: str = "densenet121", weights: Weights = None, num_classes:
     return model
 
 
+def checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """What a checkpoint says about how it was made: ``arch``, ``head`` and ``roi_spec`` (ROI size,
+    context, intensity scaling, crop variant), those it records (an ImageNet file records none)."""
+    try:
+        obj = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any unreadable file: say which
+        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({type(err).__name__})") from err
+    if not isinstance(obj, Mapping):
+        return {}
+    return {k: obj[k] for k in ("arch", "head", "roi_spec") if k in obj}
+
+
 def imagenet_weights_path() -> Path:
     """Where :func:`build_model` looks for the ImageNet weights: ``<torch hub dir>/checkpoints/<file>``."""
     name = os.path.basename(urlparse(DenseNet121_Weights.IMAGENET1K_V1.url).path)

@@ -33,7 +33,7 @@ from .progress import tqdm
 from .records import default_file_mode
 from .metrics import classification_metrics
 from .model import WeightsUnavailableError, build_model
-from .training import TensorData, TrainConfig, atomic_torch_save, atomic_write_json, predict, train_model
+from .training import TensorData, TrainConfig, atomic_torch_save, atomic_write_json, predict, roi_spec_of, train_model
 
 #: ``init_used`` recorded when ImageNet weights were asked for but a random init was used.
 IMAGENET_FALLBACK_NOTE = "none (ImageNet weights unavailable)"
@@ -303,7 +303,8 @@ def _run_fold(data: Any, test_data: Any, spec: RunSpec, k: int, folds: np.ndarra
     cfg = spec.train.replace(seed=fseed)
     model, init_used = _build(factory, arch, spec.init, fseed, ddsm_checkpoint, imagenet_fallback)
     res = train_model(model, TensorData.from_roiset(data, train_part[tr]), TensorData.from_roiset(data, train_part[va]),
-                      cfg, checkpoint_dir=fold_dir, progress=progress)
+                      cfg, checkpoint_dir=fold_dir, progress=progress,
+                      meta={"arch": arch, "roi_spec": roi_spec_of(data)})
     test_ids = case_ids[test_idx].tolist()
     test = (TensorData.from_roiset(test_data.by_case_ids(test_ids)) if test_data is not None
             else TensorData.from_roiset(data, test_idx))
@@ -388,7 +389,8 @@ def pretrain(train_data: Any, test_data: Any, out_dir: str | Path, *, arch: str 
                    epochs_run=res.epochs_run, init_used=init_used, arch=arch,
                    n_train=len(train), n_val=len(val), n_test=len(test))
     atomic_torch_save({"model_state": {k: v.detach().cpu() for k, v in res.model.state_dict().items()},
-                        "arch": arch, "init_used": init_used, "cfg": cfg.to_dict()}, ckpt)
+                        "arch": arch, "init_used": init_used, "cfg": cfg.to_dict(),
+                        "roi_spec": roi_spec_of(train_data)}, ckpt)
     atomic_write_json({"key": key, "metrics": metrics, "history": res.history.to_dict(orient="list")},
                       metrics_path)
     return PretrainResult(ckpt, metrics, res.history, init_used, skipped=False)

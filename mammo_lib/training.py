@@ -353,7 +353,7 @@ def _evaluate(model: nn.Module, data: TensorData, kind: str, batch_size: int,
 # --------------------------------------------------------------------------------------------
 def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: TrainConfig, *,
                 teacher: Optional[nn.Module] = None, checkpoint_dir: str | Path | None = None,
-                progress: bool = True,
+                progress: bool = True, meta: Optional[dict[str, Any]] = None,
                 on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None) -> TrainResult:
     """Train ``model`` in place and load the epoch selected on ``val`` (Sec. 5.1).
 
@@ -368,7 +368,9 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
     after every epoch (atomic), resumed at the next epoch when its config (except ``device``),
     data and initial network match (else ``ValueError``); at the end ``best.pt`` (the selected
     weights under ``"model_state"``, loadable by ``build_model(weights=path)``) and ``done.json``.
-    ``on_epoch_end(epoch, row)`` is called after each epoch's checkpoint.
+    ``on_epoch_end(epoch, row)`` is called after each epoch's checkpoint. ``meta`` (e.g.
+    ``{"arch": ..., "roi_spec": {...}}``, see :func:`roi_spec_of`) is stored in ``best.pt`` so that
+    whoever loads the model knows how its inputs were made.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -466,8 +468,8 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
                          epochs_run=len(hist), stopped_early=stopped and len(hist) < cfg.epochs,
                          resumed_from=resumed_from, wall_s=time.perf_counter() - t0, cfg=cfg)
     if ckpt_dir is not None:
-        atomic_torch_save({"model_state": best_state, "best_epoch": best_epoch, "cfg": cfg.to_dict()},
-                          ckpt_dir / "best.pt")
+        atomic_torch_save({"model_state": best_state, "best_epoch": best_epoch, "cfg": cfg.to_dict(),
+                           **(meta or {})}, ckpt_dir / "best.pt")
         atomic_write_json({"best_epoch": best_epoch, "best_val_accuracy": result.best_val_accuracy,
                            "best_val_loss": result.best_val_loss, "epochs_run": result.epochs_run,
                            "stopped_early": result.stopped_early, "cfg": cfg.to_dict(),
@@ -526,6 +528,13 @@ def _step_loss(model: nn.Module, x: Tensor, m: Tensor, y: Tensor, cfg: TrainConf
     return loss, parts
 
 
+def roi_spec_of(data: Any) -> dict[str, Any]:
+    """How the ROIs of a RoiSet-like ``data`` were made (size, context, intensity scaling, crop
+    variant), from its ``params``; empty when unknown. Stored in checkpoints (``roi_spec``)."""
+    params = getattr(data, "params", None) or {}
+    return {k: params[k] for k in ("size", "min_context", "intensity", "variant") if k in params}
+
+
 # --------------------------------------------------------------------------------------------
 # Prediction
 # --------------------------------------------------------------------------------------------
@@ -558,5 +567,5 @@ def predict(model: nn.Module, images: np.ndarray, *, input: Literal["roi", "mask
     return torch.cat(out).numpy() if out else np.empty((0, 2))
 
 
-__all__ = ["TrainConfig", "TensorData", "TrainResult", "train_model", "predict", "seed_everything",
+__all__ = ["TrainConfig", "TensorData", "TrainResult", "train_model", "predict", "seed_everything", "roi_spec_of",
            "epoch_generator", "atomic_write_json", "atomic_torch_save", "HISTORY_COLUMNS"]

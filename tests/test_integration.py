@@ -208,3 +208,51 @@ def test_full_profile_table2_instrument_on_real_layouts(real_root_cv: Path, tmp_
     comp = pd.read_csv(tmp_path / "r" / "tables" / "table2_comparison.csv")
     assert set(comp["condition"]) == {"real"}
     assert comp["init used"].str.contains("generic synthetic pre-training").any()
+
+
+# (explain options, expected exit status, text expected in stdout or stderr)
+ROI_SPEC_CASES = [
+    ([], 0, "size 64 px, intensity dtype (recorded in the checkpoint)"),
+    (["--size", "64"], 0, "size 64 px"),
+    (["--size", "224"], 2, "--size 224 (the checkpoint was made with 64)"),
+    (["--intensity", "percentile"], 2, "--intensity percentile (the checkpoint was made with dtype)"),
+    (["--size", "224", "--ignore-roi-spec"], 0, "size 224 px"),
+]
+
+
+@pytest.mark.parametrize("opts,rc,text", ROI_SPEC_CASES)
+def test_cli_explain_uses_the_checkpoints_roi_spec(phantom_dir: Path, tmp_path: Path, capsys, opts, rc, text):
+    from mammo_lib.model import build_model
+
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model_state": build_model("small", seed=0).state_dict(), "arch": "small",
+                "roi_spec": {"size": 64, "min_context": 224, "intensity": "dtype", "variant": "mass_centred"}}, ckpt)
+    out = tmp_path / "expl"
+    got = main(["explain", "--checkpoint", str(ckpt), "--image", str(phantom_dir / "images" / "train" / "M0000.png"),
+                "--mask", str(phantom_dir / "masks" / "M0000.png"), "--out", str(out), *opts])
+    cap = capsys.readouterr()
+    assert got == rc and text in (cap.out + cap.err)
+    if rc == 0:
+        grid = json.loads((out / "explanation.json").read_text())["grid"]
+        assert grid == (2 if "--ignore-roi-spec" not in opts else 7)
+
+
+def test_cv_checkpoints_record_arch_and_roi_spec(tmp_path: Path):
+    from mammo_lib.model import checkpoint_meta
+    from mammo_lib.preprocess import RoiSet
+    from mammo_lib.protocol import RunSpec, run_cv
+    from mammo_lib.training import TrainConfig
+
+    rng = np.random.default_rng(0)
+    n = 20
+    idx = pd.DataFrame({"case_id": [f"c{i}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
+                        "label": np.arange(n) % 2})
+    masks = np.zeros((n, 32, 32), np.uint8)
+    masks[:, 8:20, 8:20] = 1
+    rs = RoiSet(index=idx, images=rng.random((n, 32, 32), dtype=np.float32), masks=masks,
+                params={"size": 32, "min_context": 224, "intensity": "dtype", "variant": "mass_centred"})
+    run_cv(rs, [RunSpec("ft", "none", TrainConfig(epochs=1, batch_size=4, augment=()))], tmp_path, arch="small",
+           n_splits=2, progress=False)
+    meta = checkpoint_meta(tmp_path / "ft" / "fold_0" / "best.pt")
+    assert meta == {"arch": "small", "roi_spec": {"size": 32, "min_context": 224, "intensity": "dtype",
+                                                  "variant": "mass_centred"}}
