@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .progress import tqdm
 
+from .progress import tqdm
 from .model import apply_train_mode, mask_to_model_input, preserve_mode, to_model_input
 
 #: Module (by ``named_modules`` name) whose output is group k's activation (docs/DECISIONS.md).

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM, HiResCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
-from .progress import tqdm
 
+from .progress import tqdm
 from .model import preserve_mode, to_model_input
 
 CamMethod = Literal["gradcam", "hirescam"]

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import pandas as pd
-from .progress import tqdm
 
+from .progress import tqdm
 from .generic import read_csv_strings
 from .imageio import binary_mask, read_dicom_header, read_image
 from .records import BENIGN, MALIGNANT, DataError, LoadResult, MassRecord, OnError, handle_error

@@ -30,8 +30,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from .progress import tqdm
 
+from .progress import tqdm
 from .records import default_file_mode
 from .activation import GroupActivations, activation_map
 from .glcm import MeanForm, check_grey_image, glcm_variance_map

@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from skimage.feature import graycomatrix, graycoprops
+
 from .progress import tqdm
 
 MeanForm = Literal["paper", "haralick"]

@@ -5,7 +5,7 @@
   own numpy decoder; MONOCHROME1 is inverted so that bright always means dense; multi-frame
   and colour files are refused.
 * :func:`to_unit_float` maps an image to float32 in [0, 1] (**Decision** ``intensity="minmax"``:
-  per-image min-max, SPEC/ARCHITECTURE; ``"dtype"`` divides by the dtype's maximum or
+  per-image min-max; the profiles use ``percentile`` or ``dtype``, docs/DECISIONS.md; ``"dtype"`` divides by the dtype's maximum or
   ``2**bits - 1``).
 * :func:`load_record` turns a :class:`~mammo_lib.records.MassRecord` into a :class:`LoadedCase`
   (image, binary mask, notes, optional confounder label map). Masks come from a mask file

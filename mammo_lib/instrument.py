@@ -35,9 +35,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
-from .progress import tqdm
 
+from .progress import tqdm
 from .protocol import PER_FOLD_COLUMNS, PREDICTION_COLUMNS, CVResult, inner_split, make_folds
+from .activation import activation_distance
 from .metrics import classification_metrics
 from .stand_in import energy_share
 from .training import TrainConfig, atomic_torch_save, atomic_write_json
@@ -217,27 +218,25 @@ def _metrics_row(prob: np.ndarray, y: np.ndarray) -> dict[str, Any]:
             "auc": m["auc"], "tn": m["tn"], "fp": m["fp"], "fn": m["fn"], "tp": m["tp"]}
 
 
-def _score(model: torch.nn.Module, data: InstrumentData, init: str, cond: Condition, te: np.ndarray,
-           device: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Accuracy per test rendering, flip rate, and on the primary test d^4 and mass energy share."""
+def _score(model: torch.nn.Module, cache: Mapping[str, TrunkCache], labels: np.ndarray, masks: np.ndarray,
+           cond: Condition, te: np.ndarray, device: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Accuracy per test rendering, flip rate, and on the primary test d^4 (Eq. 4, to the
+    teacher's map) and the energy share on the mass."""
     out: dict[str, Any] = {}
     probs: dict[str, np.ndarray] = {}
-    y = data.labels[te]
+    y = labels[te]
     for name, rendering in cond.tests.items():
-        c = data.caches[init][rendering].subset(te)
-        p = predict_cached(model, c, device=device)
+        p = predict_cached(model, cache[rendering].subset(te), device=device)
         probs[name] = p
         out[f"acc {name}"] = float((p.argmax(1) == y).mean())
     if cond.flip_pair is not None:
         a, b = cond.flip_pair
         out["flip rate"] = float((probs[a].argmax(1) != probs[b].argmax(1)).mean())
-    c = data.caches[init][cond.tests[cond.primary]].subset(te)
+    c = cache[cond.tests[cond.primary]].subset(te)
     maps = group4_maps_cached(model, c, device=device)
-    target = c.teacher_maps[:, 0].numpy().reshape(len(te), -1)
-    flat = maps.reshape(len(te), -1)
-    un = lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # noqa: E731
-    out["d4 (test)"] = float(np.linalg.norm(un(flat) - un(target), axis=1).mean())
-    es = energy_share(maps, data.masks[te])
+    d4 = activation_distance(c.teacher_maps[:, 0].double(), torch.from_numpy(maps).double())
+    out["d4 (test)"] = float(d4.mean())
+    es = energy_share(maps, masks[te])
     out["energy share on mass"] = float(es["energy_share"].mean())
     out["mass cell share"] = float(es["mass_area"].mean())
     return out, probs
@@ -275,8 +274,7 @@ def run_instrument(data: InstrumentData, conditions: Sequence[Condition], out_di
         model = factory(tcfg.seed)
         res = train_head(model, cache[score_cond.train].subset(tr), cache[score_cond.train].subset(va), tcfg,
                          target=target, shuffle_seed=shuffle_seed)
-        tmp = InstrumentData(data.inits, {init: cache}, data.labels, data.groups, data.ids, data.masks)
-        scores, probs = _score(res.model, tmp, init, score_cond, te, tcfg.device)
+        scores, probs = _score(res.model, cache, data.labels, data.masks, score_cond, te, tcfg.device)
         row = {"condition": cond.name, "init": init, "fold": k, "run": run, "spec": spec, "target": target,
                "form": tcfg.distance_form, "beta": tcfg.beta if tcfg.method == "transfer" else 0.0,
                "val_accuracy": res.best_val_accuracy, "val_loss": res.best_val_loss,
@@ -292,44 +290,45 @@ def run_instrument(data: InstrumentData, conditions: Sequence[Condition], out_di
         bar.update(1)
         return json.loads(json.dumps(saved, default=str))
 
-    def record(saved: dict[str, Any], cond: Condition, te: np.ndarray) -> None:
-        runs.append(saved["row"])
+    def record(saved: dict[str, Any], cond: Condition, te: np.ndarray, **rename: str) -> None:
+        """Add a run's row and predictions; ``rename`` (spec, run) files a grid run under a Table 2 name."""
+        row = {**saved["row"], **rename}
+        runs.append(row)
         for name, p in saved["prob_malignant"].items():
             p = np.asarray(p)
-            preds.append(pd.DataFrame({"condition": cond.name, "spec": saved["row"]["spec"], "run": saved["row"]["run"],
-                                       "init": saved["row"]["init"], "fold": saved["row"]["fold"], "test": name,
+            preds.append(pd.DataFrame({"condition": cond.name, "spec": row["spec"], "run": row["run"],
+                                       "init": row["init"], "fold": row["fold"], "test": name,
                                        "primary": name == cond.primary, "case_id": [data.ids[i] for i in te],
                                        "label": data.labels[te], "prob_malignant": p,
                                        "pred": (p >= 0.5).astype(np.int64)}))
 
-    for cond, init, k in jobs:
+    def split(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fold k's train / inner validation / test positions (80:20 inner split, seed + k)."""
         tr_all, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
         a, b = inner_split(data.labels[tr_all], None if data.groups is None else data.groups[tr_all],
                            val_fraction=val_fraction, seed=seed + k)
-        tr, va = tr_all[a], tr_all[b]
+        return tr_all[a], tr_all[b], te
+
+    splits = {k: split(k) for k in range(n_splits)}
+    for cond, init, k in jobs:
+        tr, va, te = splits[k]
         base = cfg.replace(seed=cfg.seed + k, omega=(4,), trainable="group4+classifier", input="roi")
-        grid_rows = []
+        grid_saved = {}
         for pt in grid:
             tcfg = base.replace(method="finetune" if pt.is_finetune else "transfer", beta=pt.beta,
                                 distance_form=pt.form)
             saved = fit(cond, init, k, f"grid:{pt.name}", tr, va, te, tcfg, "teacher", data.inits[init],
                         data.caches[init], cond, f"{init}_finetune" if pt.is_finetune else "")
             record(saved, cond, te)
-            grid_rows.append(saved["row"])
-        g = pd.DataFrame(grid_rows)
+            grid_saved[saved["row"]["run"]] = saved
+        g = pd.DataFrame([sv["row"] for sv in grid_saved.values()])
         best = _choose(g)
         nz = g[g["beta"] > 0]
         ctrl = best if best["beta"] > 0 or nz.empty else _choose(nz)
         choices.append({"condition": cond.name, "init": init, "fold": k, "form": best["form"], "beta": best["beta"],
                         "val_accuracy": best["val_accuracy"], "control_form": ctrl["form"], "control_beta": ctrl["beta"]})
-        # knowledge transfer = the chosen grid point (a copy of its row under the Table 2 spec name)
-        chosen = dict(next(r for r in runs[::-1] if r["condition"] == cond.name and r["init"] == init
-                           and r["fold"] == k and r["run"] == best["run"]))
-        chosen.update(spec=f"{init}_transfer", run=f"transfer({best['run']})")
-        runs.append(chosen)
-        pr = [p for p in preds if p["run"].iloc[0] == best["run"] and p["condition"].iloc[0] == cond.name
-              and p["init"].iloc[0] == init and p["fold"].iloc[0] == k]
-        preds.extend(p.assign(spec=f"{init}_transfer", run=chosen["run"]) for p in pr)
+        # knowledge transfer = the chosen grid point, filed again under the Table 2 spec name
+        record(grid_saved[best["run"]], cond, te, spec=f"{init}_transfer", run=f"transfer({best['run']})")
         for target in ("shuffled", "oracle"):
             tcfg = base.replace(method="transfer", beta=float(ctrl["beta"]), distance_form=str(ctrl["form"]))
             saved = fit(cond, init, k, f"control:{target}:{ctrl['run'].split(':')[1]}", tr, va, te, tcfg, target,
@@ -339,11 +338,9 @@ def run_instrument(data: InstrumentData, conditions: Sequence[Condition], out_di
         for cond in conditions:
             mcond = Condition(cond.name, "mask only", train="mask", tests={cond.primary: "mask"}, primary=cond.primary)
             for k in range(n_splits):
-                tr_all, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-                a, b = inner_split(data.labels[tr_all], None if data.groups is None else data.groups[tr_all],
-                                   val_fraction=val_fraction, seed=seed + k)
+                tr, va, te = splits[k]
                 tcfg = cfg.replace(seed=cfg.seed + k, method="finetune", beta=0.0, omega=(4,))
-                saved = fit(cond, "mask", k, "mask_only", tr_all[a], tr_all[b], te, tcfg, "teacher",
+                saved = fit(cond, "mask", k, "mask_only", tr, va, te, tcfg, "teacher",
                             data.mask_init, {"mask": data.mask_cache}, mcond, "mask_only")
                 record(saved, mcond, te)
     bar.close()

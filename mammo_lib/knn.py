@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from scipy.spatial.distance import cdist
 from torch import nn
-from .progress import tqdm
 
+from .progress import tqdm
 from .model import preserve_mode, to_model_input
 
 Metric = Literal["euclidean", "cosine", "cityblock"]

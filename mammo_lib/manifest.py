@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
-from .progress import tqdm
 
+from .progress import tqdm
 from .records import default_file_mode
 from .records import DataError
 

@@ -53,8 +53,8 @@ import pandas as pd
 from scipy.ndimage import distance_transform_edt
 from scipy.spatial import ConvexHull, QhullError
 from scipy.special import expit
-from .progress import tqdm
 
+from .progress import tqdm
 from .records import BENIGN, LABEL_NAMES, MALIGNANT
 
 Kind = Literal["bcdr_like", "ddsm_like"]

@@ -17,8 +17,7 @@ import pandas as pd
 from .config import Config
 from .records import LoadResult
 from .report import atomic_write_text, save_figure, write_json, write_table
-
-TABLE2_SPECS = ("imagenet_finetune", "imagenet_transfer", "ddsm_finetune", "ddsm_transfer")
+from .table2 import TABLE2_SPECS
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,22 +238,6 @@ def train_config(cfg: Config, **overrides: Any):
     kw.update(seed=int(cfg["seed"]), device=cfg["device"])
     kw.update(overrides)
     return TrainConfig(**kw)
-
-
-def imagenet_init(cfg: Config) -> str:
-    """What an 'ImageNet' row initialises from: the weights when available, else the profile's fallback."""
-    from .model import WeightsUnavailableError, build_model
-
-    w = cfg.get("imagenet_weights", "imagenet")
-    if w == "none":
-        return "none"
-    try:
-        build_model(cfg["arch"], weights=w if w != "imagenet" else "imagenet")
-        return w
-    except (WeightsUnavailableError, ValueError) as err:
-        if cfg.get("imagenet_fallback", "error") == "none":
-            return "none"
-        raise WeightsUnavailableError(str(err)) from err
 
 
 def run_dir(cfg: Config, stage: str, *extra: Any) -> Path:

@@ -31,8 +31,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from .progress import tqdm
 
+from .progress import tqdm
 from .records import DataError, Exclusion, MassRecord, OnError, check_unique_ids
 from .roi import RANDOM_VARIANTS, VARIANTS, Variant, extract_roi
 

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from torch import nn
-from .progress import tqdm
 
+from .progress import tqdm
 from .records import default_file_mode
 from .metrics import classification_metrics
 from .model import WeightsUnavailableError, build_model

@@ -34,8 +34,8 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from .progress import tqdm
 
+from .progress import tqdm
 from .explain import (DEFAULT_SOFT_PERCENTILE, Explanation, _split_roi,
                       canonical_background_rule, classify_cells, explain_roi, lesion_agreement,
                       window_grid)

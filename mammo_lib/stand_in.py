@@ -28,9 +28,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from skimage.draw import polygon as draw_polygon
-from .progress import tqdm
 
-from .activation import activation_distances, activation_map
+from .progress import tqdm
+from .activation import activation_distance, activation_distances
 from .model import build_model, set_trainable, to_model_input
 from .training import atomic_torch_save, atomic_write_json, epoch_generator
 
@@ -234,11 +234,12 @@ def energy_share(maps: np.ndarray, masks: np.ndarray) -> pd.DataFrame:
 
 def teacher_mask_maps(model: torch.nn.Module, masks: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
     """F^4 (Eq. 3) of the network's forward of each mask as an image (the Eq. 5 target)."""
-    from .trunk_cache import build_cache
+    from .model import mask_to_model_input
+    from .transfer import teacher_maps
 
-    dummy = np.zeros(np.asarray(masks).shape, np.float32)
-    return build_cache(model, dummy, masks, flips=("none",), batch_size=batch_size,
-                       progress=False).teacher_maps[:, 0].numpy()
+    m = np.asarray(masks)
+    return np.concatenate([teacher_maps(model, mask_to_model_input(torch.from_numpy(m[s:s + batch_size])), (4,))[4]
+                           .numpy() for s in range(0, len(m), batch_size)])
 
 
 def trunk_gate(model: torch.nn.Module, name: str, test_accuracy: float, rois: np.ndarray, masks: np.ndarray,
@@ -251,10 +252,9 @@ def trunk_gate(model: torch.nn.Module, name: str, test_accuracy: float, rois: np
     ratio = float(es["energy_share"].mean() / max(es["mass_area"].mean(), 1e-12))
     d = activation_distances(model, rois, masks, groups=(1, 2, 3, 4), batch_size=batch_size, progress=progress)
     med = d.groupby("group")["d"].median()
-    # how case-specific the target is: distance between two different cases' teacher maps
-    flat = maps.reshape(len(maps), -1)
-    flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-    between = float(np.linalg.norm(flat - np.roll(flat, 1, axis=0), axis=1).mean()) if len(flat) > 1 else float("nan")
+    # how case-specific the target is: Eq. 4 distance between two different cases' teacher maps
+    t = torch.from_numpy(maps).double()
+    between = float(activation_distance(t, t.roll(1, dims=0)).mean()) if len(maps) > 1 else float("nan")
     row = {"trunk": name, "own test accuracy": round(float(test_accuracy), 3),
            "teacher energy on mass cells": round(float(es["energy_share"].mean()), 3),
            "mass cells' share of grid": round(float(es["mass_area"].mean()), 3),

@@ -21,9 +21,8 @@ import pandas as pd
 from .config import Config
 from .report import save_figure, write_table
 
-#: Table 2 spec names (``<init>_<method>``) and the controls.
+#: Table 2 spec names (``<init>_<method>``).
 TABLE2_SPECS = ("imagenet_finetune", "imagenet_transfer", "ddsm_finetune", "ddsm_transfer")
-CONTROL_SPECS = ("imagenet_shuffled", "imagenet_oracle", "ddsm_shuffled", "ddsm_oracle")
 INIT_LABELS = {"imagenet": "ImageNet", "ddsm": "DDSM"}
 #: Display names of the methods in figure titles.
 _METHOD_SHORT = {"finetune": "fine-tune", "transfer": "knowledge transfer", "shuffled": "KT, shuffled teacher",

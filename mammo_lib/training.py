@@ -27,8 +27,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .progress import tqdm
 
+from .progress import tqdm
 from .records import default_file_mode
 from .activation import DISTANCE_FORMS, GROUP_LAYERS, GroupActivations, activation_map
 from .augment import AUGMENTATIONS, JointAugment

@@ -26,7 +26,6 @@ derangement) and ``"oracle"`` (the mask itself average-pooled to the g x g grid)
 """
 from __future__ import annotations
 
-import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,8 +37,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from .progress import tqdm
 
+from .progress import tqdm
 from .activation import activation_distance, activation_map
 from .model import mask_to_model_input, preserve_mode, set_trainable, to_model_input
 from .training import TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
@@ -355,11 +354,6 @@ def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainC
                       time.perf_counter() - t0)
 
 
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy (each run starts from the same initial network)."""
-    return copy.deepcopy(model)
-
-
 __all__ = ["FLIPS", "TARGETS", "TrunkCache", "HeadResult", "build_cache", "train_head", "predict_cached",
            "group4_maps_cached", "trunk_forward", "group4_activation", "head_logits", "head_loss",
-           "derangement", "eval_mode", "copy_model"]
+           "derangement", "eval_mode"]
