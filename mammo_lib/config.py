@@ -3,64 +3,272 @@
 A profile fills every parameter a notebook leaves as ``None``. A notebook's ``profile``
 parameter is ``""`` by default, which means ``$MAMMO_PROFILE`` (the test command sets it to
 ``smoke`` so that nbval runs the same notebooks in a minute) or else ``demo``; a profile named
-explicitly (``--profile``, papermill's parameter) is never replaced by the environment. Every key
-is checked against the schema (:func:`check_keys`): a misspelt key is an error naming it.
+explicitly (``--profile``, papermill's parameter) is never replaced by the environment.
+
+The profile is strict and typed (docs/DECISIONS.md, "Profiles"): it parses once into pydantic
+models (:func:`profile_model`, ``extra="forbid"`` everywhere); an unknown or misspelt key is an
+error naming its dotted path and the closest valid key, a bad value an error naming its path.
+Every default is declared once: the ``train`` section is derived from
+:class:`~mammo_lib.training.TrainConfig` (a new field is a valid key with its default), the
+phantom sections from :class:`~mammo_lib.phantom.PhantomConfig`, the rest here.
+
+Cache keys hold the settings *and* the code that makes an artefact: :func:`code_digest` hashes
+module sources, :data:`STAGES` names the settings and modules of each cached stage
+(:func:`stage_key`, used by :func:`mammo_lib.pipeline.run_dir`).
 """
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, create_model
+
+from .imageio import DEFAULT_INTENSITY, INTENSITY_MODES
 
 PROFILE_NAMES = ("smoke", "demo", "full")
 ENV_PROFILE = "MAMMO_PROFILE"
 
 
+class ConfigError(ValueError):
+    """A profile (file or overrides) with an unknown key or an invalid value."""
+
+
+# ------------------------------------------------------------------------------ code digests
+def code_digest(*modules: str, root: Path | None = None) -> str:
+    """Digest of the source of ``mammo_lib`` modules (``"training"`` -> ``mammo_lib/training.py``):
+    part of every cache key, so a change of the code that makes an artefact makes a new one.
+
+    >>> len(code_digest("config"))
+    12
+    """
+    h = hashlib.sha256()
+    base = root or Path(__file__).resolve().parent
+    for m in modules:
+        h.update(m.encode() + b"\0")
+        h.update((base / f"{m}.py").read_bytes())
+    return h.hexdigest()[:12]
+
+
+#: Modules whose source decides what a model trained by :mod:`mammo_lib.protocol` is.
+_TRAINING_CODE = ("protocol", "training", "model", "activation", "transfer", "augment", "metrics")
+#: Settings every cached stage depends on (the data and the model).
+_DATA_KEYS = ("seed", "arch", "roi_size", "min_context", "intensity", "phantom", "data_root", "real_data")
+
+#: Cached stages: the profile keys and the ``mammo_lib`` modules a stage's artefacts depend on
+#: (:func:`stage_key`). A stage missing here uses :data:`DEFAULT_STAGE`.
+STAGES: dict[str, dict[str, tuple[str, ...]]] = {
+    "table1": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train", "table1"),
+               "code": _TRAINING_CODE + ("table2", "stand_in")},
+    "pretrain": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train",
+                                        "pretrain"),
+                 "code": _TRAINING_CODE + ("table2", "stand_in")},
+    "generic": {"keys": ("seed", "arch", "roi_size", "generic_pretrain"), "code": ("stand_in", "model")},
+    "trunk_cache": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train",
+                                           "pretrain"),
+                    "code": _TRAINING_CODE + ("trunk_cache", "table2", "stand_in")},
+    "instrument": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train",
+                                          "pretrain", "cv"),
+                   "code": _TRAINING_CODE + ("trunk_cache", "instrument", "table2", "stand_in")},
+}
+#: Any other stage: every setting that shapes a model, and the training code.
+DEFAULT_STAGE: dict[str, tuple[str, ...]] = {
+    "keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "train", "pretrain", "cv", "table1"),
+    "code": _TRAINING_CODE}
+
+
 # ------------------------------------------------------------------------------ the profile schema
-#: Keys of a profile. A mapping is a section (its own keys); ``None`` takes any value; a tuple of
-#: key sets for a section whose keys come from a dataclass is resolved in :func:`_schema`.
-_TOP = {"name", "description", "data_root", "work_dir", "results_dir", "device", "seed", "workers", "arch",
-        "imagenet_weights", "imagenet_fallback", "roi_size", "min_context", "intensity", "phantom", "real_data",
-        "generic_pretrain", "train", "pretrain", "cv", "table1", "explain"}
+class _Section(BaseModel):
+    """A profile section: unknown keys are errors (``extra="forbid"``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _schema() -> dict[str, Any]:
-    """Every valid key of a profile, nested as the YAML is (built from the dataclasses the
-    sections feed, so a new ``TrainConfig`` or ``PhantomConfig`` field is valid at once)."""
+#: Keys a profile may not set, with the reason (shown in the error).
+REMOVED_KEYS: dict[str, str] = {
+    "train.beta": "beta is chosen per outer fold from cv.beta_grid (Eq. 5, docs/DECISIONS.md); "
+                  "a profile value would never be used",
+    "train.seed": "set the top-level seed", "train.device": "set the top-level device",
+}
+
+
+def _dataclass_defaults(cls: type) -> dict[str, Any]:
+    """``{field: default}`` of a dataclass (default factories called)."""
     from dataclasses import fields
 
+    out = {}
+    for f in fields(cls):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:  # type: ignore[misc]
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def _from_dataclass(cls: type, name: str, *, skip: Sequence[str] = (), partial: bool = False,
+                    extra: Mapping[str, Any] | None = None) -> type[BaseModel]:
+    """A strict pydantic model with the fields of dataclass ``cls`` (types from its annotations,
+    defaults from the dataclass; ``partial``: every field optional, ``None`` = not set)."""
+    from dataclasses import fields
+
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # an annotation pydantic cannot resolve: the dataclass validates the value
+        hints = {}
+    defaults = _dataclass_defaults(cls)
+    spec: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        tp = hints.get(f.name, Any)
+        if partial:
+            spec[f.name] = (Optional[Any], None)        # values checked by the dataclass itself
+        elif f.name in defaults:
+            spec[f.name] = (tp, Field(default_factory=functools.partial(copy.deepcopy, defaults[f.name])))
+        else:
+            spec[f.name] = (tp, ...)
+    spec.update(extra or {})
+    return create_model(name, __base__=_Section, **spec)
+
+
+@functools.cache
+def profile_model() -> type[BaseModel]:
+    """The pydantic model of a whole profile (built once, from the dataclasses the sections feed).
+
+    >>> profile_model().model_fields["roi_size"].default
+    224
+    """
+    from .model import ARCHS
     from .phantom import PhantomConfig
     from .training import TrainConfig
 
-    train = {f.name: None for f in fields(TrainConfig) if f.name not in ("seed", "device")} | {"head": None}
-    phantom_cfg = {f.name: None for f in fields(PhantomConfig)}
-    real = {"csv": None, "dicom_root": None, "outlines": None, "images": None,
-            "draw": {"n_benign": None, "n_malignant": None, "seed": None}}
-    return {
-        **{k: None for k in _TOP},
-        "phantom": {"seed": None, "image_shape": None, "config": phantom_cfg, "bcdr_like": phantom_cfg,
-                    "ddsm_like": phantom_cfg},
-        "real_data": {"cbis_ddsm": real, "bcdr_d01": real, "bcdr_f01": real},
-        "generic_pretrain": {"n_train": None, "n_test": None, "epochs": None, "batch_size": None, "lr": None},
-        "train": train,
-        "pretrain": train,
-        "cv": {"n_splits": None, "conditions": None, "beta_grid": None, "beta_grid_at": None},
-        "table1": {"n_splits": None, "epochs": None, "roi_size": None},
-        "explain": {"n_cases": None, "knn_k": None, "batch_size": None, "n_agreement": None, "n_sanity": None},
-    }
+    tc = _dataclass_defaults(TrainConfig)
+    head = (Literal["gap", "flatten"], "gap")
+    Train = _from_dataclass(TrainConfig, "TrainSection", skip=("seed", "device", "beta"), extra={"head": head})
+    PhantomPart = _from_dataclass(PhantomConfig, "PhantomPart", skip=("seed", "image_shape"), partial=True)
+
+    class Phantom(_Section):
+        seed: Optional[StrictInt] = None               # None: the profile's seed
+        image_shape: tuple[StrictInt, StrictInt] = (640, 512)
+        config: PhantomPart = Field(default_factory=PhantomPart)        # type: ignore[valid-type]
+        bcdr_like: PhantomPart = Field(default_factory=PhantomPart)     # type: ignore[valid-type]
+        ddsm_like: PhantomPart = Field(default_factory=PhantomPart)     # type: ignore[valid-type]
+
+    class Draw(_Section):
+        n_benign: Optional[StrictInt] = None
+        n_malignant: Optional[StrictInt] = None
+        seed: Optional[StrictInt] = None
+
+    class RealSource(_Section):
+        csv: Optional[str | list[str]] = None
+        dicom_root: Optional[str] = None
+        outlines: Optional[str] = None
+        images: Optional[str] = None
+        draw: Optional[Draw] = None
+
+    class RealData(_Section):
+        cbis_ddsm: Optional[RealSource] = None
+        bcdr_d01: Optional[RealSource] = None
+        bcdr_f01: Optional[RealSource] = None
+
+    class GenericPretrain(_Section):
+        n_train: StrictInt = Field(800, ge=2)
+        n_test: StrictInt = Field(200, ge=2)
+        epochs: StrictInt = Field(20, ge=1)
+        batch_size: StrictInt = Field(32, ge=2)
+        lr: float = Field(3e-3, gt=0)
+
+    class Pretrain(_Section):
+        epochs: Optional[StrictInt] = Field(None, ge=1)     # None: train.epochs
+        trainable: str = "all"
+        lr: Optional[float] = Field(None, gt=0)             # None: train.lr
+
+    class CV(_Section):
+        n_splits: StrictInt = Field(5, ge=2)
+        conditions: list[Literal["A", "B"]] = ["A", "B"]
+        beta_grid: list[float] = [0, 2, 8, 32, 128]
+        beta_grid_at: list[float] = [1000]
+
+    class Table1(_Section):
+        n_splits: StrictInt = Field(5, ge=2)
+        epochs: Optional[StrictInt] = Field(None, ge=1)     # None: train.epochs
+        roi_size: Optional[StrictInt] = Field(None, ge=8)   # None: the profile's roi_size
+
+    class Explain(_Section):
+        n_cases: StrictInt = Field(2, ge=1)
+        knn_k: StrictInt = Field(5, ge=1)
+        batch_size: StrictInt = Field(33, ge=1)
+        n_agreement: StrictInt = Field(40, ge=1)
+        n_sanity: Optional[StrictInt] = Field(None, ge=1)   # None: n_agreement
+
+    class Profile(RoiSpec):
+        name: str
+        description: str = ""
+        data_root: str = ""
+        work_dir: str
+        results_dir: str
+        device: str = tc["device"]
+        seed: StrictInt = tc["seed"]
+        workers: StrictInt = Field(2, ge=1)
+        arch: Literal[tuple(ARCHS)] = "small"  # type: ignore[valid-type]
+        imagenet_weights: str = "imagenet"
+        imagenet_fallback: Literal["error", "generic", "none"] = "error"
+        phantom: Phantom = Field(default_factory=Phantom)
+        real_data: RealData = Field(default_factory=RealData)
+        generic_pretrain: GenericPretrain = Field(default_factory=GenericPretrain)
+        train: Train = Field(default_factory=Train)  # type: ignore[valid-type]
+        pretrain: Pretrain = Field(default_factory=Pretrain)
+        cv: CV = Field(default_factory=CV)
+        table1: Table1 = Field(default_factory=Table1)
+        explain: Explain = Field(default_factory=Explain)
+
+        @property
+        def roi(self) -> "RoiSpec":
+            """The ROI spec (Sec. 3.2) on its own."""
+            return RoiSpec(roi_size=self.roi_size, min_context=self.min_context, intensity=self.intensity)
+
+    return Profile
+
+
+class RoiSpec(_Section):
+    """How ROIs are made (Sec. 3.2): side after resizing, minimum context, intensity scaling."""
+
+    roi_size: StrictInt = Field(224, ge=8)
+    min_context: StrictInt = Field(224, ge=1)
+    intensity: Literal[INTENSITY_MODES] = DEFAULT_INTENSITY  # type: ignore[valid-type]
+
+
+def _schema(model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """Every valid key, nested as the YAML is (``None`` = a value, a dict = a section)."""
+    model = model or profile_model()
+    out: dict[str, Any] = {}
+    for name, f in model.model_fields.items():
+        sub = _section_type(f.annotation)
+        out[name] = _schema(sub) if sub is not None else None
+    return out
+
+
+def _section_type(tp: Any) -> type[BaseModel] | None:
+    """The section model inside an annotation (``Optional[Model]`` included), else None."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    for arg in typing.get_args(tp):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
 
 
 def check_keys(values: Mapping[str, Any], source: str = "profile") -> None:
-    """Raise ``ValueError`` naming every unknown key (by its dotted path) and the closest valid one:
-    a misspelt key never falls back silently to a default."""
-    import difflib
-
+    """Raise :class:`ConfigError` naming every unknown key (by its dotted path) and the closest
+    valid one: a misspelt key never falls back silently to a default."""
     problems: list[str] = []
 
     def walk(node: Mapping[str, Any], schema: Mapping[str, Any], path: str) -> None:
@@ -69,14 +277,52 @@ def check_keys(values: Mapping[str, Any], source: str = "profile") -> None:
             if key not in schema:
                 close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1, cutoff=0.6)
                 hint = f" (did you mean {(path + '.' if path else '') + close[0]!r}?)" if close else ""
+                why = f" ({REMOVED_KEYS[where]})" if where in REMOVED_KEYS else ""
                 valid = ", ".join(sorted(str(k) for k in schema))
-                problems.append(f"unknown key {where!r}{hint}; valid here: {valid}")
+                problems.append(f"unknown key {where!r}{why}{hint}; valid here: {valid}")
             elif isinstance(schema[key], Mapping) and isinstance(value, Mapping):
                 walk(value, schema[key], where)
 
     walk(values, _schema(), "")
     if problems:
-        raise ValueError(f"{source}: " + "; ".join(problems))
+        raise ConfigError(f"{source}: " + "; ".join(problems))
+
+
+def parse_profile(values: Mapping[str, Any], source: str = "profile") -> BaseModel:
+    """Check the keys (:func:`check_keys`) and values of a profile; the typed profile.
+
+    >>> import yaml
+    >>> p = parse_profile(yaml.safe_load(profile_path("smoke").read_text()))
+    >>> (p.roi.roi_size, p.train.lr, p.cv.n_splits)
+    (64, 0.001, 2)
+    """
+    check_keys(values, source)
+    try:
+        return profile_model().model_validate(dict(values))
+    except ValidationError as err:
+        msgs = []
+        for e in err.errors():
+            where = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "literal[")))
+            msgs.append(f"{where or '(top)'}: {e['msg']} (got {e.get('input')!r})"
+                        if e["type"] != "missing" else f"missing key {where!r}")
+        raise ConfigError(f"{source}: invalid value: " + "; ".join(msgs)) from None
+
+
+def profile_defaults() -> dict[str, Any]:
+    """The defaults of every key that has one (JSON-like: lists, not tuples), nested as the YAML."""
+    model = profile_model()
+    out: dict[str, Any] = {}
+    for name, f in model.model_fields.items():
+        if f.is_required():
+            continue
+        sub = _section_type(f.annotation)
+        if sub is not None and f.default_factory is not None:
+            out[name] = sub().model_dump(mode="json", exclude_none=True)
+        elif f.default is not None:
+            out[name] = f.get_default(call_default_factory=True)
+            if isinstance(out[name], tuple):
+                out[name] = list(out[name])
+    return out
 
 
 def profile_path(name: str) -> Path:
@@ -105,16 +351,36 @@ def _merge(base: dict, over: Mapping[str, Any]) -> dict:
 
 @dataclass
 class Config:
-    """A resolved profile: a nested dict with helpers for paths and hashing."""
+    """A resolved profile: ``values`` is the profile as written with every default filled in
+    (plain dicts and lists: ``cfg["arch"]``, ``cfg.get``, ``cfg.section``), ``typed`` the parsed
+    pydantic model, ``raw`` the keys as written (what :meth:`digest` hashes).
+
+    >>> cfg = load_config("smoke", honour_env=False)
+    >>> cfg["roi_size"], cfg.section("train")["selection_metric"], cfg.typed.train.batch_size
+    (64, 'accuracy', 8)
+    """
 
     values: dict[str, Any]
     root: Path = field(default_factory=Path.cwd)
+    raw: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.raw is None:
+            self.raw = copy.deepcopy(self.values)
+        self._typed: BaseModel | None = None
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
+
+    @property
+    def typed(self) -> Any:
+        """The profile as its pydantic model (:func:`profile_model`), parsed on first use."""
+        if self._typed is None:
+            self._typed = parse_profile(self.raw or {}, f"profile {self.values.get('name')!r}")
+        return self._typed
 
     @property
     def name(self) -> str:
@@ -142,16 +408,32 @@ class Config:
         return p if p.is_absolute() else (self.root / p)
 
     def section(self, key: str) -> dict[str, Any]:
-        return dict(self.values.get(key) or {})
+        """A copy of one section, defaults filled in."""
+        return copy.deepcopy(dict(self.values.get(key) or {}))
 
     def digest(self, *keys: str) -> str:
-        """Short hash of the named sections (all when none): keys caches and skip decisions."""
-        sel = {k: self.values.get(k) for k in keys} if keys else self.values
+        """Short hash of the named sections (all when none) *as written* in the profile and
+        overrides: keys caches and skip decisions, unchanged by a new default elsewhere."""
+        raw = self.raw or {}
+        sel = {k: raw.get(k) for k in keys} if keys else raw
         blob = json.dumps(sel, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.values)
+
+
+def stage_key(cfg: Config, stage: str, *extra: Any) -> str:
+    """Cache key of a stage's artefacts: the profile keys it depends on (:data:`STAGES`), the
+    digest of its code (:func:`code_digest`) and ``extra`` (10 hex digits).
+
+    >>> cfg = load_config("smoke", honour_env=False)
+    >>> stage_key(cfg, "table1") == stage_key(cfg, "table1") != stage_key(cfg, "table1", "x")
+    True
+    """
+    spec = STAGES.get(stage, DEFAULT_STAGE)
+    blob = json.dumps([cfg.digest(*spec["keys"]), code_digest(*spec["code"]), [str(e) for e in extra]]).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -168,19 +450,24 @@ def load_config(profile: str = "", overrides: Mapping[str, Any] | None = None,
     """Load a profile and apply ``overrides`` (``None`` values are ignored, dicts merge).
 
     ``profile=""`` takes ``$MAMMO_PROFILE`` (when ``honour_env``) or else ``demo``; an explicit
-    profile is used as given. Unknown keys (in the file or the overrides) raise ``ValueError``.
+    profile (a name or a YAML path) is used as given, whatever the environment says. Unknown keys
+    and invalid values (in the file or the overrides) raise :class:`ConfigError` before any work.
     Relative paths in the profile resolve against the project root.
+
+    >>> load_config("smoke", {"train": {"epochs": 1}}, honour_env=False)["train"]["epochs"]
+    1
     """
     if not profile:
         profile = (os.environ.get(ENV_PROFILE) if honour_env else None) or "demo"
     with open(profile_path(profile)) as fh:
         values = yaml.safe_load(fh)
     if not isinstance(values, dict) or "name" not in values:
-        raise ValueError(f"profile {profile!r} is not a mapping with a 'name'")
-    values = _merge(values, overrides or {})
-    check_keys(values, f"profile {profile!r}")
-    cfg = Config(values=values, root=root or find_project_root())
+        raise ConfigError(f"profile {profile!r} is not a mapping with a 'name'")
+    raw = _merge(values, overrides or {})
+    typed = parse_profile(raw, f"profile {profile!r}")
+    cfg = Config(values=_merge(profile_defaults(), raw), root=root or find_project_root(), raw=raw)
+    cfg._typed = typed
     if cfg.name == "full" and cfg.uses_phantom:
-        raise ValueError("the full profile needs real data: pass --data-root (or data_root=...) "
-                         "pointing at the folder described in mammo_lib/profiles/full.yaml")
+        raise ConfigError("the full profile needs real data: pass --data-root (or data_root=...) "
+                          "pointing at the folder described in mammo_lib/profiles/full.yaml")
     return cfg

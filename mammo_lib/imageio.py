@@ -21,6 +21,7 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+import typing
 from typing import Literal, Optional, Sequence
 
 import numpy as np
@@ -33,11 +34,17 @@ from skimage.draw import polygon
 from .records import DataError, MassRecord
 
 __all__ = [
-    "IntensityMode", "LoadedCase", "read_image", "read_dicom_header", "to_unit_float",
+    "IntensityMode", "INTENSITY_MODES", "DEFAULT_INTENSITY", "LoadedCase", "read_image", "read_dicom_header", "to_unit_float",
     "polygon_mask", "resize_nearest", "binary_mask", "load_record",
 ]
 
 IntensityMode = Literal["minmax", "percentile", "dtype"]
+#: The valid intensity scalings (also checked in a profile, :mod:`mammo_lib.config`).
+INTENSITY_MODES: tuple[str, ...] = typing.get_args(IntensityMode)
+#: The library's one default intensity scaling (docs/DECISIONS.md, "Profiles"): every profile sets
+#: its own (phantom: ``dtype``, real data: ``percentile``); ``minmax`` leaks bright calcifications
+#: into the mass's intensity (see :func:`to_unit_float`).
+DEFAULT_INTENSITY: IntensityMode = "minmax"
 
 #: Exceptions the readers (PIL, tifffile, pydicom, struct) raise on unreadable or truncated files.
 _READ_ERRORS: tuple[type[BaseException], ...] = (
@@ -145,7 +152,7 @@ def read_dicom_header(path: str | Path) -> pydicom.Dataset:
         raise DataError(f"cannot read DICOM header ({type(err).__name__}: {err})", path) from err
 
 
-def to_unit_float(arr: np.ndarray, intensity: IntensityMode = "minmax", *,
+def to_unit_float(arr: np.ndarray, intensity: IntensityMode = DEFAULT_INTENSITY, *,
                   bits: Optional[int] = None,
                   percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
     """Map an image to float32 in [0, 1].
@@ -295,7 +302,7 @@ def _stored_bits(path: str | Path) -> Optional[int]:
     return int(getattr(read_dicom_header(path), "BitsStored", 0)) or None
 
 
-def load_record(rec: MassRecord, intensity: IntensityMode = "minmax", *,
+def load_record(rec: MassRecord, intensity: IntensityMode = DEFAULT_INTENSITY, *,
                 mask_size_tolerance: float = 0.05) -> LoadedCase:
     """Read a record's image, mask (file or outline) and optional confounder map.
 

@@ -39,6 +39,7 @@ import torch
 from .progress import tqdm
 from .protocol import PER_FOLD_COLUMNS, PREDICTION_COLUMNS, CVResult, inner_split, make_folds
 from .activation import activation_distance
+from .config import code_digest
 from .metrics import classification_metrics
 from .stand_in import energy_share
 from .training import TrainConfig, atomic_torch_save, atomic_write_json
@@ -109,15 +110,6 @@ PHANTOM_CONDITIONS = (
 )
 #: Real data: one condition, the test folds of the data as they are.
 REAL_CONDITION = Condition("real", "real data as it is", train="data", tests={"test": "data"}, primary="test")
-
-
-def code_digest(*modules: str) -> str:
-    """Digest of the source of ``mammo_lib`` modules (part of every cache key here)."""
-    h = hashlib.sha256()
-    root = Path(__file__).parent
-    for m in modules:
-        h.update((root / f"{m}.py").read_bytes())
-    return h.hexdigest()[:12]
 
 
 CODE = code_digest("instrument", "trunk_cache", "training", "activation", "model")

@@ -241,14 +241,12 @@ def train_config(cfg: Config, **overrides: Any):
 
 
 def run_dir(cfg: Config, stage: str, *extra: Any) -> Path:
-    """``work_dir/<stage>-<digest>``: a changed parameter gets a fresh folder, an unchanged one resumes."""
-    import hashlib
-    import json
+    """``work_dir/<stage>-<key>``: the key holds the settings and the code the stage depends on
+    (:func:`mammo_lib.config.stage_key`), so a changed parameter or module gets a fresh folder
+    and an unchanged one resumes."""
+    from .config import stage_key
 
-    keys = ("seed", "arch", "roi_size", "min_context", "intensity", "phantom", "data_root", "real_data",
-            "imagenet_weights", "imagenet_fallback", "train", "pretrain", "cv", "table1")
-    blob = json.dumps([cfg.digest(*keys), [str(e) for e in extra]]).encode()
-    return cfg.work_dir / f"{stage}-{hashlib.sha256(blob).hexdigest()[:10]}"
+    return cfg.work_dir / f"{stage}-{stage_key(cfg, stage, *extra)}"
 
 
 def ddsm_checkpoint(cfg: Config, *, progress: bool = True) -> Path:

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .progress import tqdm
+from .imageio import DEFAULT_INTENSITY
 from .records import DataError, Exclusion, MassRecord, OnError, check_unique_ids
 from .roi import RANDOM_VARIANTS, VARIANTS, Variant, extract_roi
 
@@ -269,7 +270,7 @@ def _default_loader() -> Loader:
 
 
 def preprocess(records: Sequence[MassRecord], cache_dir: str | Path, *, variant: Variant = "mass_centred",
-               size: int = 224, min_context: int = 224, seed: int = 0, intensity: str = "minmax",
+               size: int = 224, min_context: int = 224, seed: int = 0, intensity: str = DEFAULT_INTENSITY,
                anti_aliasing: bool = True, workers: Optional[int] = None, on_error: OnError = "raise",
                progress: bool = True, loader: Optional[Loader] = None) -> RoiSet:
     """Extract the ROI of every record (paper Sec. 3.2), in parallel, cached on disk.

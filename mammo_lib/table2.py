@@ -62,7 +62,9 @@ def imagenet_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                 raise WeightsUnavailableError(str(err)) from err
     if fallback == "generic" or w == "generic":
         g = cfg.section("generic_pretrain")
-        m = pretrain_generic(cfg.work_dir / "generic", arch=cfg["arch"], n_train=int(g.get("n_train", 800)),
+        from .pipeline import run_dir
+
+        m = pretrain_generic(run_dir(cfg, "generic"), arch=cfg["arch"], n_train=int(g.get("n_train", 800)),
                              n_test=int(g.get("n_test", 200)), size=int(cfg["roi_size"]),
                              epochs=int(g.get("epochs", 20)), batch_size=int(g.get("batch_size", 32)),
                              lr=float(g.get("lr", 3e-3)), seed=int(cfg["seed"]), device=cfg["device"],
