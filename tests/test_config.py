@@ -5,13 +5,26 @@ from pathlib import Path
 
 import pytest
 
-from mammo_lib.config import PROFILE_NAMES, load_config, profile_path
+from mammo_lib.config import PROFILE_NAMES, ConfigError, load_config, profile_path
 
 # (profile, overrides, expected exception, message fragment)
 FAILING = [
     ("nope", None, ValueError, "unknown profile 'nope'"),
     ("missing.yaml", None, FileNotFoundError, "missing.yaml does not exist"),
-    ("full", None, ValueError, "needs real data"),
+    ("full", None, ConfigError, "needs real data"),
+    # invalid values: named by their key path, before any work
+    ("demo", {"intensity": "foo"}, ConfigError, r"intensity: Input should be 'minmax', 'percentile' or 'dtype'"),
+    ("demo", {"roi_size": True}, ConfigError, r"roi_size: Input should be a valid integer \(got True\)"),
+    ("demo", {"roi_size": 7}, ConfigError, r"roi_size: Input should be greater than or equal to 8 \(got 7\)"),
+    ("demo", {"arch": "resnet"}, ConfigError, r"arch: Input should be"),
+    ("demo", {"train": {"optimizer": "adamw"}}, ConfigError, r"train.optimizer: Input should be 'adam' or 'sgd'"),
+    ("demo", {"cv": {"conditions": ["C"]}}, ConfigError, r"cv.conditions.0: Input should be 'A' or 'B'"),
+    ("demo", {"table1": {"n_splits": 1}}, ConfigError, r"table1.n_splits: Input should be greater than or equal to 2"),
+    ("demo", {"real_data": {"bcdr_f01": {"draw": {"n_benign": "many"}}}}, ConfigError,
+     r"real_data.bcdr_f01.draw.n_benign: Input should be a valid integer"),
+    # train.beta is not a profile key: beta is chosen per fold from cv.beta_grid
+    ("demo", {"train": {"beta": 8}}, ConfigError, r"unknown key 'train.beta' \(beta is chosen per outer fold"),
+    ("demo", {"pretrain": {"batch_size": 8}}, ConfigError, r"unknown key 'pretrain.batch_size'"),
 ]
 
 
@@ -64,6 +77,11 @@ MISSPELT_CASES = [
     ({"phantom": {"config": {"confounder_gap": 32}}},
      "unknown key 'phantom.config.confounder_gap' (did you mean 'phantom.config.confounder_gap_px'?)"),
     ({"zzz": 1}, "unknown key 'zzz'; valid here"),
+    ({"real_data": {"bcdr_f01": {"draw": {"n_benin": 3}}}},
+     "unknown key 'real_data.bcdr_f01.draw.n_benin' (did you mean 'real_data.bcdr_f01.draw.n_benign'?)"),
+    ({"explain": {"knn": 3}}, "unknown key 'explain.knn' (did you mean 'explain.knn_k'?)"),
+    ({"phantom": {"bcdr_like": {"n_benigns": 3}}},
+     "unknown key 'phantom.bcdr_like.n_benigns' (did you mean 'phantom.bcdr_like.n_benign'?)"),
 ]
 
 
@@ -115,3 +133,188 @@ def test_bad_profiles(profile, overrides, exc, msg, monkeypatch):
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     with pytest.raises(exc, match=msg):
         load_config(profile, overrides)
+
+
+def test_a_misspelt_key_is_a_config_error_and_a_value_error(monkeypatch):
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    with pytest.raises(ConfigError, match="did you mean 'train.weight_decay'") as err:
+        load_config("demo", {"train": {"weight_decy": 0.1}})
+    assert isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("name", PROFILE_NAMES)
+def test_train_defaults_are_trainconfigs(name, monkeypatch):
+    """One default per setting: a key a profile leaves out gets TrainConfig's default, in the
+    plain section as in the typed one (weight_decay: 1e-4, the only one)."""
+    import dataclasses
+    from dataclasses import fields
+
+    from mammo_lib.pipeline import train_config
+    from mammo_lib.training import TrainConfig
+
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    cfg = load_config(name, {"data_root": "/data"} if name == "full" else None)
+    written = cfg.raw["train"]
+    sec = cfg.section("train")
+    for f in fields(TrainConfig):
+        if f.name in ("seed", "device", "beta") or f.name in written:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        assert sec.get(f.name) == (list(default) if isinstance(default, tuple) else default), f.name
+        assert getattr(cfg.typed.train, f.name) == default, f.name
+        assert getattr(train_config(cfg), f.name) == default, f.name
+    assert "beta" not in sec and "seed" not in sec
+    assert TrainConfig().weight_decay == 1e-4
+
+
+def test_a_weight_decay_left_out_is_trainconfigs_default(tmp_path, monkeypatch):
+    import yaml
+
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    from mammo_lib.pipeline import train_config
+
+    values = yaml.safe_load(profile_path("smoke").read_text())
+    del values["train"]["weight_decay"]
+    p = tmp_path / "nowd.yaml"
+    p.write_text(yaml.safe_dump(values))
+    cfg = load_config(str(p))
+    assert cfg.section("train")["weight_decay"] == 1e-4 == train_config(cfg).weight_decay
+    assert "weight_decay" not in cfg.raw["train"]
+
+
+def test_a_new_trainconfig_field_is_a_valid_key_with_its_default(monkeypatch):
+    """The train section is derived from TrainConfig: a field added there (e.g. amp) is valid."""
+    import dataclasses
+
+    from mammo_lib import config as config_mod
+    from mammo_lib import training
+
+    @dataclasses.dataclass
+    class Extended(training.TrainConfig):
+        amp: bool = False
+
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    monkeypatch.setattr(training, "TrainConfig", Extended)
+    config_mod.profile_model.cache_clear()
+    try:
+        assert load_config("smoke").section("train")["amp"] is False
+        assert load_config("smoke", {"train": {"amp": True}}).typed.train.amp is True
+        with pytest.raises(ConfigError, match="did you mean 'train.amp'"):
+            load_config("smoke", {"train": {"ampp": True}})
+    finally:
+        monkeypatch.undo()
+        config_mod.profile_model.cache_clear()
+    with pytest.raises(ConfigError, match="unknown key 'train.amp'"):
+        load_config("smoke", {"train": {"amp": True}})
+
+
+def test_sections_fill_defaults_but_keep_the_derived_ones_open(monkeypatch):
+    """Declared defaults are filled in; a default that is another key (table1.epochs = train.epochs,
+    pretrain.lr = train.lr, explain.n_sanity = n_agreement, phantom.seed = seed) stays unset."""
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    cfg = load_config("smoke")
+    assert cfg.section("generic_pretrain") == {"n_train": 24, "n_test": 8, "epochs": 1, "batch_size": 8, "lr": 0.003}
+    assert cfg.section("table1") == {"n_splits": 2, "epochs": 1}
+    assert cfg.section("pretrain") == {"epochs": 2, "trainable": "all"}
+    assert cfg.section("explain") == {"n_cases": 2, "knn_k": 3, "batch_size": 9, "n_agreement": 4, "n_sanity": 4}
+    assert "seed" in cfg.section("phantom") and cfg.section("cv")["conditions"] == ["A", "B"]
+    full = load_config("full", {"data_root": "/data"})
+    assert full.section("cv")["conditions"] == ["A", "B"]           # full.yaml leaves it out
+    assert full.typed.roi.intensity == "percentile" and full.typed.explain.n_sanity == 40
+
+
+def test_intensity_default_is_one_constant():
+    import inspect
+
+    from mammo_lib.config import profile_model
+    from mammo_lib.imageio import DEFAULT_INTENSITY, INTENSITY_MODES, load_record, to_unit_float
+    from mammo_lib.preprocess import preprocess
+
+    assert INTENSITY_MODES == ("minmax", "percentile", "dtype")
+    assert profile_model().model_fields["intensity"].default == DEFAULT_INTENSITY
+    for fn in (to_unit_float, load_record, preprocess):
+        assert inspect.signature(fn).parameters["intensity"].default == DEFAULT_INTENSITY, fn.__name__
+    # every shipped profile sets its own (the library default never decides a result)
+    for name in PROFILE_NAMES:
+        import yaml
+
+        assert "intensity" in yaml.safe_load(profile_path(name).read_text()), name
+
+
+def test_digest_is_of_the_profile_as_written(monkeypatch):
+    """Filling defaults does not change digest(): the hash is of the keys as written (stable keys
+    for unchanged profiles; these values were computed before the typed profile existed)."""
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    demo, smoke = load_config("demo"), load_config("smoke")
+    assert (demo.digest(), demo.digest("train")) == ("030005e544699000", "ca192d1bd56905bf")
+    assert (smoke.digest(), smoke.digest("train")) == ("c0bf1ca803b936e6", "fc53afaed3674be7")
+
+
+def test_explicit_profile_path_beats_the_environment(tmp_path, monkeypatch):
+    p = tmp_path / "mine.yaml"
+    p.write_text(Path(profile_path("smoke")).read_text().replace("name: smoke", "name: mine"))
+    monkeypatch.setenv("MAMMO_PROFILE", "demo")
+    assert load_config(str(p)).name == "mine"
+    assert load_config("smoke").name == "smoke"
+    monkeypatch.setenv("MAMMO_PROFILE", "nope")
+    assert load_config("smoke").name == "smoke"                  # a bad environment is never even read
+    with pytest.raises(ValueError, match="unknown profile 'nope'"):
+        load_config("")
+
+
+# ------------------------------------------------------------------------- cache keys know the code
+def test_code_digest_follows_the_source(tmp_path):
+    from mammo_lib.config import code_digest
+
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "b.py").write_text("y = 2\n")
+    d = code_digest("a", "b", root=tmp_path)
+    assert d == code_digest("a", "b", root=tmp_path) and len(d) == 12
+    (tmp_path / "b.py").write_text("y = 3\n")
+    assert code_digest("a", "b", root=tmp_path) != d
+    assert code_digest("a", root=tmp_path) != code_digest("b", root=tmp_path)
+    with pytest.raises(FileNotFoundError):
+        code_digest("missing", root=tmp_path)
+
+
+@pytest.mark.parametrize("stage", ["table1", "pretrain", "generic", "trunk_cache", "instrument", "other"])
+def test_run_dir_changes_with_the_code_of_its_stage(stage, tmp_path, monkeypatch):
+    from mammo_lib import config as config_mod
+    from mammo_lib.pipeline import run_dir
+
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    cfg = load_config("smoke", root=tmp_path)
+    same = run_dir(cfg, stage, "w")
+    assert same == run_dir(load_config("smoke", root=tmp_path), stage, "w")     # unchanged code: resumes
+    assert same.parent == tmp_path / "runs" / "smoke" and same.name.startswith(stage + "-")
+    real = config_mod.code_digest
+    modules = config_mod.STAGES.get(stage, config_mod.DEFAULT_STAGE)["code"]
+    # one of the stage's modules edited: a new folder
+    monkeypatch.setattr(config_mod, "code_digest",
+                        lambda *m, root=None: real(*m, root=root) + ("*" if modules[-1] in m else ""))
+    assert run_dir(cfg, stage, "w") != same
+    # a module the stage does not depend on edited: the same folder
+    monkeypatch.setattr(config_mod, "code_digest",
+                        lambda *m, root=None: real(*m, root=root) + ("*" if "figures" in m else ""))
+    assert run_dir(cfg, stage, "w") == same
+    assert run_dir(cfg, stage, "other") != same
+
+
+def test_run_dir_changes_with_the_settings_of_its_stage(tmp_path, monkeypatch):
+    from mammo_lib.pipeline import run_dir
+
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    cfg = load_config("smoke", root=tmp_path)
+    gen = load_config("smoke", {"generic_pretrain": {"epochs": 2}}, root=tmp_path)
+    tr = load_config("smoke", {"train": {"epochs": 3}}, root=tmp_path)
+    assert run_dir(gen, "generic") != run_dir(cfg, "generic") == run_dir(tr, "generic")
+    assert run_dir(gen, "pretrain") != run_dir(cfg, "pretrain") != run_dir(tr, "pretrain")
+    assert run_dir(tr, "table1") != run_dir(cfg, "table1")
+
+
+def test_instrument_code_is_the_shared_digest():
+    from mammo_lib import instrument
+    from mammo_lib.config import code_digest
+
+    assert instrument.code_digest is code_digest
+    assert instrument.CODE == code_digest("instrument", "trunk_cache", "training", "activation", "model")
