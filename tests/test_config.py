@@ -318,3 +318,13 @@ def test_instrument_code_is_the_shared_digest():
 
     assert instrument.code_digest is code_digest
     assert instrument.CODE == code_digest("instrument", "trunk_cache", "training", "activation", "model")
+
+
+def test_docstring_examples(monkeypatch):
+    import doctest
+
+    from mammo_lib import config as config_mod
+
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    result = doctest.testmod(config_mod, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
