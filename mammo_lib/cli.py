@@ -63,7 +63,7 @@ def _explain(a: argparse.Namespace) -> int:
     import numpy as np
 
     from .explain import explain_roi
-    from .imageio import read_image, to_unit_float
+    from .imageio import DEFAULT_INTENSITY, read_image, to_unit_float
     from .model import build_model
     from .report import save_figure
     from .roi import extract_roi
@@ -84,7 +84,7 @@ def _explain(a: argparse.Namespace) -> int:
                          f"--ignore-roi-spec to override")
     a.arch = a.arch or recorded["arch"] or "densenet121"
     a.size = a.size or recorded["size"] or 224
-    a.intensity = a.intensity or recorded["intensity"] or "percentile"
+    a.intensity = a.intensity or recorded["intensity"] or DEFAULT_INTENSITY
     used = "recorded in the checkpoint" if spec else "defaults (the checkpoint records no ROI spec)"
     print(f"ROI spec: arch {a.arch}, size {a.size} px, intensity {a.intensity} ({used})")
     model = build_model(a.arch, weights=a.checkpoint)
@@ -119,6 +119,7 @@ def _explain(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``mammo-kt`` argument parser (``reproduce`` is delegated to :mod:`mammo_lib.reproduce`)."""
     from .explain import BACKGROUND_RULE_ALIASES, BACKGROUND_RULES, DEFAULT_BACKGROUND_RULE
+    from .imageio import DEFAULT_INTENSITY, INTENSITY_MODES
 
     ap = argparse.ArgumentParser(prog="mammo-kt", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=None)
     t.add_argument("--device", default="cpu")
-    t.add_argument("--intensity", choices=("percentile", "minmax", "dtype"), default="percentile")
+    t.add_argument("--intensity", choices=INTENSITY_MODES, default=DEFAULT_INTENSITY)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("explain", help="Lesion/Background explanation (Eq. 6) of one ROI")
@@ -167,8 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ignore-roi-spec", action="store_true",
                    help="use --arch/--size/--intensity even where the checkpoint records other values")
     e.add_argument("--device", default="cpu")
-    e.add_argument("--intensity", choices=("percentile", "minmax", "dtype"), default=None,
-                   help="intensity scaling; default: the checkpoint's, else percentile")
+    e.add_argument("--intensity", choices=INTENSITY_MODES, default=None,
+                   help=f"intensity scaling; default: the checkpoint's, else {DEFAULT_INTENSITY}")
     e.add_argument("--background-rule", choices=BACKGROUND_RULES + tuple(BACKGROUND_RULE_ALIASES),
                    default=DEFAULT_BACKGROUND_RULE,
                    help="how the ROI splits into Lesion and Background (Sec. 4.2; docs/DECISIONS.md); "

@@ -4,9 +4,9 @@
   file's content (magic bytes), not from its name. DICOM: RLE Lossless is decoded by pydicom's
   own numpy decoder; MONOCHROME1 is inverted so that bright always means dense; multi-frame
   and colour files are refused.
-* :func:`to_unit_float` maps an image to float32 in [0, 1] (**Decision** ``intensity="minmax"``:
-  per-image min-max; the profiles use ``percentile`` or ``dtype``, docs/DECISIONS.md; ``"dtype"`` divides by the dtype's maximum or
-  ``2**bits - 1``).
+* :func:`to_unit_float` maps an image to float32 in [0, 1] (**Decision** ``intensity="percentile"``,
+  :data:`DEFAULT_INTENSITY`: 0.5-99.5 percentile scaling; ``"minmax"`` per-image min-max; ``"dtype"``
+  divides by the dtype's maximum or ``2**bits - 1``; the profiles set theirs, docs/DECISIONS.md).
 * :func:`load_record` turns a :class:`~mammo_lib.records.MassRecord` into a :class:`LoadedCase`
   (image, binary mask, notes, optional confounder label map). Masks come from a mask file
   (binary by content) or from an outline polygon (:func:`polygon_mask`, BCDR, Sec. 3.1).
@@ -41,10 +41,10 @@ __all__ = [
 IntensityMode = Literal["minmax", "percentile", "dtype"]
 #: The valid intensity scalings (also checked in a profile, :mod:`mammo_lib.config`).
 INTENSITY_MODES: tuple[str, ...] = typing.get_args(IntensityMode)
-#: The library's one default intensity scaling (docs/DECISIONS.md, "Profiles"): every profile sets
-#: its own (phantom: ``dtype``, real data: ``percentile``); ``minmax`` leaks bright calcifications
-#: into the mass's intensity (see :func:`to_unit_float`).
-DEFAULT_INTENSITY: IntensityMode = "minmax"
+#: The library's one default intensity scaling (docs/DECISIONS.md, "Profiles"): robust percentile
+#: scaling, since ``minmax`` leaks bright calcifications into the mass's intensity (see
+#: :func:`to_unit_float`). Every shipped profile sets its own (phantom ``dtype``, real ``percentile``).
+DEFAULT_INTENSITY: IntensityMode = "percentile"
 
 #: Exceptions the readers (PIL, tifffile, pydicom, struct) raise on unreadable or truncated files.
 _READ_ERRORS: tuple[type[BaseException], ...] = (
@@ -157,8 +157,8 @@ def to_unit_float(arr: np.ndarray, intensity: IntensityMode = DEFAULT_INTENSITY,
                   percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
     """Map an image to float32 in [0, 1].
 
-    ``intensity="minmax"`` (default): ``(x - min) / (max - min)`` per image; a constant image
-    becomes zeros. ``"percentile"``: the same between the image's ``percentiles`` (clipped), so a
+    ``intensity="minmax"``: ``(x - min) / (max - min)`` per image; a constant image
+    becomes zeros. ``"percentile"`` (default, :data:`DEFAULT_INTENSITY`): the same between the image's ``percentiles`` (clipped), so a
     few very bright pixels (micro-calcifications, markers) do not set the scale of the whole
     image: with ``minmax`` their presence changes every other pixel's value, which leaks them
     into the mass's intensity (measured on the phantom: docs/FINDINGS_phantom_kt.md).

@@ -54,9 +54,9 @@ READ_FAILURES = [
 
 # --- to_unit_float: (name, array, kwargs, expected) -- hand computed ------------------------
 UNIT_CASES = [
-    ("minmax_u8", np.array([[0, 50], [100, 200]], np.uint8), {}, [[0, 0.25], [0.5, 1]]),
-    ("minmax_offset", np.array([[10, 20], [30, 50]], np.uint16), {}, [[0, 0.25], [0.5, 1]]),
-    ("minmax_constant", np.full((2, 2), 7, np.uint16), {}, [[0, 0], [0, 0]]),
+    ("minmax_u8", np.array([[0, 50], [100, 200]], np.uint8), {"intensity": "minmax"}, [[0, 0.25], [0.5, 1]]),
+    ("minmax_offset", np.array([[10, 20], [30, 50]], np.uint16), {"intensity": "minmax"}, [[0, 0.25], [0.5, 1]]),
+    ("minmax_constant", np.full((2, 2), 7, np.uint16), {"intensity": "minmax"}, [[0, 0], [0, 0]]),
     ("dtype_u8", np.array([[0, 51], [255, 102]], np.uint8), {"intensity": "dtype"}, [[0, 0.2], [1, 0.4]]),
     ("dtype_bits12", np.array([[0, 4095], [1365, 2730]], np.uint16), {"intensity": "dtype", "bits": 12},
      [[0, 1], [1 / 3, 2 / 3]]),
@@ -242,7 +242,7 @@ def test_load_record_dtype_intensity_and_confounders(tmp_path):
     np.testing.assert_array_equal(case.confounders, conf)
     assert case.mask.sum() == 6
     # min-max: the offset of 100 disappears
-    np.testing.assert_allclose(load_record(rec).image, (img - 100) / float(img.max() - 100), rtol=1e-6)
+    np.testing.assert_allclose(load_record(rec, intensity="minmax").image, (img - 100) / float(img.max() - 100), rtol=1e-6)
 
 
 def test_load_record_dtype_uses_bits_stored(tmp_path):
@@ -258,7 +258,18 @@ def test_a_few_bright_pixels_do_not_rescale_the_image_with_percentile():
     base = np.arange(10000, dtype=np.uint16).reshape(100, 100)
     calc = base.copy()
     calc[0, :3] = 60000                                    # three very bright pixels
-    mm = to_unit_float(calc)[50, 50] / to_unit_float(base)[50, 50]
+    mm = to_unit_float(calc, "minmax")[50, 50] / to_unit_float(base, "minmax")[50, 50]
     pc = to_unit_float(calc, "percentile")[50, 50] / to_unit_float(base, "percentile")[50, 50]
     assert mm < 0.2                                         # minmax: the mass pixel darkens by > 5x
     assert pc == pytest.approx(1.0, abs=1e-3)              # percentile: unchanged
+
+
+def test_the_default_intensity_is_percentile():
+    """One library default (imageio.DEFAULT_INTENSITY): robust percentile scaling, not minmax."""
+    from mammo_lib.imageio import DEFAULT_INTENSITY
+
+    arr = np.arange(10000, dtype=np.uint16).reshape(100, 100)
+    arr[0, :3] = 60000
+    assert DEFAULT_INTENSITY == "percentile"
+    np.testing.assert_array_equal(to_unit_float(arr), to_unit_float(arr, "percentile"))
+    assert not np.array_equal(to_unit_float(arr), to_unit_float(arr, "minmax"))

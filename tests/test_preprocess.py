@@ -117,7 +117,7 @@ def test_result_equals_one_by_one_extraction(tmp_path):
         row = rs.index.iloc[i]
         assert (row.box_y0, row.box_x0, row.box_y1, row.box_x1) == roi.box.as_tuple()
         assert (row.pad_top, row.pad_bottom, row.pad_left, row.pad_right) == roi.pad
-        assert row.source_row == i + 2 and row.notes == "intensity minmax;fake"
+        assert row.source_row == i + 2 and row.notes == "intensity percentile;fake"  # the default, imageio.DEFAULT_INTENSITY
     assert rs.confounders is None
 
 
