@@ -298,7 +298,7 @@ def parse_profile(values: Mapping[str, Any], source: str = "profile") -> BaseMod
     """
     check_keys(values, source)
     try:
-        return profile_model().model_validate(dict(values))
+        typed = profile_model().model_validate(dict(values))
     except ValidationError as err:
         msgs = []
         for e in err.errors():
@@ -306,6 +306,35 @@ def parse_profile(values: Mapping[str, Any], source: str = "profile") -> BaseMod
             msgs.append(f"{where or '(top)'}: {e['msg']} (got {e.get('input')!r})"
                         if e["type"] != "missing" else f"missing key {where!r}")
         raise ConfigError(f"{source}: invalid value: " + "; ".join(msgs)) from None
+    _check_with_dataclasses(typed, values, source)
+    return typed
+
+
+def _check_with_dataclasses(typed: Any, values: Mapping[str, Any], source: str) -> None:
+    """The checks the sections' dataclasses make, before any work: ``train`` and ``pretrain`` as a
+    :class:`~mammo_lib.training.TrainConfig`, the phantom sets as a :class:`~mammo_lib.phantom.PhantomConfig`."""
+    from .phantom import PhantomConfig
+    from .training import TrainConfig
+
+    train = {k: v for k, v in typed.train.model_dump().items() if k != "head" and v is not None}
+    p = typed.pretrain
+    pre = dict(train, trainable=p.trainable, epochs=p.epochs or train.get("epochs", 1), lr=p.lr or train.get("lr", 1))
+    for where, kw in (("train", train), ("pretrain", pre)):
+        try:
+            TrainConfig(**kw)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: invalid value in {where!r}: {err}") from None
+    if values.get("data_root"):
+        return
+    ph = typed.phantom
+    common = {"seed": ph.seed if ph.seed is not None else typed.seed, "image_shape": tuple(ph.image_shape),
+              **ph.config.model_dump(exclude_none=True)}
+    for where in ("bcdr_like", "ddsm_like"):
+        kw = {**common, **getattr(ph, where).model_dump(exclude_none=True)}
+        try:
+            PhantomConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{source}: invalid value in 'phantom' ({where}): {err}") from None
 
 
 def profile_defaults() -> dict[str, Any]:

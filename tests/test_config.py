@@ -25,6 +25,14 @@ FAILING = [
     # train.beta is not a profile key: beta is chosen per fold from cv.beta_grid
     ("demo", {"train": {"beta": 8}}, ConfigError, r"unknown key 'train.beta' \(beta is chosen per outer fold"),
     ("demo", {"pretrain": {"batch_size": 8}}, ConfigError, r"unknown key 'pretrain.batch_size'"),
+    # values the dataclasses check, caught when the profile loads (not when training starts)
+    ("demo", {"train": {"trainable": "group5"}}, ConfigError,
+     r"invalid value in 'train': TrainConfig.trainable must be one of"),
+    ("demo", {"train": {"augment": ["zoom"]}}, ConfigError, r"invalid value in 'train': TrainConfig.augment: unknown \['zoom'\]"),
+    ("demo", {"pretrain": {"trainable": "head"}}, ConfigError,
+     r"invalid value in 'pretrain': TrainConfig.trainable must be one of"),
+    ("demo", {"phantom": {"bcdr_like": {"benign_radius_px": [50, 15]}}}, ConfigError,
+     r"invalid value in 'phantom' \(bcdr_like\): benign_radius_px must satisfy 0 <= low <= high"),
 ]
 
 
