@@ -28,7 +28,7 @@ import pandas as pd
 from .progress import tqdm
 from .generic import read_csv_strings
 from .imageio import binary_mask, read_dicom_header, read_image
-from .records import BENIGN, MALIGNANT, DataError, LoadResult, MassRecord, OnError, handle_error
+from .records import BENIGN, MALIGNANT, DataError, LoadResult, MassRecord, OnError, handle_error, load_rows
 
 __all__ = ["PATHOLOGY_LABELS", "REQUIRED_COLUMNS", "SeriesIndex", "label_counts", "load_cbis_ddsm",
            "read_description_csv", "split_from_filename"]
@@ -260,20 +260,13 @@ def load_cbis_ddsm(csv_files: Sequence[str | Path] | str | Path, dicom_root: str
     for csv_file in map(Path, csv_files):
         df = read_description_csv(csv_file)
         file_split = split_from_filename(csv_file)
-        seen: dict[str, int] = {}
-        for i, row in enumerate(df.to_dict("records")):
-            row_no = i + 2
+
+        def build(row: dict[str, str], row_no: int, csv_file: Path = csv_file,
+                  file_split: Optional[str] = file_split) -> MassRecord:
             split = row["split"].lower() if row.get("split") else file_split
-            try:
-                rec = _row_record(row, csv_file, row_no, split)
-                if rec.case_id in seen:
-                    raise DataError(f"duplicate case_id {rec.case_id!r} (also row {seen[rec.case_id]})",
-                                    csv_file, row_no)
-            except DataError as err:
-                handle_error(err, on_error, result)
-                continue
-            seen[rec.case_id] = row_no
-            rows.append(rec)
+            return _row_record(row, csv_file, row_no, split)
+
+        rows.extend(load_rows(df.to_dict("records"), csv_file, build, on_error, result))
 
     # the same patient/side/view/abnormality in two files: keep both, tell them apart by split
     files_per_id = defaultdict(set)
@@ -285,7 +278,8 @@ def load_cbis_ddsm(csv_files: Sequence[str | Path] | str | Path, dicom_root: str
     counts = Counter(r.case_id for r in rows)
     for rec in [r for r in rows if counts[r.case_id] > 1]:
         handle_error(DataError(f"case_id {rec.case_id!r} occurs in several files even with the split appended",
-                               rec.source_file, rec.source_row), on_error, result, case_id=rec.case_id)
+                               rec.source_file, rec.source_row, rec.meta.get("source_line")), on_error, result,
+                     case_id=rec.case_id)
     rows = [r for r in rows if counts[r.case_id] == 1]
 
     if dicom_root is None:
@@ -300,8 +294,8 @@ def load_cbis_ddsm(csv_files: Sequence[str | Path] | str | Path, dicom_root: str
             mask = resolver.mask(rec.meta["cropped_image_file_path"], rec.meta["roi_mask_file_path"], image_shape)
         except DataError as err:
             where = f" [{err.file}]" if err.file else ""
-            handle_error(DataError(err.reason + where, rec.source_file, rec.source_row), on_error, result,
-                         case_id=rec.case_id)
+            handle_error(DataError(err.reason + where, rec.source_file, rec.source_row, rec.meta.get("source_line")),
+                         on_error, result, case_id=rec.case_id)
             continue
         rec.image_path, rec.mask_path = str(image), str(mask)
         rec.meta["image_size"] = image_shape
