@@ -291,18 +291,20 @@ def preprocess(records: Sequence[MassRecord], cache_dir: str | Path, *, variant:
     use ``np.random.default_rng([seed, i])`` for record ``i``, so results do not depend on the
     number of workers.  A record whose loading or ROI fails raises a :class:`DataError` naming its
     ``source_file`` and ``source_row`` (``on_error="raise"``) or becomes an ``Exclusion`` with
-    ``stage="roi"`` (``on_error="skip"``).  The result keeps the input order, exclusions removed.
+    ``stage="roi"`` (``on_error="skip"``); so does a ROI whose resized mask is empty (it never
+    reaches training).  ``size`` below :data:`~mammo_lib.roi.MIN_ROI_SIZE` or an unknown
+    ``intensity`` is a ``ValueError`` before any work.  The result keeps the input order,
+    exclusions removed.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown ROI variant {variant!r}; choose one of {VARIANTS}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    for name, val in (("size", size), ("min_context", min_context)):
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1:
-            raise ValueError(f"{name} must be a positive int, got {val!r}")
-    if size < MIN_ROI_SIZE:
-        raise ValueError(f"size {size} is below MIN_ROI_SIZE = {MIN_ROI_SIZE} (the networks halve the ROI "
-                         "5 times; mammo_lib.roi.MIN_ROI_SIZE)")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_ROI_SIZE:
+        raise ValueError(f"size must be an int >= MIN_ROI_SIZE = {MIN_ROI_SIZE} (the networks halve the ROI 5 "
+                         f"times: mammo_lib.roi.MIN_ROI_SIZE), got {size!r}")
+    if isinstance(min_context, bool) or not isinstance(min_context, (int, np.integer)) or min_context < 1:
+        raise ValueError(f"min_context must be a positive int, got {min_context!r}")
     if intensity not in _INTENSITIES:
         raise ValueError(f"intensity must be one of {_INTENSITIES}, got {intensity!r}")
     workers = (os.cpu_count() or 1) if workers is None else workers

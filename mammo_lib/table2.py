@@ -168,8 +168,9 @@ def instrument_data(cfg: Config, *, progress: bool = True):
         caches[init] = {}
         for r in sorted(used):
             path = d / f"{r}.pt"
-            if path.exists():
-                caches[init][r] = TrunkCache.load(path)
+            cached = TrunkCache.load_or_none(path)  # a damaged file is named in a warning and rebuilt
+            if cached is not None:
+                caches[init][r] = cached
                 continue
             rs = rends[r]
             c = build_cache(model, rs.images, rs.masks, labels=rs.labels, ids=list(rs.index["case_id"]),
@@ -178,9 +179,8 @@ def instrument_data(cfg: Config, *, progress: bool = True):
             c.save(path)
     mask_model = factory(trunks["imagenet"]["weights"])(seed)
     mpath = run_dir(cfg, "trunk_cache", "mask", trunks["imagenet"]["weights"], CODE) / "mask.pt"
-    if mpath.exists():
-        mcache = TrunkCache.load(mpath)
-    else:
+    mcache = TrunkCache.load_or_none(mpath)
+    if mcache is None:
         mcache = build_cache(mask_model, ds.cv.masks.astype(np.float32), ds.cv.masks, labels=ds.cv.labels,
                              ids=list(ds.cv.index["case_id"]), device=cfg["device"], progress=progress)
         mcache.save(mpath)

@@ -15,9 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import tempfile
 import time
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
@@ -251,6 +254,11 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+#: What ``torch.load`` raises on a truncated or torn file (zip reader, unpickler, short read).
+TORCH_LOAD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, EOFError, OSError, ValueError, KeyError,
+                                                      pickle.UnpicklingError, zipfile.BadZipFile)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -406,8 +414,14 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
     best_epoch, best_key, since_best = -1, None, 0
     start_epoch, resumed_from, stopped = 0, None, False
     last = None if ckpt_dir is None else ckpt_dir / "last.pt"
+    ck = None
     if last is not None and last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
+        try:
+            ck = torch.load(last, map_location="cpu", weights_only=True)
+        except TORCH_LOAD_ERRORS as err:  # torn/truncated: retrain this run from scratch
+            warnings.warn(f"damaged checkpoint {last} ({type(err).__name__}: {err}); training from scratch",
+                          stacklevel=2)
+    if ck is not None:
         _check_resume(ck, cfg, data_fp, init_fp, last)
         model.load_state_dict(ck["model_state"])
         optimizer.load_state_dict(ck["optimizer_state"])

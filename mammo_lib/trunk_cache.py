@@ -27,6 +27,7 @@ derangement) and ``"oracle"`` (the mask itself average-pooled to the g x g grid)
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from torch import Tensor, nn
 from .progress import tqdm
 from .activation import activation_distance, activation_map
 from .model import mask_to_model_input, preserve_mode, set_trainable, to_model_input
-from .training import TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
+from .training import TORCH_LOAD_ERRORS, TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
 
 #: Flip codes of the cache: index 0 identity, 1 horizontal, 2 vertical, 3 both.
 FLIPS = ("none", "hflip", "vflip", "hvflip")
@@ -88,6 +89,10 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
+class DamagedCacheError(OSError):
+    """A cache file that exists but cannot be read back whole; the message names it."""
+
+
 @dataclass
 class TrunkCache:
     """Stored trunk outputs of N ROIs under F flips.
@@ -129,10 +134,34 @@ class TrunkCache:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrunkCache":
-        """Read a cache written by :meth:`save`."""
-        d = torch.load(Path(path), map_location="cpu", weights_only=True)
-        return cls(d["features"], d["teacher_maps"], d["oracle_maps"], d["labels"].numpy(),
-                   list(d["ids"]), tuple(d["flips"]))
+        """Read a cache written by :meth:`save`; a damaged file (truncated, torn, keys missing)
+        raises :class:`DamagedCacheError` naming ``path``."""
+        path = Path(path)
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(d["features"], d["teacher_maps"], d["oracle_maps"], d["labels"].numpy(),
+                       list(d["ids"]), tuple(d["flips"]))
+        except FileNotFoundError:
+            raise
+        except TORCH_LOAD_ERRORS + (TypeError, AttributeError) as err:
+            raise DamagedCacheError(f"damaged trunk cache {path} ({type(err).__name__}: {err})") from err
+
+    @classmethod
+    def load_or_none(cls, path: str | Path) -> Optional["TrunkCache"]:
+        """The cache at ``path``, or None when there is none or it is damaged (a warning names it;
+        the caller rebuilds and overwrites it).
+
+        >>> TrunkCache.load_or_none("no/such/cache.pt") is None
+        True
+        """
+        path = Path(path)
+        if not path.exists():
+            return None
+        try:
+            return cls.load(path)
+        except DamagedCacheError as err:
+            warnings.warn(f"{err}; rebuilding it", stacklevel=2)
+            return None
 
 
 @torch.no_grad()
@@ -354,6 +383,6 @@ def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainC
                       time.perf_counter() - t0)
 
 
-__all__ = ["FLIPS", "TARGETS", "TrunkCache", "HeadResult", "build_cache", "train_head", "predict_cached",
+__all__ = ["FLIPS", "TARGETS", "DamagedCacheError", "TrunkCache", "HeadResult", "build_cache", "train_head", "predict_cached",
            "group4_maps_cached", "trunk_forward", "group4_activation", "head_logits", "head_loss",
            "derangement", "eval_mode"]

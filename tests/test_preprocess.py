@@ -27,7 +27,7 @@ KW = dict(size=32, min_context=16, progress=False)
 FAIL_CASES = [
     ("unknown variant", {"variant": "tight"}, ValueError, "unknown ROI variant"),
     ("bad on_error", {"on_error": "ignore"}, ValueError, "on_error must be"),
-    ("size 0", {"size": 0}, ValueError, "size must be a positive int"),
+    ("size 0", {"size": 0}, ValueError, "size must be an int >= MIN_ROI_SIZE = 32"),
     ("float min_context", {"min_context": 1.5}, ValueError, "min_context must be a positive int"),
     ("workers 0", {"workers": 0}, ValueError, "workers must be a positive int"),
 ]
