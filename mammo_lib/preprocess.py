@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .progress import tqdm
-from .records import DataError, Exclusion, MassRecord, OnError, check_unique_ids
+from .records import DamagedCacheError, DataError, Exclusion, MassRecord, OnError, check_unique_ids
 from .roi import MIN_ROI_SIZE, RANDOM_VARIANTS, VARIANTS, Variant, extract_roi
 
 #: Bump when the ROI computation changes, so that old caches are not reused.
@@ -177,14 +177,18 @@ class RoiSet:
 
     @classmethod
     def load(cls, directory: str | Path) -> "RoiSet":
-        """Read a folder written by :meth:`save`."""
+        """Read a folder written by :meth:`save`; a damaged ``arrays.npz`` raises
+        :class:`~mammo_lib.records.DamagedCacheError` naming it."""
         directory = Path(directory)
         missing = [f for f in _FILES if not (directory / f).is_file()]
         if missing:
             raise FileNotFoundError(f"{directory} is not a complete RoiSet folder (missing {missing})")
-        with np.load(directory / "arrays.npz") as z:
-            images, masks = z["images"], z["masks"]
-            conf = z["confounders"] if "confounders" in z.files else None
+        try:
+            with np.load(directory / "arrays.npz") as z:
+                images, masks = z["images"], z["masks"]
+                conf = z["confounders"] if "confounders" in z.files else None
+        except _NPZ_ERRORS as err:
+            raise DamagedCacheError(f"damaged file {directory / 'arrays.npz'} ({type(err).__name__}: {err})") from err
         index = pd.read_csv(directory / "index.csv", keep_default_na=False, na_values={"source_row": [""]},
                             dtype={c: str for c in _STR_COLUMNS})
         index = _normalise(index, _STR_COLUMNS, ["split"])

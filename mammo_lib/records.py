@@ -44,6 +44,11 @@ class DataError(ValueError):
         super().__init__(where + message)
 
 
+class DamagedCacheError(OSError):
+    """A cache or checkpoint file that exists but cannot be read back whole; the message names it
+    (the caller warns and rebuilds: docs/DECISIONS.md "Data-side fault cases")."""
+
+
 @dataclass
 class MassRecord:
     """One mass (abnormality) of one image.

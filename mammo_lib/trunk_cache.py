@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .progress import tqdm
+from .records import DamagedCacheError
 from .activation import activation_distance, activation_map
 from .model import mask_to_model_input, preserve_mode, set_trainable, to_model_input
 from .training import TORCH_LOAD_ERRORS, TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
@@ -87,10 +88,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     with preserve_mode(model):
         model.eval()
         yield model
-
-
-class DamagedCacheError(OSError):
-    """A cache file that exists but cannot be read back whole; the message names it."""
 
 
 @dataclass
