@@ -90,9 +90,11 @@ def make_folds(labels: Any, groups: Any = None, n_splits: int = 5, seed: int = 0
 
     Stratified by label; with ``groups`` (patient ids) no patient is in two folds
     (``StratifiedGroupKFold(shuffle=True, random_state=seed)``), else ``StratifiedKFold``.
-    Raises ``ValueError`` when a class or the number of groups is smaller than ``n_splits``.
+    Raises ``ValueError`` when only one class is present (:func:`require_both_classes`), or a
+    class or the number of groups is smaller than ``n_splits``.
     """
     y, g = _check_labels_groups(labels, groups)
+    require_both_classes(y, "cross-validation data")
     counts = np.unique(y, return_counts=True)[1]
     if counts.min() < n_splits:
         raise ValueError(f"each class needs at least n_splits={n_splits} samples, smallest has {counts.min()}")

@@ -30,7 +30,7 @@ from mammo_lib.imageio import MAX_PIXELS, load_record, read_image
 from mammo_lib.model import build_model
 from mammo_lib.phantom import write_cbis_tree
 from mammo_lib.preprocess import RoiSet, preprocess
-from mammo_lib.protocol import pretrain, run_cv
+from mammo_lib.protocol import make_folds, pretrain, run_cv
 from mammo_lib.records import DataError, MassRecord
 from mammo_lib.training import TensorData, TrainConfig, train_model
 from mammo_lib.trunk_cache import DamagedCacheError, TrunkCache, build_cache
@@ -216,6 +216,9 @@ def test_single_class_is_an_error_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"pre-training data has 1 class\(es\) \(0: 10\)"):
         pretrain(_one_class(), _one_class(4), tmp_path / "pt", arch="small", weights="none", progress=False)
     assert not (tmp_path / "cv").exists() and not (tmp_path / "pt").exists()
+    # the folds of every CV entry point (run_cv, instrument.run_instrument)
+    with pytest.raises(ValueError, match=r"cross-validation data has 1 class\(es\) \(1: 12\)"):
+        make_folds(np.ones(12, np.int64), n_splits=2)
 
 
 # --- damaged caches and checkpoints -----------------------------------------------------------------
