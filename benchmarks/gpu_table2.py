@@ -105,9 +105,9 @@ def timed_stage(rec: Recorder, where: dict[str, Any], name: str, fn: Callable[[]
                 estimate: Optional[float], budget: float, label: str) -> Optional[dict[str, Any]]:
     """Run ``fn`` as stage ``name`` (unless the budget forbids), store seconds, peak GPU memory, the
     extras ``fn`` returns, or the error; returns the extras (None when skipped or failed)."""
-    if estimate is not None and rec.elapsed() + estimate > budget:
-        where[name] = {"skipped": "budget", "estimate_s": round(estimate, 2), "elapsed_at_skip_s": round(rec.elapsed(), 2)}
-        print(f"[{rec.elapsed():7.1f}s] {label} {name}: skipped (budget; estimate {estimate:.0f}s)", flush=True)
+    if rec.elapsed() + (estimate or 0.0) > budget:
+        where[name] = {"skipped": "budget", "estimate_s": round(estimate or 0.0, 2), "elapsed_at_skip_s": round(rec.elapsed(), 2)}
+        print(f"[{rec.elapsed():7.1f}s] {label} {name}: skipped (budget; estimate {estimate or 0.0:.0f}s)", flush=True)
         rec.save()
         return None
     if torch.cuda.is_available():
@@ -125,6 +125,8 @@ def timed_stage(rec: Recorder, where: dict[str, Any], name: str, fn: Callable[[]
         entry = {"seconds": round(sec, 3), "error": {"type": type(err).__name__, "message": str(err)[:2000],
                                                      "traceback": traceback.format_exc()[-4000:]}}
         ok, extra = False, None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     if torch.cuda.is_available():
         entry["peak_gpu_memory_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     where[name] = entry
@@ -223,8 +225,9 @@ def run_variant(rec: Recorder, name: str, cfg: Any, prev: Optional[dict[str, Any
             done = list(inst["fold_seconds"].values())
             estimate = float(done[-1]) if done else None
             extra_reserve = reserve() if done else 0.0
-        if estimate is not None and rec.elapsed() + estimate + extra_reserve > budget:
-            inst["stopped"] = (f"budget before fold {k}: elapsed {rec.elapsed():.0f}s + fold estimate {estimate:.0f}s"
+        estimate_s = estimate or 0.0
+        if rec.elapsed() + estimate_s + extra_reserve > budget:
+            inst["stopped"] = (f"budget before fold {k}: elapsed {rec.elapsed():.0f}s + fold estimate {estimate_s:.0f}s"
                                f" + reserve for the next variant {extra_reserve:.0f}s > {budget:.0f}s")
             print(f"[{rec.elapsed():7.1f}s] {name} instrument: stopped before fold {k} (budget)", flush=True)
             break
