@@ -168,6 +168,46 @@ def test_pretrain_generic_bit_identical_with_flags_on_cpu(tmp_path):
     assert "amp" not in json.loads((tmp_path / "off" / "generic_metrics.json").read_text())["key"]
 
 
+# ---------------------------------------------------------------- the CUDA code path, on the CPU
+@pytest.fixture
+def cpu_as_cuda(monkeypatch):
+    """Make the helpers treat the CPU as CUDA, with CPU autocast standing in for CUDA autocast and a
+    CPU GradScaler for fp16: the reduced-precision paths run here (numbers close, not equal)."""
+    import mammo_lib.precision as P
+
+    autocast, scaler = torch.autocast, torch.amp.GradScaler
+    monkeypatch.setattr(P, "_is_cuda", lambda device: True)
+    monkeypatch.setattr(P.torch, "autocast", lambda device_type, dtype: autocast(device_type="cpu", dtype=dtype))
+    monkeypatch.setattr(P.torch.amp, "GradScaler", lambda device: scaler("cpu"))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_reduced_precision_paths_run_with_float32_losses(cpu_as_cuda, amp):
+    with autocast_for("cpu", amp):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype in (torch.bfloat16, torch.float16)
+    train, val = _data(12, size=64), _data(6, size=64, seed=1)
+    hist = {}
+    for flags in (dict(amp="off", channels_last=False), dict(amp=amp, channels_last=True)):
+        cfg = TrainConfig(method="transfer", omega=(3, 4), epochs=2, batch_size=4, lr=1e-2, beta=8.0, **flags)
+        res = train_model(build_model("small", seed=0), train, val, cfg, progress=False)
+        assert all(p.dtype == torch.float32 and p.is_contiguous() for p in res.model.parameters())
+        hist[flags["amp"]] = res.history[["train_loss", "train_d3", "train_d4", "val_loss"]].to_numpy()
+    assert not np.array_equal(hist["off"], hist[amp])  # autocast did act
+    np.testing.assert_allclose(hist[amp], hist["off"], rtol=0.05, atol=0.02)
+    model = build_model("small", seed=0)
+    cache = build_cache(model, train.images, train.masks, labels=train.labels, amp=amp, channels_last=True,
+                        progress=False)
+    assert cache.features.dtype == torch.float32 and cache.features.is_contiguous()
+    assert cache.teacher_maps.dtype == torch.float32
+    assert all(p.is_contiguous() for p in model.parameters())  # memory format restored
+    cfg = TrainConfig(method="transfer", beta=8.0, epochs=2, batch_size=4, lr=1e-2, amp=amp, channels_last=True)
+    head = train_head(build_model("small", seed=0), cache, cache, cfg)
+    assert np.isfinite(head.history[["train_loss", "train_d4", "val_loss"]].to_numpy()).all()
+    p = predict_cached(head.model, cache, amp=amp, channels_last=True)
+    assert p.dtype == np.float64 and np.allclose(p.sum(1), 1.0)
+    assert group4_maps_cached(head.model, cache, amp=amp, channels_last=True).dtype == np.float32
+
+
 # ---------------------------------------------------------------- CUDA only
 @cuda_only
 def test_bf16_autocast_on_cuda():
