@@ -59,19 +59,20 @@ def code_digest(*modules: str, root: Path | None = None) -> str:
 
 
 #: Modules whose source decides what a model trained by :mod:`mammo_lib.protocol` is.
-_TRAINING_CODE = ("protocol", "training", "model", "activation", "transfer", "augment", "metrics")
+_TRAINING_CODE = ("protocol", "training", "model", "activation", "transfer", "augment", "metrics", "precision")
 #: Settings every cached stage depends on (the data and the model).
 _DATA_KEYS = ("seed", "arch", "roi_size", "min_context", "intensity", "phantom", "data_root", "real_data")
 
-#: Cached stages: the profile keys and the ``mammo_lib`` modules a stage's artefacts depend on
-#: (:func:`stage_key`). A stage missing here uses :data:`DEFAULT_STAGE`.
+#: Cached stages: the profile keys (a section, or ``section.key``) and the ``mammo_lib`` modules a
+#: stage's artefacts depend on (:func:`stage_key`). A stage missing here uses :data:`DEFAULT_STAGE`.
 STAGES: dict[str, dict[str, tuple[str, ...]]] = {
     "table1": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train", "table1"),
                "code": _TRAINING_CODE + ("table2", "stand_in")},
     "pretrain": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train",
                                         "pretrain"),
                  "code": _TRAINING_CODE + ("table2", "stand_in")},
-    "generic": {"keys": ("seed", "arch", "roi_size", "generic_pretrain"), "code": ("stand_in", "model")},
+    "generic": {"keys": ("seed", "arch", "roi_size", "generic_pretrain", "train.amp", "train.channels_last"),
+                "code": ("stand_in", "model", "precision")},
     "trunk_cache": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train",
                                            "pretrain"),
                     "code": _TRAINING_CODE + ("trunk_cache", "table2", "stand_in")},
@@ -461,7 +462,12 @@ def stage_key(cfg: Config, stage: str, *extra: Any) -> str:
     True
     """
     spec = STAGES.get(stage, DEFAULT_STAGE)
-    blob = json.dumps([cfg.digest(*spec["keys"]), code_digest(*spec["code"]), [str(e) for e in extra]]).encode()
+    top = [k for k in spec["keys"] if "." not in k]
+    nested = {k: (cfg.raw or {}).get(k.split(".")[0], {}).get(k.split(".", 1)[1])
+              for k in spec["keys"] if "." in k}
+    settings: list[Any] = [cfg.digest(*top)] + ([nested] if any(v is not None for v in nested.values()) else [])
+    blob = json.dumps([settings, code_digest(*spec["code"]), [str(e) for e in extra]],
+                      sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
 
 

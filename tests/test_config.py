@@ -191,7 +191,7 @@ def test_a_weight_decay_left_out_is_trainconfigs_default(tmp_path, monkeypatch):
 
 
 def test_a_new_trainconfig_field_is_a_valid_key_with_its_default(monkeypatch):
-    """The train section is derived from TrainConfig: a field added there (e.g. amp) is valid."""
+    """The train section is derived from TrainConfig: a field added there is a valid key."""
     import dataclasses
 
     from mammo_lib import config as config_mod
@@ -199,21 +199,21 @@ def test_a_new_trainconfig_field_is_a_valid_key_with_its_default(monkeypatch):
 
     @dataclasses.dataclass
     class Extended(training.TrainConfig):
-        amp: bool = False
+        grad_clip: float = 0.0
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     monkeypatch.setattr(training, "TrainConfig", Extended)
     config_mod.profile_model.cache_clear()
     try:
-        assert load_config("smoke").section("train")["amp"] is False
-        assert load_config("smoke", {"train": {"amp": True}}).typed.train.amp is True
-        with pytest.raises(ConfigError, match="did you mean 'train.amp'"):
-            load_config("smoke", {"train": {"ampp": True}})
+        assert load_config("smoke").section("train")["grad_clip"] == 0.0
+        assert load_config("smoke", {"train": {"grad_clip": 1.5}}).typed.train.grad_clip == 1.5
+        with pytest.raises(ConfigError, match="did you mean 'train.grad_clip'"):
+            load_config("smoke", {"train": {"grad_clp": 1.0}})
     finally:
         monkeypatch.undo()
         config_mod.profile_model.cache_clear()
-    with pytest.raises(ConfigError, match="unknown key 'train.amp'"):
-        load_config("smoke", {"train": {"amp": True}})
+    with pytest.raises(ConfigError, match="unknown key 'train.grad_clip'"):
+        load_config("smoke", {"train": {"grad_clip": 1.0}})
 
 
 def test_sections_fill_defaults_but_keep_the_derived_ones_open(monkeypatch):
@@ -318,6 +318,8 @@ def test_run_dir_changes_with_the_settings_of_its_stage(tmp_path, monkeypatch):
     assert run_dir(gen, "generic") != run_dir(cfg, "generic") == run_dir(tr, "generic")
     assert run_dir(gen, "pretrain") != run_dir(cfg, "pretrain") != run_dir(tr, "pretrain")
     assert run_dir(tr, "table1") != run_dir(cfg, "table1")
+    amp = load_config("smoke", {"train": {"channels_last": True}}, root=tmp_path)
+    assert run_dir(amp, "generic") != run_dir(cfg, "generic")        # the generic pre-training reads it
 
 
 def test_instrument_code_is_the_shared_digest():
