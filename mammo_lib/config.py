@@ -60,6 +60,8 @@ def code_digest(*modules: str, root: Path | None = None) -> str:
 
 #: Modules whose source decides what a model trained by :mod:`mammo_lib.protocol` is.
 _TRAINING_CODE = ("protocol", "training", "model", "activation", "transfer", "augment", "metrics", "precision")
+#: Modules whose source decides the ROIs a model sees (Table 1 fold keys hold case ids, not pixels).
+_DATA_CODE = ("phantom", "records", "imageio", "roi", "preprocess", "generic", "cbis_ddsm", "bcdr")
 #: Settings every cached stage depends on (the data and the model).
 _DATA_KEYS = ("seed", "arch", "roi_size", "min_context", "intensity", "phantom", "data_root", "real_data")
 
@@ -67,23 +69,24 @@ _DATA_KEYS = ("seed", "arch", "roi_size", "min_context", "intensity", "phantom",
 #: stage's artefacts depend on (:func:`stage_key`). A stage missing here uses :data:`DEFAULT_STAGE`.
 STAGES: dict[str, dict[str, tuple[str, ...]]] = {
     "table1": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train", "table1"),
-               "code": _TRAINING_CODE + ("table2", "stand_in")},
+               "code": _DATA_CODE + _TRAINING_CODE + ("table2", "stand_in")},
     "pretrain": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train",
                                         "pretrain"),
-                 "code": _TRAINING_CODE + ("table2", "stand_in")},
+                 "code": _DATA_CODE + _TRAINING_CODE + ("table2", "stand_in")},
     "generic": {"keys": ("seed", "arch", "roi_size", "generic_pretrain", "train.amp", "train.channels_last"),
                 "code": ("stand_in", "model", "precision")},
     "trunk_cache": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train",
                                            "pretrain"),
-                    "code": _TRAINING_CODE + ("trunk_cache", "table2", "stand_in")},
+                    "code": _DATA_CODE + _TRAINING_CODE + ("trunk_cache", "table2", "stand_in")},
     "instrument": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train",
                                           "pretrain", "cv"),
-                   "code": _TRAINING_CODE + ("trunk_cache", "instrument", "table2", "stand_in")},
+                   "code": _DATA_CODE + _TRAINING_CODE + ("trunk_cache", "instrument", "table2", "stand_in")},
 }
-#: Any other stage: every setting that shapes a model, and the training code.
+#: Any other stage: every setting that shapes a model, and the data and training code.
 DEFAULT_STAGE: dict[str, tuple[str, ...]] = {
-    "keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "train", "pretrain", "cv", "table1"),
-    "code": _TRAINING_CODE}
+    "keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train", "pretrain", "cv",
+                          "table1"),
+    "code": _DATA_CODE + _TRAINING_CODE}
 
 
 # ------------------------------------------------------------------------------ the profile schema

@@ -338,3 +338,14 @@ def test_docstring_examples(monkeypatch):
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     result = doctest.testmod(config_mod, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_every_stage_module_exists_and_data_code_keys_the_model_stages():
+    from mammo_lib import config as config_mod
+
+    root = Path(config_mod.__file__).parent
+    for stage, spec in {**config_mod.STAGES, "default": config_mod.DEFAULT_STAGE}.items():
+        missing = [m for m in spec["code"] if not (root / f"{m}.py").exists()]
+        assert not missing, (stage, missing)
+        if stage != "generic":
+            assert {"roi", "preprocess", "training"} <= set(spec["code"]), stage
