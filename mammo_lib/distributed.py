@@ -216,9 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile", default="", help="profile name (default: $MAMMO_PROFILE or demo)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--device", default=None, help="cpu (gloo) or cuda (nccl); default: the profile's")
+    p.add_argument("--work-dir", default=None, help="default: the profile's work_dir")
     p.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
-    cfg = load_config(a.profile, {"data_root": a.data_root, "device": a.device})
+    cfg = load_config(a.profile, {"data_root": a.data_root, "device": a.device, "work_dir": a.work_dir})
     out = pretrain_ddp(cfg, progress=not a.no_progress)
     if os.environ.get("RANK", "0") == "0":
         print(f"checkpoint: {out['weights']}  test accuracy: {out['test_accuracy']:.4f}")

@@ -13,10 +13,15 @@ Cases:
 | hooks without a process group      | DDPHooks()                                    | RuntimeError "needs an initialised process group" |
 | 2 gloo processes, BN-free DenseNet | 21 samples, global batch 8 (4+4, 4+4, 3+2), augmentation on | per-step losses, history and selected weights = one process within 1e-5 |
 | 2 gloo processes, DenseNet with BN | same data                                     | both ranks end with identical weights; only rank 0's files |
+| torchrun entry point, smoke profile | `torch.distributed.run --nproc_per_node 2 -m mammo_lib.distributed pretrain` | exit 0; `ddsm_trunk` in one process finds the checkpoint (skipped) |
 """
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +153,20 @@ def test_two_processes_follow_single_process_trajectory(tmp_path, no_torchrun: N
         if not k.endswith(("running_mean", "running_var", "num_batches_tracked")):
             torch.testing.assert_close(b["state"][k], v, rtol=0, atol=0)
     assert sorted(p.name for p in (tmp_path / "ckpt_bn1").iterdir()) == ["best.pt", "done.json", "last.pt"]
+
+
+def test_torchrun_entry_point_writes_the_pipeline_checkpoint(tmp_path, no_torchrun: None) -> None:
+    from mammo_lib.config import load_config
+    from mammo_lib.table2 import ddsm_trunk
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "mammo_lib.distributed", "pretrain", "--profile", "smoke", "--no-progress",
+           "--work-dir", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("checkpoint: ") == 1  # rank 0 alone reports
+    written = Path(proc.stdout.split("checkpoint: ")[1].split()[0])
+    trunk = ddsm_trunk(load_config("smoke", {"work_dir": str(tmp_path)}), progress=False)
+    assert trunk["result"].skipped and Path(trunk["weights"]) == written
