@@ -20,7 +20,7 @@ import numpy as np
 
 from .generic import read_csv_strings
 from .imageio import polygon_mask
-from .records import BENIGN, MALIGNANT, DataError, Exclusion, LoadResult, MassRecord, OnError, handle_error
+from .records import BENIGN, MALIGNANT, DataError, Exclusion, LoadResult, MassRecord, OnError, load_rows
 
 __all__ = ["CLASSIFICATION_LABELS", "IMAGE_VIEWS", "REQUIRED_COLUMNS", "balanced_draw", "load_bcdr",
            "parse_points", "polygon_mask"]
@@ -105,24 +105,15 @@ def load_bcdr(outlines_csv: str | Path, image_root: str | Path | None = None, *,
     if masses_only and "mammography_nodule" not in df.columns:
         raise DataError("missing required column(s) ['mammography_nodule'] (needed by masses_only=True)", csv_file)
 
-    result = LoadResult()
-    seen: dict[str, int] = {}
-    for i, row in enumerate(df.to_dict("records")):
-        row_no = i + 2
-        try:
-            rec = _row_record(row, csv_file, row_no, subset, root)
-            if rec.case_id in seen:
-                raise DataError(f"duplicate case_id {rec.case_id!r} (also row {seen[rec.case_id]})", csv_file, row_no)
-        except DataError as err:
-            handle_error(err, on_error, result)
-            continue
-        seen[rec.case_id] = row_no
+    def not_a_mass(rec: MassRecord, row: dict[str, str]) -> Optional[tuple[str, str]]:
         if masses_only and row["mammography_nodule"] != "1":
-            result.exclusions.append(Exclusion(str(csv_file), row_no, "not a mass segmentation "
-                                               f"(mammography_nodule={row['mammography_nodule']!r})",
-                                               case_id=rec.case_id, stage="filter"))
-            continue
-        result.records.append(rec)
+            return f"not a mass segmentation (mammography_nodule={row['mammography_nodule']!r})", "filter"
+        return None
+
+    result = LoadResult()
+    result.records.extend(load_rows(df.to_dict("records"), csv_file,
+                                    lambda row, n: _row_record(row, csv_file, n, subset, root), on_error, result,
+                                    exclude=not_a_mass))
     return result
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 from .progress import tqdm
 from .generic import read_csv_strings
 from .imageio import binary_mask, read_dicom_header, read_image
-from .records import BENIGN, MALIGNANT, DataError, LoadResult, MassRecord, OnError, handle_error
+from .records import BENIGN, MALIGNANT, DataError, LoadResult, MassRecord, OnError, handle_error, load_rows
 
 __all__ = ["PATHOLOGY_LABELS", "REQUIRED_COLUMNS", "SeriesIndex", "label_counts", "load_cbis_ddsm",
            "read_description_csv", "split_from_filename"]
@@ -94,29 +94,54 @@ class SeriesIndex:
             except DataError as err:
                 if on_error == "raise":
                     raise
-                self.unreadable[Path(folder)] = str(err)
+                self.unreadable[Path(folder)] = str(err)  # names the file
                 continue
             self.files[uid].extend(paths)
 
     @staticmethod
     def _uid_from_headers(paths: list[Path]) -> str:
-        errors = []
+        """The SeriesInstanceUID of the first readable file; a header with neither a UID nor
+        Rows/Columns (e.g. a file cut to 200 bytes, which pydicom reads without complaint) counts
+        as an unreadable file, and the error names the first such file."""
+        errors: list[tuple[Path, str]] = []
         for path in paths:
             try:
-                uid = str(getattr(read_dicom_header(path), "SeriesInstanceUID", "")).strip()
+                ds = read_dicom_header(path)
             except DataError as err:
-                errors.append(err.reason)
+                errors.append((path, f"unreadable DICOM file ({err.reason})"))
                 continue
+            uid = str(getattr(ds, "SeriesInstanceUID", "")).strip()
             if uid:
                 return uid
-            errors.append("no SeriesInstanceUID")
-        raise DataError(f"folder name holds no series UID and no header gives one ({errors[0]})", paths[0])
+            if "Rows" not in ds or "Columns" not in ds:
+                errors.append((path, f"unreadable DICOM file (header of {path.stat().st_size} bytes holds no "
+                                     "SeriesInstanceUID, Rows or Columns: truncated?)"))
+            else:
+                errors.append((path, "DICOM header holds no SeriesInstanceUID"))
+        path, reason = errors[0]
+        raise DataError(f"{reason}; the folder name holds no series UID either", path)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def get(self, uid: str) -> list[Path]:
         return self.files.get(uid, [])
+
+    def unreadable_under(self, rel_path: str) -> list[str]:
+        """Reasons of the unindexed folders below the subject folder of a CSV path (its first
+        component, e.g. ``Mass-Training_P_00001_LEFT_CC``): the ones that may hold its series."""
+        parts = [p for p in rel_path.replace("\\", "/").split("/") if p]
+        if not parts:
+            return []
+        out = []
+        for folder, reason in self.unreadable.items():
+            try:
+                rel = folder.relative_to(self.root).parts
+            except ValueError:
+                continue
+            if rel and rel[0] == parts[0]:
+                out.append(reason)
+        return out
 
 
 def _series_uid(rel_path: str) -> str:
@@ -150,10 +175,11 @@ class _Resolver:
             raise DataError(f"{column!r}: {err}") from err
         files = self.index.get(uid)
         if not files:
+            unreadable = self.index.unreadable_under(rel_path)  # only folders that may hold this series
             hint = ""
-            if self.index.unreadable:
-                hint = (f"; {len(self.index.unreadable)} folder(s) could not be indexed, e.g. "
-                        f"{next(iter(self.index.unreadable.values()))}")
+            if unreadable:
+                hint = (f"; {len(unreadable)} folder(s) of this subject could not be indexed: "
+                        f"{unreadable[0]}")
             raise DataError(f"series {uid} of {column!r} ({rel_path}) not found under {self.index.root}{hint}")
         return files
 
@@ -169,7 +195,18 @@ class _Resolver:
                         "is the mammogram")
 
     def mask(self, crop_rel: str, roi_rel: str, image_shape: tuple[int, int]) -> Path:
-        candidates = list(dict.fromkeys(self.series_files(crop_rel, CROP_COL) + self.series_files(roi_rel, ROI_COL)))
+        """The ROI mask among the files of both series; one missing series is named beside what
+        the other holds (TCIA often keeps crop and mask in one series)."""
+        found: list[Path] = []
+        missing: list[str] = []
+        for rel, col in ((crop_rel, CROP_COL), (roi_rel, ROI_COL)):
+            try:
+                found += self.series_files(rel, col)
+            except DataError as err:
+                missing.append(err.reason)
+        if not found:
+            raise DataError("; ".join(missing))
+        candidates = list(dict.fromkeys(found))
         h, w = image_shape
         scored = []
         for path in candidates:
@@ -181,7 +218,7 @@ class _Resolver:
         if not close:
             sizes = ", ".join(f"{p.name} {self.shape(p)[0]}x{self.shape(p)[1]}" for _, _, p in scored)
             raise DataError(f"no ROI mask of the full image's size {h}x{w} (within {self.tolerance:.0%}) "
-                            f"among {sizes}")
+                            f"among {sizes}" + "".join(f"; {m}" for m in missing))
         if len(close) == 1:
             return close[0][2]
         binary = [s for s in close if _is_binary(s[2])]
@@ -260,20 +297,13 @@ def load_cbis_ddsm(csv_files: Sequence[str | Path] | str | Path, dicom_root: str
     for csv_file in map(Path, csv_files):
         df = read_description_csv(csv_file)
         file_split = split_from_filename(csv_file)
-        seen: dict[str, int] = {}
-        for i, row in enumerate(df.to_dict("records")):
-            row_no = i + 2
+
+        def build(row: dict[str, str], row_no: int, csv_file: Path = csv_file,
+                  file_split: Optional[str] = file_split) -> MassRecord:
             split = row["split"].lower() if row.get("split") else file_split
-            try:
-                rec = _row_record(row, csv_file, row_no, split)
-                if rec.case_id in seen:
-                    raise DataError(f"duplicate case_id {rec.case_id!r} (also row {seen[rec.case_id]})",
-                                    csv_file, row_no)
-            except DataError as err:
-                handle_error(err, on_error, result)
-                continue
-            seen[rec.case_id] = row_no
-            rows.append(rec)
+            return _row_record(row, csv_file, row_no, split)
+
+        rows.extend(load_rows(df.to_dict("records"), csv_file, build, on_error, result))
 
     # the same patient/side/view/abnormality in two files: keep both, tell them apart by split
     files_per_id = defaultdict(set)
@@ -285,7 +315,8 @@ def load_cbis_ddsm(csv_files: Sequence[str | Path] | str | Path, dicom_root: str
     counts = Counter(r.case_id for r in rows)
     for rec in [r for r in rows if counts[r.case_id] > 1]:
         handle_error(DataError(f"case_id {rec.case_id!r} occurs in several files even with the split appended",
-                               rec.source_file, rec.source_row), on_error, result, case_id=rec.case_id)
+                               rec.source_file, rec.source_row, rec.meta.get("source_line")), on_error, result,
+                     case_id=rec.case_id)
     rows = [r for r in rows if counts[r.case_id] == 1]
 
     if dicom_root is None:
@@ -300,8 +331,8 @@ def load_cbis_ddsm(csv_files: Sequence[str | Path] | str | Path, dicom_root: str
             mask = resolver.mask(rec.meta["cropped_image_file_path"], rec.meta["roi_mask_file_path"], image_shape)
         except DataError as err:
             where = f" [{err.file}]" if err.file else ""
-            handle_error(DataError(err.reason + where, rec.source_file, rec.source_row), on_error, result,
-                         case_id=rec.case_id)
+            handle_error(DataError(err.reason + where, rec.source_file, rec.source_row, rec.meta.get("source_line")),
+                         on_error, result, case_id=rec.case_id)
             continue
         rec.image_path, rec.mask_path = str(image), str(mask)
         rec.meta["image_size"] = image_shape

@@ -8,13 +8,14 @@ exist. Labels: 0/1, benign/malignant (any case), B/M.
 """
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pandas as pd
 
-from .records import BENIGN, MALIGNANT, DataError, LoadResult, MassRecord, OnError, handle_error
+from .records import BENIGN, MALIGNANT, DataError, LoadResult, MassRecord, OnError, load_rows
 
 __all__ = ["LABEL_VALUES", "REQUIRED_COLUMNS", "load_generic", "parse_label", "read_csv_strings"]
 
@@ -40,11 +41,25 @@ def read_csv_strings(csv_file: str | Path, required: Sequence[str] = ()) -> pd.D
         df = pd.read_csv(csv_file, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataError(f"cannot parse CSV ({type(err).__name__}: {err})", csv_file) from err
+    header = _header(csv_file)
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DataError(f"duplicated column(s) {repeated} in the header (pandas would rename the second "
+                        f"{repeated[0]!r} to {repeated[0] + '.1'!r})", csv_file)
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DataError(f"missing required column(s) {missing}", csv_file)
     return df.fillna("").astype(str).apply(lambda col: col.str.strip())
+
+
+def _header(csv_file: Path) -> list[str]:
+    """The header's column names as written (stripped); pandas renames repeats to ``name.1``."""
+    with open(csv_file, newline="", encoding="utf-8", errors="replace") as fh:
+        for values in csv.reader(fh):
+            if values:
+                return [v.strip() for v in values]
+    return []
 
 
 def parse_label(value: str, file: str | Path | None = None, row: int | None = None) -> int:
@@ -105,8 +120,9 @@ def load_generic(csv_path: str | Path, *, base_dir: str | Path | None = None, on
     ``case_id`` defaults to ``f"{image stem}_{row}"`` (row = spreadsheet row, header = 1);
     ``dataset`` defaults to the ``dataset`` column, else this argument, else the CSV's stem.
     Files are checked with ``Path.exists()`` here, so a missing one is reported with its row.
-    A missing required column always raises :class:`DataError`; a bad row raises or, with
-    ``on_error="skip"``, becomes an exclusion.
+    A missing required column, a column named twice, or a patient in more than one ``split``
+    (leakage) always raises :class:`DataError`; a bad row raises or, with ``on_error="skip"``,
+    becomes an exclusion.
     """
     csv_file = Path(csv_path)
     base = csv_file.parent if base_dir is None else Path(base_dir)
@@ -115,16 +131,25 @@ def load_generic(csv_path: str | Path, *, base_dir: str | Path | None = None, on
     df = read_csv_strings(csv_file, REQUIRED_COLUMNS)
 
     result = LoadResult()
-    seen: dict[str, int] = {}
-    for i, row in enumerate(df.to_dict("records")):
-        row_no = i + 2
-        try:
-            rec = _row_record(row, csv_file, row_no, base, dataset or csv_file.stem)
-            if rec.case_id in seen:
-                raise DataError(f"duplicate case_id {rec.case_id!r} (also row {seen[rec.case_id]})", csv_file, row_no)
-        except DataError as err:
-            handle_error(err, on_error, result, case_id=row.get("case_id") or None)
-            continue
-        seen[rec.case_id] = row_no
-        result.records.append(rec)
+    rows = df.to_dict("records")
+    _check_split_leakage(rows, csv_file)
+    name = dataset or csv_file.stem
+    result.records.extend(load_rows(rows, csv_file, lambda row, n: _row_record(row, csv_file, n, base, name),
+                                    on_error, result, id_column="case_id"))
     return result
+
+
+def _check_split_leakage(rows: list[dict[str, str]], csv_file: Path) -> None:
+    """:class:`DataError` when one patient has rows in more than one split (train/test leakage,
+    docs/DECISIONS.md "Data-side fault cases"); names the patient and up to 5 rows per split."""
+    where: dict[str, dict[str, list[int]]] = {}
+    for i, row in enumerate(rows):
+        split, patient = (row.get("split") or "").lower(), row.get("patient_id", "")
+        if split and patient:
+            where.setdefault(patient, {}).setdefault(split, []).append(i + 2)
+    for patient, splits in where.items():
+        if len(splits) > 1:
+            shown = "; ".join(f"{s}: rows {', '.join(map(str, r[:5]))}{', ...' if len(r) > 5 else ''}"
+                              for s, r in sorted(splits.items()))
+            raise DataError(f"patient {patient!r} is in more than one split ({shown}): a patient's cases must "
+                            "all be in one split", csv_file)

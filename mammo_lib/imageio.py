@@ -33,11 +33,25 @@ from skimage.draw import polygon
 from .records import DataError, MassRecord
 
 __all__ = [
-    "IntensityMode", "LoadedCase", "read_image", "read_dicom_header", "to_unit_float",
+    "INTENSITY_MODES", "MAX_PIXELS", "MIN_IMAGE_SIDE", "NEAR_FULL_MASK", "IntensityMode", "LoadedCase", "read_image", "read_dicom_header", "to_unit_float",
     "polygon_mask", "resize_nearest", "binary_mask", "load_record",
 ]
 
 IntensityMode = Literal["minmax", "percentile", "dtype"]
+#: The values ``intensity`` accepts (:func:`to_unit_float`).
+INTENSITY_MODES: tuple[str, ...] = ("minmax", "percentile", "dtype")
+
+#: Largest image decoded, in pixels, checked from the file's header before any pixel is decoded
+#: (docs/DECISIONS.md "Data-side fault cases"): 64 Mpx = 2**26, twice a full-field mammogram of
+#: ~5000 x 7000 (35 Mpx); a 30000 x 30000 "decompression bomb" (900 Mpx) is refused.
+MAX_PIXELS = 2 ** 26
+#: A record's image must be at least this many pixels on each side (a 1 x 1 image has no background).
+MIN_IMAGE_SIDE = 2
+#: A mask covering at least this fraction of its image gets a note (an inverted mask?); a mask
+#: covering all of it is an error (no background: docs/DECISIONS.md).
+NEAR_FULL_MASK = 0.9
+#: Rows converted at a time by :func:`to_unit_float` (bounds the float64 intermediate to ~8 MB).
+_CHUNK_PIXELS = 2 ** 20
 
 #: Exceptions the readers (PIL, tifffile, pydicom, struct) raise on unreadable or truncated files.
 _READ_ERRORS: tuple[type[BaseException], ...] = (
@@ -73,6 +87,34 @@ def _read_error(path: Path, err: BaseException, caught: Sequence[warnings.Warnin
     return DataError(f"cannot read image ({type(err).__name__}: {err}{extra})", path)
 
 
+def _check_pixels(shape: Sequence[int], path: Path) -> None:
+    """:class:`DataError` when a header's ``shape`` holds more than :data:`MAX_PIXELS` pixels."""
+    n = int(np.prod([int(v) for v in shape], dtype=np.int64))
+    if n > MAX_PIXELS:
+        size = "x".join(str(int(v)) for v in shape)
+        raise DataError(f"image too large: header says {size} = {n} pixels > MAX_PIXELS = {MAX_PIXELS} "
+                        "(not decoded)", path)
+
+
+def _check_bits_stored(ds: pydicom.Dataset, path: Path) -> None:
+    """Refuse native unsigned pixel data holding values above ``2**BitsStored - 1``.
+
+    pydicom keeps only the low BitsStored bits, so a 16-bit image labelled BitsStored=12 would be
+    silently cut (65535 -> 4095, 40000 -> 3136). **Decision** (docs/DECISIONS.md): an error naming
+    the file, since the header contradicts the data and no choice of range is safe.
+    """
+    bits, alloc = int(getattr(ds, "BitsStored", 0) or 0), int(getattr(ds, "BitsAllocated", 0) or 0)
+    if not (0 < bits < alloc and alloc in (8, 16, 32)) or int(getattr(ds, "PixelRepresentation", 0)) != 0:
+        return
+    if ds.file_meta.get("TransferSyntaxUID") is not None and ds.file_meta.TransferSyntaxUID.is_compressed:
+        return  # only native data is checked (pydicom's decoders give no access to the raw bits)
+    raw = np.frombuffer(ds.PixelData, dtype=f"<u{alloc // 8}")
+    top = int(raw.max()) if raw.size else 0
+    if top > 2 ** bits - 1:
+        raise DataError(f"pixel values up to {top} exceed BitsStored={bits} (max {2 ** bits - 1}); "
+                        "the header contradicts the data", path)
+
+
 def _dicom_pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
     """Single-frame greyscale pixels, MONOCHROME1 inverted within the stored bit range."""
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
@@ -80,6 +122,8 @@ def _dicom_pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
         raise DataError(f"multi-frame DICOM ({frames} frames) is not supported", path)
     if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
         raise DataError(f"expected a greyscale DICOM, got SamplesPerPixel={ds.SamplesPerPixel}", path)
+    _check_pixels((int(ds.Rows), int(ds.Columns)), path)
+    _check_bits_stored(ds, path)
     arr = ds.pixel_array
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
         bits = int(getattr(ds, "BitsStored", arr.dtype.itemsize * 8))
@@ -96,7 +140,8 @@ def read_image(path: str | Path) -> np.ndarray:
 
     RGB(A) files whose colour channels are identical are accepted as greyscale. Raises
     :class:`DataError` naming ``path`` when the file is missing, unreadable, truncated,
-    multi-frame or not greyscale.
+    multi-frame, not greyscale, or larger than :data:`MAX_PIXELS` by its header (checked
+    before decoding).
     """
     path = Path(path)
     if not path.is_file():
@@ -109,13 +154,18 @@ def read_image(path: str | Path) -> np.ndarray:
                 ds = pydicom.dcmread(path, force=path.suffix.lower() in _DICOM_SUFFIXES)
                 arr = _dicom_pixels(ds, path)
             elif kind == "tiff":
-                arr = tifffile.imread(path)
+                with tifffile.TiffFile(path) as tif:
+                    _check_pixels(tif.series[0].shape, path)
+                    arr = tif.asarray()
             else:
                 with Image.open(path) as im:
+                    _check_pixels((im.size[1], im.size[0]), path)
                     im.load()
                     arr = np.array(im)
         except DataError:
             raise
+        except Image.DecompressionBombError as err:  # PIL refuses at open, before our check
+            raise DataError(f"image too large: {err} (MAX_PIXELS = {MAX_PIXELS}; not decoded)", path) from err
         except _READ_ERRORS as err:
             raise _read_error(path, err, caught) from err
     arr = np.asarray(arr)
@@ -179,7 +229,6 @@ def to_unit_float(arr: np.ndarray, intensity: IntensityMode = "minmax", *,
             lo, hi = (float(v) for v in np.percentile(a, [p_lo, p_hi]))
         if hi == lo:
             return np.zeros(a.shape, np.float32)
-        out = (a.astype(np.float64) - lo) / (hi - lo)
     elif intensity == "dtype":
         if np.issubdtype(a.dtype, np.floating):
             if bits is not None:
@@ -196,10 +245,20 @@ def to_unit_float(arr: np.ndarray, intensity: IntensityMode = "minmax", *,
                 raise ValueError(f"values outside the {bits}-bit range [{lo}, {hi}]")
         else:
             lo, hi = info.min, info.max
-        out = (a.astype(np.float64) - lo) / (hi - lo)
     else:
-        raise ValueError(f"intensity must be 'minmax', 'percentile' or 'dtype', got {intensity!r}")
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+        raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
+    return _scale_rows(a, float(lo), float(hi))
+
+
+def _scale_rows(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``clip((a - lo) / (hi - lo), 0, 1)`` as float32, computed in float64 a block of rows at a
+    time: the same numbers as converting the whole image at once, without a float64 copy of it."""
+    out = np.empty(a.shape, np.float32)
+    step = max(1, _CHUNK_PIXELS // max(1, a.shape[1]))
+    for r in range(0, a.shape[0], step):
+        block = (a[r:r + step].astype(np.float64) - lo) / (hi - lo)
+        out[r:r + step] = np.clip(block, 0.0, 1.0, out=block)
+    return out
 
 
 def _edge_lattice_points(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -295,11 +354,23 @@ def _stored_bits(path: str | Path) -> Optional[int]:
     return int(getattr(read_dicom_header(path), "BitsStored", 0)) or None
 
 
+def _check_coverage(mask: np.ndarray, notes: list[str], path: str | Path) -> None:
+    """A mask over the whole image is an error (no background: an inverted mask); one over at
+    least :data:`NEAR_FULL_MASK` of it gets a note (docs/DECISIONS.md)."""
+    frac = float(mask.mean())
+    if frac >= 1.0:
+        raise DataError(f"mask covers the whole {mask.shape[0]}x{mask.shape[1]} image (inverted mask?)", path)
+    if frac >= NEAR_FULL_MASK:
+        notes.append(f"mask covers {frac:.1%} of the image (inverted mask?)")
+
+
 def load_record(rec: MassRecord, intensity: IntensityMode = "minmax", *,
                 mask_size_tolerance: float = 0.05) -> LoadedCase:
     """Read a record's image, mask (file or outline) and optional confounder map.
 
-    The mask must be binary by content (:func:`binary_mask`) and not empty. A mask (or confounder
+    The mask must be binary by content (:func:`binary_mask`), not empty and not the whole image
+    (one covering :data:`NEAR_FULL_MASK` or more gets a note); the image must have at least
+    :data:`MIN_IMAGE_SIDE` pixels a side and at most :data:`MAX_PIXELS`. A mask (or confounder
     map) whose sides differ from the image's by at most ``mask_size_tolerance`` (relative) is
     resized with nearest neighbour and a note is appended (Sec. 3.1, CBIS-DDSM); a larger
     difference is an error. With ``intensity="dtype"`` a DICOM image is divided by
@@ -314,6 +385,9 @@ def load_record(rec: MassRecord, intensity: IntensityMode = "minmax", *,
 
     try:
         raw = read_image(rec.image_path)
+        if min(raw.shape) < MIN_IMAGE_SIDE:
+            raise DataError(f"image is {raw.shape[0]}x{raw.shape[1]} pixels; at least {MIN_IMAGE_SIDE} on each "
+                            "side is needed (MIN_IMAGE_SIDE)", rec.image_path)
         bits = _stored_bits(rec.image_path) if intensity == "dtype" else None
         try:
             image = to_unit_float(raw, intensity, bits=bits)
@@ -332,6 +406,7 @@ def load_record(rec: MassRecord, intensity: IntensityMode = "minmax", *,
             raise DataError("record has neither mask_path nor outline", rec.image_path)
         if not mask.any():
             raise DataError("empty mask", rec.mask_path or rec.image_path)
+        _check_coverage(mask, notes, rec.mask_path or rec.image_path)
         confounders = None
         conf_path = rec.meta.get("confounder_mask_path")
         if conf_path:

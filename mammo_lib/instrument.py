@@ -219,21 +219,22 @@ def _metrics_row(prob: np.ndarray, y: np.ndarray) -> dict[str, Any]:
 
 
 def _score(model: torch.nn.Module, cache: Mapping[str, TrunkCache], labels: np.ndarray, masks: np.ndarray,
-           cond: Condition, te: np.ndarray, device: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+           cond: Condition, te: np.ndarray, tcfg: TrainConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Accuracy per test rendering, flip rate, and on the primary test d^4 (Eq. 4, to the
     teacher's map) and the energy share on the mass."""
     out: dict[str, Any] = {}
     probs: dict[str, np.ndarray] = {}
     y = labels[te]
+    run = {"device": tcfg.device, "amp": tcfg.amp, "channels_last": tcfg.channels_last}
     for name, rendering in cond.tests.items():
-        p = predict_cached(model, cache[rendering].subset(te), device=device)
+        p = predict_cached(model, cache[rendering].subset(te), **run)
         probs[name] = p
         out[f"acc {name}"] = float((p.argmax(1) == y).mean())
     if cond.flip_pair is not None:
         a, b = cond.flip_pair
         out["flip rate"] = float((probs[a].argmax(1) != probs[b].argmax(1)).mean())
     c = cache[cond.tests[cond.primary]].subset(te)
-    maps = group4_maps_cached(model, c, device=device)
+    maps = group4_maps_cached(model, c, **run)
     d4 = activation_distance(c.teacher_maps[:, 0].double(), torch.from_numpy(maps).double())
     out["d4 (test)"] = float(d4.mean())
     es = energy_share(maps, masks[te])
@@ -244,18 +245,24 @@ def _score(model: torch.nn.Module, cache: Mapping[str, TrunkCache], labels: np.n
 
 def run_instrument(data: InstrumentData, conditions: Sequence[Condition], out_dir: str | Path,
                    cfg: TrainConfig, *, grid: Sequence[BetaPoint], n_splits: int = 5, seed: int = 0,
-                   val_fraction: float = 0.2, shuffle_seed: int = 0, progress: bool = True) -> InstrumentResult:
+                   val_fraction: float = 0.2, shuffle_seed: int = 0, folds_to_run: Optional[Sequence[int]] = None,
+                   progress: bool = True) -> InstrumentResult:
     """Run the whole instrument (module docstring), resumable per (condition, init, fold, run):
     each run writes ``result.json`` (metrics, predictions and a key of settings and code) and the
     selected head state ``head.pt`` atomically; a rerun with the same key reads them back.
     ``cfg`` gives epochs, batch size, optimiser, augmentation and seed (``cfg.seed + k`` in fold k).
+    ``folds_to_run`` (default all ``n_splits``) runs only those outer folds of the same split, e.g.
+    ``[0]`` for a timing run; each fold's runs are the same as in a full run.
     """
     out = Path(out_dir)
     grid = list(grid)
     folds = make_folds(data.labels, data.groups, n_splits=n_splits, seed=seed)
     runs, preds, choices = [], [], []
-    jobs = [(c, i, k) for c in conditions for i in data.inits for k in range(n_splits)]
-    n_runs = len(jobs) * (len(grid) + 2) + (len(conditions) * n_splits if data.mask_cache is not None else 0)
+    ks = list(range(n_splits)) if folds_to_run is None else [int(k) for k in folds_to_run]
+    if not ks or any(k < 0 or k >= n_splits for k in ks) or len(set(ks)) != len(ks):
+        raise ValueError(f"folds_to_run must be distinct folds in [0, {n_splits}), got {folds_to_run!r}")
+    jobs = [(c, i, k) for c in conditions for i in data.inits for k in ks]
+    n_runs = len(jobs) * (len(grid) + 2) + (len(conditions) * len(ks) if data.mask_cache is not None else 0)
     bar = tqdm(total=n_runs, disable=not progress, desc="Table 2 instrument (runs)")
 
     def fit(cond: Condition, init: str, k: int, run: str, tr: np.ndarray, va: np.ndarray, te: np.ndarray,
@@ -274,7 +281,7 @@ def run_instrument(data: InstrumentData, conditions: Sequence[Condition], out_di
         model = factory(tcfg.seed)
         res = train_head(model, cache[score_cond.train].subset(tr), cache[score_cond.train].subset(va), tcfg,
                          target=target, shuffle_seed=shuffle_seed)
-        scores, probs = _score(res.model, cache, data.labels, data.masks, score_cond, te, tcfg.device)
+        scores, probs = _score(res.model, cache, data.labels, data.masks, score_cond, te, tcfg)
         row = {"condition": cond.name, "init": init, "fold": k, "run": run, "spec": spec, "target": target,
                "form": tcfg.distance_form, "beta": tcfg.beta if tcfg.method == "transfer" else 0.0,
                "val_accuracy": res.best_val_accuracy, "val_loss": res.best_val_loss,
@@ -309,7 +316,7 @@ def run_instrument(data: InstrumentData, conditions: Sequence[Condition], out_di
                            val_fraction=val_fraction, seed=seed + k)
         return tr_all[a], tr_all[b], te
 
-    splits = {k: split(k) for k in range(n_splits)}
+    splits = {k: split(k) for k in ks}
     for cond, init, k in jobs:
         tr, va, te = splits[k]
         base = cfg.replace(seed=cfg.seed + k, omega=(4,), trainable="group4+classifier", input="roi")
@@ -337,7 +344,7 @@ def run_instrument(data: InstrumentData, conditions: Sequence[Condition], out_di
     if data.mask_cache is not None and data.mask_init is not None:
         for cond in conditions:
             mcond = Condition(cond.name, "mask only", train="mask", tests={cond.primary: "mask"}, primary=cond.primary)
-            for k in range(n_splits):
+            for k in ks:
                 tr, va, te = splits[k]
                 tcfg = cfg.replace(seed=cfg.seed + k, method="finetune", beta=0.0, omega=(4,))
                 saved = fit(cond, "mask", k, "mask_only", tr, va, te, tcfg, "teacher",

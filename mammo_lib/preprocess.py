@@ -25,6 +25,8 @@ import os
 import shutil
 import sys
 import uuid
+import warnings
+import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +36,8 @@ import numpy as np
 import pandas as pd
 
 from .progress import tqdm
-from .records import DataError, Exclusion, MassRecord, OnError, check_unique_ids
-from .roi import RANDOM_VARIANTS, VARIANTS, Variant, extract_roi
+from .records import DamagedCacheError, DataError, Exclusion, MassRecord, OnError, check_unique_ids
+from .roi import MIN_ROI_SIZE, RANDOM_VARIANTS, VARIANTS, Variant, extract_roi
 
 #: Bump when the ROI computation changes, so that old caches are not reused.
 CACHE_VERSION = 1
@@ -48,6 +50,11 @@ _STR_COLUMNS = ["case_id", "patient_id", "split", "dataset", "source_file", "var
 
 _EXCL_STR_COLUMNS = ["source_file", "reason", "case_id", "stage"]
 _FILES = ("arrays.npz", "index.csv", "exclusions.csv", "params.json")
+
+#: What reading a damaged ``.npz`` raises (truncated zip, torn member, bad pickle-free header).
+_NPZ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+#: The ``intensity`` values the default loader accepts (``mammo_lib.imageio.INTENSITY_MODES``).
+_INTENSITIES = ("minmax", "percentile", "dtype")
 
 #: ``loader(rec, intensity=...) -> LoadedCase`` (``image``, ``mask``, ``notes``, ``confounders``).
 Loader = Callable[..., Any]
@@ -171,14 +178,18 @@ class RoiSet:
 
     @classmethod
     def load(cls, directory: str | Path) -> "RoiSet":
-        """Read a folder written by :meth:`save`."""
+        """Read a folder written by :meth:`save`; a damaged ``arrays.npz`` raises
+        :class:`~mammo_lib.records.DamagedCacheError` naming it."""
         directory = Path(directory)
         missing = [f for f in _FILES if not (directory / f).is_file()]
         if missing:
             raise FileNotFoundError(f"{directory} is not a complete RoiSet folder (missing {missing})")
-        with np.load(directory / "arrays.npz") as z:
-            images, masks = z["images"], z["masks"]
-            conf = z["confounders"] if "confounders" in z.files else None
+        try:
+            with np.load(directory / "arrays.npz") as z:
+                images, masks = z["images"], z["masks"]
+                conf = z["confounders"] if "confounders" in z.files else None
+        except _NPZ_ERRORS as err:
+            raise DamagedCacheError(f"damaged file {directory / 'arrays.npz'} ({type(err).__name__}: {err})") from err
         index = pd.read_csv(directory / "index.csv", keep_default_na=False, na_values={"source_row": [""]},
                             dtype={c: str for c in _STR_COLUMNS})
         index = _normalise(index, _STR_COLUMNS, ["split"])
@@ -229,6 +240,10 @@ def _process_one(i: int, rec: MassRecord, loader: Loader, params: dict[str, Any]
         roi = extract_roi(case.image, case.mask, variant=params["variant"], size=params["size"],
                           min_context=params["min_context"], rng=rng, anti_aliasing=params["anti_aliasing"],
                           aux=None if conf is None else {"confounders": conf})
+        if not roi.mask.any():
+            raise DataError(f"ROI mask is empty after resizing the {roi.box.h}x{roi.box.w} crop to "
+                            f"{params['size']}x{params['size']} (mass of {int(np.count_nonzero(case.mask))} "
+                            "pixel(s) too small for this ROI size)", rec.source_file, rec.source_row)
         arrays = {"image": roi.image, "mask": roi.mask}
         if roi.aux is not None:
             arrays["confounders"] = roi.aux["confounders"].astype(np.uint8)
@@ -316,15 +331,22 @@ def preprocess(records: Sequence[MassRecord], cache_dir: str | Path, *, variant:
     use ``np.random.default_rng([seed, i])`` for record ``i``, so results do not depend on the
     number of workers.  A record whose loading or ROI fails raises a :class:`DataError` naming its
     ``source_file`` and ``source_row`` (``on_error="raise"``) or becomes an ``Exclusion`` with
-    ``stage="roi"`` (``on_error="skip"``).  The result keeps the input order, exclusions removed.
+    ``stage="roi"`` (``on_error="skip"``); so does a ROI whose resized mask is empty (it never
+    reaches training).  ``size`` below :data:`~mammo_lib.roi.MIN_ROI_SIZE` or an unknown
+    ``intensity`` is a ``ValueError`` before any work.  The result keeps the input order,
+    exclusions removed.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown ROI variant {variant!r}; choose one of {VARIANTS}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    for name, val in (("size", size), ("min_context", min_context)):
-        if not isinstance(val, (int, np.integer)) or val < 1:
-            raise ValueError(f"{name} must be a positive int, got {val!r}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_ROI_SIZE:
+        raise ValueError(f"size must be an int >= MIN_ROI_SIZE = {MIN_ROI_SIZE} (the networks halve the ROI 5 "
+                         f"times: mammo_lib.roi.MIN_ROI_SIZE), got {size!r}")
+    if isinstance(min_context, bool) or not isinstance(min_context, (int, np.integer)) or min_context < 1:
+        raise ValueError(f"min_context must be a positive int, got {min_context!r}")
+    if intensity not in _INTENSITIES:
+        raise ValueError(f"intensity must be one of {_INTENSITIES}, got {intensity!r}")
     workers = (os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
@@ -345,14 +367,16 @@ def preprocess(records: Sequence[MassRecord], cache_dir: str | Path, *, variant:
     if final.is_dir():
         try:
             cached = RoiSet.load(final)
-        except (OSError, ValueError, KeyError):
-            cached = None  # damaged folder: recompute and replace it
+        except _NPZ_ERRORS as err:  # damaged folder: say so, recompute and replace it
+            warnings.warn(f"damaged ROI cache {final} ({type(err).__name__}: {err}); rebuilding it", stacklevel=2)
+            cached = None
         if cached is not None and cached.params.get("cache_key") == key:
             _raise_first_roi_exclusion(cached, on_error)
             return cached
 
     partial = cache_dir / f".partial-{name}"
     partial.mkdir(parents=True, exist_ok=True)
+    _drop_damaged_partials(partial, len(records))
     todo = [i for i in range(len(records)) if not (partial / f"{i:06d}.npz").is_file()]
     bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=f"ROIs ({variant})",
                disable=not progress)
@@ -387,6 +411,23 @@ def preprocess(records: Sequence[MassRecord], cache_dir: str | Path, *, variant:
     result.save(final)
     shutil.rmtree(partial, ignore_errors=True)
     return result
+
+
+def _drop_damaged_partials(partial: Path, n: int) -> None:
+    """Delete (with a warning naming it) every per-record file of an unfinished run that cannot be
+    read back whole, so that the resumed run recomputes that record."""
+    for i in range(n):
+        path = partial / f"{i:06d}.npz"
+        if not path.is_file():
+            continue
+        try:
+            with np.load(path) as z:
+                for name in z.files:
+                    z[name]
+        except _NPZ_ERRORS as err:
+            warnings.warn(f"damaged partial ROI file {path} ({type(err).__name__}: {err}); recomputing it",
+                          stacklevel=3)
+            path.unlink()
 
 
 def _raise_first_roi_exclusion(roiset: RoiSet, on_error: OnError) -> None:

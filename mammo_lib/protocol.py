@@ -72,14 +72,29 @@ def _splitter(n_splits: int, grouped: bool, seed: int) -> StratifiedGroupKFold |
     return cls(n_splits=n_splits, shuffle=True, random_state=seed)
 
 
+def require_both_classes(labels: Any, what: str) -> None:
+    """``ValueError`` naming the class count unless ``labels`` hold both 0 (benign) and 1
+    (malignant): with one class, sensitivity / specificity / AUC (Sec. 4) are undefined.
+
+    >>> require_both_classes([0, 1, 1], "training data")
+    """
+    values, counts = np.unique(np.asarray(labels, dtype=np.int64), return_counts=True)
+    if len(values) < 2:
+        shown = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(values, counts)) or "no labels"
+        raise ValueError(f"{what} has {len(values)} class(es) ({shown}); training and evaluation need both "
+                         "benign (0) and malignant (1) cases")
+
+
 def make_folds(labels: Any, groups: Any = None, n_splits: int = 5, seed: int = 0) -> np.ndarray:
     """Fold id (0 .. n_splits-1) of every sample for k-fold cross-validation (Sec. 3.1).
 
     Stratified by label; with ``groups`` (patient ids) no patient is in two folds
     (``StratifiedGroupKFold(shuffle=True, random_state=seed)``), else ``StratifiedKFold``.
-    Raises ``ValueError`` when a class or the number of groups is smaller than ``n_splits``.
+    Raises ``ValueError`` when only one class is present (:func:`require_both_classes`), or a
+    class or the number of groups is smaller than ``n_splits``.
     """
     y, g = _check_labels_groups(labels, groups)
+    require_both_classes(y, "cross-validation data")
     counts = np.unique(y, return_counts=True)[1]
     if counts.min() < n_splits:
         raise ValueError(f"each class needs at least n_splits={n_splits} samples, smallest has {counts.min()}")
@@ -244,6 +259,7 @@ def run_cv(data: Any, specs: Sequence[RunSpec], out_dir: str | Path, *, arch: st
     factory = model_factory or _default_factory
     out = Path(out_dir)
     labels = np.asarray(data.labels, dtype=np.int64)
+    require_both_classes(labels, "cross-validation data")
     groups = getattr(data, "groups", None)
     case_ids = np.asarray(data.index["case_id"].astype(str))
     if len(set(case_ids)) != len(case_ids):
@@ -368,6 +384,8 @@ def pretrain(train_data: Any, test_data: Any, out_dir: str | Path, *, arch: str 
     out = Path(out_dir)
     ckpt, metrics_path = out / PRETRAIN_CHECKPOINT, out / PRETRAIN_METRICS
     labels = np.asarray(train_data.labels, dtype=np.int64)
+    require_both_classes(labels, "pre-training data")
+    require_both_classes(test_data.labels, "pre-training test data")
     tr, va = inner_split(labels, getattr(train_data, "groups", None), val_fraction=val_fraction, seed=seed)
     train, val = TensorData.from_roiset(train_data, tr), TensorData.from_roiset(train_data, va)
     test = TensorData.from_roiset(test_data)

@@ -6,11 +6,12 @@ an :class:`Exclusion` with its reason in the :class:`LoadResult`.
 """
 from __future__ import annotations
 
+import csv
 import os
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional
+from typing import Any, Callable, Iterable, Literal, Optional
 
 import pandas as pd
 
@@ -22,18 +23,30 @@ OnError = Literal["raise", "skip"]
 
 
 class DataError(ValueError):
-    """Bad input, reported with the file and (1-based, header = row 1) CSV row it came from."""
+    """Bad input, reported with the file and (1-based, header = row 1) CSV row it came from.
 
-    def __init__(self, message: str, file: str | Path | None = None, row: int | None = None):
+    ``line`` is the physical line on which that row starts, given when it differs from ``row``
+    (a quoted value with an embedded newline makes a row span two lines): ``row 12 (line 14)``.
+    """
+
+    def __init__(self, message: str, file: str | Path | None = None, row: int | None = None,
+                 line: int | None = None):
         self.reason = message
         self.file = None if file is None else str(file)
         self.row = row
+        self.line = line if line != row else None
+        at = "" if row is None else f"row {row}" + ("" if self.line is None else f" (line {self.line})")
         where = ""
         if self.file is not None:
-            where = self.file + (f", row {row}" if row is not None else "") + ": "
-        elif row is not None:
-            where = f"row {row}: "
+            where = self.file + (f", {at}" if at else "") + ": "
+        elif at:
+            where = f"{at}: "
         super().__init__(where + message)
+
+
+class DamagedCacheError(OSError):
+    """A cache or checkpoint file that exists but cannot be read back whole; the message names it
+    (the caller warns and rebuilds: docs/DECISIONS.md "Data-side fault cases")."""
 
 
 @dataclass
@@ -75,11 +88,12 @@ class Exclusion:
     reason: str
     case_id: Optional[str] = None
     stage: str = "load"
+    source_line: Optional[int] = None
 
     @classmethod
     def from_error(cls, err: DataError, case_id: str | None = None, stage: str = "load") -> "Exclusion":
         return cls(source_file=err.file or "", source_row=err.row, reason=err.reason,
-                   case_id=case_id, stage=stage)
+                   case_id=case_id, stage=stage, source_line=getattr(err, "line", None))
 
 
 @dataclass
@@ -93,7 +107,7 @@ class LoadResult:
         return pd.DataFrame([r.to_row() for r in self.records])
 
     def exclusions_frame(self) -> pd.DataFrame:
-        cols = ["source_file", "source_row", "reason", "case_id", "stage"]
+        cols = ["source_file", "source_row", "reason", "case_id", "stage", "source_line"]
         return pd.DataFrame([asdict(e) for e in self.exclusions], columns=cols)
 
     def extend(self, other: "LoadResult") -> "LoadResult":
@@ -113,6 +127,73 @@ def handle_error(err: DataError, on_error: OnError, result: LoadResult,
     if on_error != "skip":
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     result.exclusions.append(Exclusion.from_error(err, case_id=case_id, stage=stage))
+
+
+def csv_record_lines(csv_file: str | Path) -> Optional[list[int]]:
+    """The physical line (1-based) on which each data row of a CSV starts, blank lines skipped as
+    pandas skips them; None when the file cannot be read this way."""
+    try:
+        with open(csv_file, newline="", encoding="utf-8", errors="replace") as fh:
+            reader = csv.reader(fh)
+            starts, end = [], 0
+            for values in reader:
+                start, end = end + 1, reader.line_num
+                if values:
+                    starts.append(start)
+    except (OSError, csv.Error):
+        return None
+    return starts[1:]  # the first non-blank record is the header
+
+
+RowBuilder = Callable[[dict[str, str], int], MassRecord]
+#: ``exclude(record, row) -> (reason, stage)`` for a valid row that is left out by choice, else None.
+RowFilter = Callable[[MassRecord, dict[str, str]], Optional[tuple[str, str]]]
+
+
+def load_rows(rows: list[dict[str, str]], csv_file: str | Path, build: RowBuilder, on_error: OnError,
+              result: LoadResult, *, exclude: Optional[RowFilter] = None,
+              id_column: Optional[str] = None) -> list[MassRecord]:
+    """The one row loop of every CSV loader (CBIS-DDSM, BCDR, generic).
+
+    Row ``i`` (0-based) of ``rows`` is spreadsheet row ``i + 2``; ``build(row, row_no)`` returns its
+    record or raises :class:`DataError`. A repeated ``case_id`` is an error naming the first row.
+    Errors raise or (``on_error="skip"``) become exclusions, with the physical line when a row
+    does not start on line ``row_no`` (:func:`csv_record_lines`; the record's ``meta`` then holds
+    ``source_line``). ``exclude`` may leave valid rows out with a recorded reason and stage.
+    Returns the records kept (the caller appends them to ``result.records``).
+
+    >>> load_rows([], "none.csv", lambda row, n: None, "raise", LoadResult())
+    []
+    """
+    csv_file = Path(csv_file)
+    lines = csv_record_lines(csv_file) if rows else None
+    if lines is not None and len(lines) != len(rows):
+        lines = None  # a layout this count cannot follow: report rows only
+    kept: list[MassRecord] = []
+    seen: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        row_no = i + 2
+        line = None if lines is None or lines[i] == row_no else lines[i]
+        try:
+            rec = build(row, row_no)
+            if rec.case_id in seen:
+                raise DataError(f"duplicate case_id {rec.case_id!r} (also row {seen[rec.case_id]})", csv_file, row_no)
+        except DataError as err:
+            if line is not None and err.row == row_no and err.line is None:
+                err = DataError(err.reason, err.file, err.row, line=line)
+            handle_error(err, on_error, result, case_id=(row.get(id_column) or None) if id_column else None)
+            continue
+        seen[rec.case_id] = row_no
+        if line is not None:
+            rec.meta["source_line"] = line
+        if exclude is not None:
+            why = exclude(rec, row)
+            if why is not None:
+                result.exclusions.append(Exclusion(str(csv_file), row_no, why[0], case_id=rec.case_id,
+                                                   stage=why[1], source_line=line))
+                continue
+        kept.append(rec)
+    return kept
 
 
 def check_unique_ids(records: Iterable[MassRecord]) -> None:

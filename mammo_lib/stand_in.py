@@ -32,6 +32,7 @@ from skimage.draw import polygon as draw_polygon
 from .progress import tqdm
 from .activation import activation_distance, activation_distances
 from .model import build_model, set_trainable, to_model_input
+from .precision import autocast_for, backward_step, check_amp, grad_scaler, maybe_channels_last
 from .training import atomic_torch_save, atomic_write_json, epoch_generator
 
 #: Classes of the generic task.
@@ -142,7 +143,8 @@ def _flip_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int = 800, n_test: int = 200,
                      size: int = 224, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
-                     seed: int = 0, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+                     seed: int = 0, device: str = "cpu", amp: str = "off", channels_last: bool = False,
+                     progress: bool = True) -> dict[str, Any]:
     """Train ``arch`` on all layers on :func:`shape_task` (8 classes: shape x dots, flips; Adam
     with a one-cycle learning-rate schedule peaking at ``lr``), keep the epoch with
     the best accuracy on a held-out 20 % of the training images, report the test accuracy.
@@ -150,11 +152,16 @@ def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int =
     Writes ``out_dir/generic_pretrained.pt`` (``build_model(arch, weights=path)`` loads its
     features and starts a new 2-class head) and ``out_dir/generic_metrics.json``; both are reused
     when they exist for the same settings. Returns the metrics dict (``checkpoint`` included).
+    ``amp`` and ``channels_last`` are :class:`~mammo_lib.training.TrainConfig`'s speed settings
+    (CUDA only; the cross-entropy is computed in float32).
     """
     out = Path(out_dir)
     ckpt, meta = out / "generic_pretrained.pt", out / "generic_metrics.json"
     key = {"arch": arch, "n_train": n_train, "n_test": n_test, "size": size, "epochs": epochs,
            "batch_size": batch_size, "lr": lr, "seed": seed, "version": 3}
+    check_amp(amp)
+    if amp != "off" or channels_last:  # only when set: keys made before these settings stay valid
+        key.update(amp=amp, channels_last=bool(channels_last))
     if ckpt.exists() and meta.exists():
         saved = json.loads(meta.read_text())
         if saved.get("key") == key:
@@ -169,13 +176,18 @@ def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int =
     set_trainable(model, "all")
     dev = torch.device(device)
     model.to(dev)
+    maybe_channels_last(model, channels_last, dev)
+    scaler = grad_scaler(dev, amp)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * max(1, len(xt) // batch_size + 1))
 
+    def prep(x: torch.Tensor) -> torch.Tensor:
+        return maybe_channels_last(to_model_input(x.to(dev)), channels_last, dev)
+
     def accuracy(x: np.ndarray, y: np.ndarray) -> float:
         model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(to_model_input(torch.from_numpy(x[s:s + 64]).to(dev))).argmax(1).cpu()
+        with torch.no_grad(), autocast_for(dev, amp):
+            pred = torch.cat([model(prep(torch.from_numpy(x[s:s + 64]))).float().argmax(1).cpu()
                               for s in range(0, len(x), 64)])
         return float((pred.numpy() == y).mean())
 
@@ -189,10 +201,11 @@ def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int =
             if len(idx) < 2:
                 continue
             x = _flip_batch(torch.from_numpy(xt[idx.numpy()]), gen)
-            loss = F.cross_entropy(model(to_model_input(x.to(dev))), torch.from_numpy(yt[idx.numpy()]).to(dev))
+            with autocast_for(dev, amp):
+                logits = model(prep(x))
+            loss = F.cross_entropy(logits.float(), torch.from_numpy(yt[idx.numpy()]).to(dev))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            backward_step(loss, opt, scaler)
             sched.step()
             losses.append(float(loss.detach()))
         acc = accuracy(xv, yv)

@@ -61,11 +61,12 @@ def imagenet_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
             if fallback == "error":
                 raise WeightsUnavailableError(str(err)) from err
     if fallback == "generic" or w == "generic":
-        g = cfg.section("generic_pretrain")
+        g, t = cfg.section("generic_pretrain"), cfg.section("train")
         m = pretrain_generic(cfg.work_dir / "generic", arch=cfg["arch"], n_train=int(g.get("n_train", 800)),
                              n_test=int(g.get("n_test", 200)), size=int(cfg["roi_size"]),
                              epochs=int(g.get("epochs", 20)), batch_size=int(g.get("batch_size", 32)),
                              lr=float(g.get("lr", 3e-3)), seed=int(cfg["seed"]), device=cfg["device"],
+                             amp=t.get("amp", "off"), channels_last=bool(t.get("channels_last", False)),
                              progress=progress)
         return {"weights": m["checkpoint"], "note": GENERIC_INIT_NOTE, "test_accuracy": m["test_accuracy"],
                 "metrics": m}
@@ -147,7 +148,7 @@ def instrument_data(cfg: Config, *, progress: bool = True):
     mask-only cache (read back from ``work_dir`` when made with the same settings and code)."""
     from .instrument import CODE, InstrumentData
     from .model import build_model
-    from .pipeline import roi_sets, run_dir
+    from .pipeline import roi_sets, run_dir, train_config
     from .trunk_cache import FLIPS, TrunkCache, build_cache
 
     ds = roi_sets(cfg, progress=progress)
@@ -158,6 +159,8 @@ def instrument_data(cfg: Config, *, progress: bool = True):
     trunks = {"imagenet": imagenet_trunk(cfg, progress=progress), "ddsm": ddsm_trunk(cfg, progress=progress)}
     arch, seed = cfg["arch"], int(cfg["seed"])
     head = cfg.section("train").get("head", "gap")
+    tcfg = train_config(cfg)
+    speed = {"device": tcfg.device, "amp": tcfg.amp, "channels_last": tcfg.channels_last}
 
     def factory(weights: str | None) -> Callable[[int], Any]:
         return lambda s: build_model(arch, weights=weights, seed=s, head=head)
@@ -169,21 +172,21 @@ def instrument_data(cfg: Config, *, progress: bool = True):
         caches[init] = {}
         for r in sorted(used):
             path = d / f"{r}.pt"
-            if path.exists():
-                caches[init][r] = TrunkCache.load(path)
+            cached = TrunkCache.load_or_none(path)  # a damaged file is named in a warning and rebuilt
+            if cached is not None:
+                caches[init][r] = cached
                 continue
             rs = rends[r]
             c = build_cache(model, rs.images, rs.masks, labels=rs.labels, ids=list(rs.index["case_id"]),
-                            flips=FLIPS if r in train_r else ("none",), device=cfg["device"], progress=progress)
+                            flips=FLIPS if r in train_r else ("none",), progress=progress, **speed)
             caches[init][r] = c
             c.save(path)
     mask_model = factory(trunks["imagenet"]["weights"])(seed)
     mpath = run_dir(cfg, "trunk_cache", "mask", trunks["imagenet"]["weights"], CODE) / "mask.pt"
-    if mpath.exists():
-        mcache = TrunkCache.load(mpath)
-    else:
+    mcache = TrunkCache.load_or_none(mpath)
+    if mcache is None:
         mcache = build_cache(mask_model, ds.cv.masks.astype(np.float32), ds.cv.masks, labels=ds.cv.labels,
-                             ids=list(ds.cv.index["case_id"]), device=cfg["device"], progress=progress)
+                             ids=list(ds.cv.index["case_id"]), progress=progress, **speed)
         mcache.save(mpath)
     data = InstrumentData(inits={k: factory(t["weights"]) for k, t in trunks.items()}, caches=caches,
                           labels=ds.cv.labels, groups=ds.cv.groups, ids=list(ds.cv.index["case_id"]),

@@ -15,9 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import tempfile
 import time
+import warnings
+import zipfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
@@ -32,6 +35,7 @@ from .progress import tqdm
 from .records import default_file_mode
 from .activation import DISTANCE_FORMS, GROUP_LAYERS, GroupActivations, activation_map
 from .augment import AUGMENTATIONS, JointAugment
+from .precision import autocast_for, backward_step, check_amp, grad_scaler, maybe_channels_last, undo_channels_last
 from .model import TRAINABLE_SETS, apply_train_mode, mask_to_model_input, preserve_mode, set_trainable, to_model_input
 from .transfer import KnowledgeTransferLoss, make_teacher, teacher_maps
 
@@ -46,6 +50,8 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_ce", "val_loss", "val_accuracy"
 #: Fields that may differ between a checkpoint and the resuming run (they do not change results
 #: on a given device; resuming on another device continues the run but numbers may differ slightly).
 _RESUME_IGNORED = ("device",)
+#: Speed settings left out of :meth:`TrainConfig.to_dict` at these (default) values.
+_SPEED_DEFAULTS = {"amp": "off", "channels_last": False}
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
@@ -101,6 +107,10 @@ class TrainConfig:
         device: where to train (not part of the resume check).
         patience: stop after this many epochs without a better selection score (None: never).
         class_weighting: weight the cross-entropy by inverse class frequency of the training data.
+        amp: mixed precision on CUDA, ``"off"``, ``"bf16"`` or ``"fp16"`` (loss scaling); forward
+            passes autocast, Eq. 4 distances and losses in float32 (:mod:`mammo_lib.precision`).
+        channels_last: channels-last memory format for model and inputs on CUDA.
+            Both are no-ops on the CPU (same numbers as off).
     """
 
     method: Literal["finetune", "transfer"] = "finetune"
@@ -123,6 +133,8 @@ class TrainConfig:
     device: str = "cpu"
     patience: Optional[int] = None
     class_weighting: bool = False
+    amp: str = "off"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         self.omega = tuple(int(j) for j in self.omega)
@@ -155,14 +167,21 @@ class TrainConfig:
         if self.patience is not None and (isinstance(self.patience, bool) or not isinstance(self.patience, int)
                                           or self.patience < 1):
             raise ValueError(f"TrainConfig.patience must be None or an int >= 1, got {self.patience!r}")
+        check_amp(self.amp, "TrainConfig.amp")
+        if not isinstance(self.channels_last, bool):
+            raise TypeError(f"TrainConfig.channels_last must be a bool, got {self.channels_last!r}")
         if self.method == "transfer" and self.input == "mask":
             raise ValueError("method='transfer' needs ROI input: a mask-only model (input='mask') is fine-tuned")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict (tuples as lists)."""
+        """Plain JSON-able dict (tuples as lists). ``amp`` and ``channels_last`` appear only when
+        set, so checkpoints and cache keys made before these fields existed stay valid."""
         d = asdict(self)
         d["omega"] = list(self.omega)
         d["augment"] = list(self.augment)
+        for name, default in _SPEED_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
@@ -251,6 +270,11 @@ class TrainResult:
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+#: What ``torch.load`` raises on a truncated or torn file (zip reader, unpickler, short read).
+TORCH_LOAD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, EOFError, OSError, ValueError, KeyError,
+                                                      pickle.UnpicklingError, zipfile.BadZipFile)
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,9 +325,10 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor
     return chunks
 
 
-def _model_input(x: np.ndarray, kind: str, device: torch.device) -> Tensor:
+def _model_input(x: np.ndarray, kind: str, device: torch.device, channels_last: bool = False) -> Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-    return to_model_input(t.float()) if kind == "roi" else mask_to_model_input(t)
+    t = to_model_input(t.float()) if kind == "roi" else mask_to_model_input(t)
+    return maybe_channels_last(t, channels_last, device)
 
 
 def _class_weights(labels: np.ndarray, device: torch.device) -> Tensor:
@@ -331,15 +356,18 @@ def _better(acc: float, loss: float, best: Optional[tuple[float, float]], metric
 
 @torch.no_grad()
 def _evaluate(model: nn.Module, data: TensorData, kind: str, batch_size: int,
-              device: torch.device) -> tuple[float, float, np.ndarray]:
-    """Mean cross-entropy, accuracy and (N,2) probabilities in eval mode (mode restored)."""
+              device: torch.device, amp: str = "off", channels_last: bool = False) -> tuple[float, float, np.ndarray]:
+    """Mean cross-entropy, accuracy and (N,2) probabilities in eval mode (mode restored); forward
+    under :func:`~mammo_lib.precision.autocast_for`, losses in float32."""
     with preserve_mode(model):
         model.eval()
         src = data.images if kind == "roi" else data.masks
         losses, probs = [], []
         for start in range(0, len(data), batch_size):
             sl = slice(start, start + batch_size)
-            logits = model(_model_input(src[sl], kind, device))
+            with autocast_for(device, amp):
+                logits = model(_model_input(src[sl], kind, device, channels_last))
+            logits = logits.float()
             y = torch.from_numpy(data.labels[sl]).to(device)
             losses.append(F.cross_entropy(logits, y, reduction="sum").item())
             probs.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
@@ -396,8 +424,11 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
     if cfg.method == "transfer" and teacher is None:
         teacher = make_teacher(model)  # the frozen initial network (docs/DECISIONS.md)
     model.to(device)
+    maybe_channels_last(model, cfg.channels_last, device)
     if teacher is not None:
         teacher.to(device)
+        maybe_channels_last(teacher, cfg.channels_last, device)
+    scaler = grad_scaler(device, cfg.amp)
     trainable = set_trainable(model, cfg.trainable)
     if not trainable:
         raise ValueError(f"no trainable parameters for trainable={cfg.trainable!r}")
@@ -414,8 +445,14 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
     best_epoch, best_key, since_best = -1, None, 0
     start_epoch, resumed_from, stopped = 0, None, False
     last = None if ckpt_dir is None else ckpt_dir / "last.pt"
+    ck = None
     if last is not None and last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=True)
+        try:
+            ck = torch.load(last, map_location="cpu", weights_only=True)
+        except TORCH_LOAD_ERRORS as err:  # torn/truncated: retrain this run from scratch
+            warnings.warn(f"damaged checkpoint {last} ({type(err).__name__}: {err}); training from scratch",
+                          stacklevel=2)
+    if ck is not None:
         _check_resume(ck, cfg, data_fp, init_fp, last)
         model.load_state_dict(ck["model_state"])
         optimizer.load_state_dict(ck["optimizer_state"])
@@ -442,15 +479,15 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
                     x, m, y, scale = parallel.shard(x, m, y)
                 loss, parts = _step_loss(net, x, m, y, cfg, device, kt_loss, teacher, weight)
                 optimizer.zero_grad(set_to_none=True)
-                (loss if scale == 1.0 else loss * scale).backward()
-                optimizer.step()
+                backward_step(loss if scale == 1.0 else loss * scale, optimizer, scaler)
                 if parallel is not None:
                     parts = parallel.mean(parts, len(y))
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
                 if on_step is not None:
                     on_step(epoch, step, dict(parts))
-            val_loss, val_acc, _ = _evaluate(model, val, cfg.input, cfg.batch_size, device)
+            val_loss, val_acc, _ = _evaluate(model, val, cfg.input, cfg.batch_size, device, cfg.amp,
+                                             cfg.channels_last)
             if parallel is not None:  # every process takes the main process's selection decisions
                 val_loss, val_acc = parallel.agree(val_loss, val_acc)
             row = {"epoch": epoch, "train_loss": sums["total"] / len(train), "train_ce": sums["ce"] / len(train)}
@@ -477,6 +514,9 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
     if best_state is None:  # cannot happen: at least one epoch ran or was restored
         raise RuntimeError("no epoch was trained or restored")
     model.load_state_dict(best_state)
+    for m in (model, teacher):
+        if m is not None:
+            undo_channels_last(m, cfg.channels_last, device)
     hist = pd.DataFrame(history, columns=list(HISTORY_COLUMNS[:3]) + [f"train_d{j}" for j in cfg.omega]
                         + list(HISTORY_COLUMNS[3:]))
     best = hist.loc[hist["epoch"] == best_epoch].iloc[0]
@@ -524,19 +564,28 @@ def _training_batch(data: TensorData, idx: np.ndarray, augment: Optional[JointAu
 def _step_loss(model: nn.Module, x: Tensor, m: Tensor, y: Tensor, cfg: TrainConfig, device: torch.device,
                kt_loss: Optional[KnowledgeTransferLoss], teacher: Optional[nn.Module],
                weight: Optional[Tensor]) -> tuple[Tensor, dict[str, float]]:
-    """Loss of one batch: cross-entropy, or Eq. 5 with the teacher's (gradient-free) mask maps."""
+    """Loss of one batch: cross-entropy, or Eq. 5 with the teacher's (gradient-free) mask maps.
+    Forward passes under ``cfg.amp`` autocast; logits and maps are cast to float32 before the losses."""
     y = y.to(device)
+
+    def prep(t: Tensor) -> Tensor:
+        return maybe_channels_last(t, cfg.channels_last, device)
+
     if kt_loss is None:
-        logits = model(to_model_input(x.to(device)) if cfg.input == "roi"
-                       else mask_to_model_input(m.to(device)))
+        with autocast_for(device, cfg.amp):
+            logits = model(prep(to_model_input(x.to(device)) if cfg.input == "roi"
+                                else mask_to_model_input(m.to(device))))
+        logits = logits.float()
         ce = F.cross_entropy(logits, y, weight=weight)
         return ce, {"ce": float(ce.detach()), "total": float(ce.detach())}
     if teacher is None:
         raise RuntimeError("method 'transfer' needs a teacher network")
-    mask_maps = teacher_maps(teacher, mask_to_model_input(m.to(device)), cfg.omega)
-    with GroupActivations(model, cfg.omega) as acts:
-        logits = model(to_model_input(x.to(device)))
-    roi_maps = {j: activation_map(acts[j]) for j in cfg.omega}
+    with autocast_for(device, cfg.amp):
+        mask_maps = teacher_maps(teacher, prep(mask_to_model_input(m.to(device))), cfg.omega)
+        with GroupActivations(model, cfg.omega) as acts:
+            logits = model(prep(to_model_input(x.to(device))))
+    logits = logits.float()
+    roi_maps = {j: activation_map(acts[j].float()) for j in cfg.omega}  # Eq. 3-4 in float32
     loss, parts = kt_loss(logits, y, roi_maps, mask_maps)
     if weight is not None:  # Eq. 5 with a class-weighted cross-entropy term
         ce_w = F.cross_entropy(logits, y, weight=weight)

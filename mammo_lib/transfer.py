@@ -53,7 +53,7 @@ def teacher_maps(teacher: nn.Module, mask_input: Tensor, groups: Iterable[int] =
     groups = tuple(groups)
     with GroupActivations(teacher, groups, mode="eval", detach=True) as acts, torch.no_grad():
         teacher(mask_input)
-        return {g: activation_map(acts[g]) for g in groups}
+        return {g: activation_map(acts[g].float()) for g in groups}  # float32 maps also under autocast
 
 
 class KnowledgeTransferLoss(nn.Module):

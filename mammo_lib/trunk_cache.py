@@ -27,6 +27,7 @@ derangement) and ``"oracle"`` (the mask itself average-pooled to the g x g grid)
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,9 +40,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .progress import tqdm
+from .records import DamagedCacheError
 from .activation import activation_distance, activation_map
+from .precision import autocast_for, backward_step, grad_scaler, maybe_channels_last, undo_channels_last
 from .model import mask_to_model_input, preserve_mode, set_trainable, to_model_input
-from .training import TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
+from .training import TORCH_LOAD_ERRORS, TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
 
 #: Flip codes of the cache: index 0 identity, 1 horizontal, 2 vertical, 3 both.
 FLIPS = ("none", "hflip", "vflip", "hvflip")
@@ -129,17 +132,42 @@ class TrunkCache:
 
     @classmethod
     def load(cls, path: str | Path) -> "TrunkCache":
-        """Read a cache written by :meth:`save`."""
-        d = torch.load(Path(path), map_location="cpu", weights_only=True)
-        return cls(d["features"], d["teacher_maps"], d["oracle_maps"], d["labels"].numpy(),
-                   list(d["ids"]), tuple(d["flips"]))
+        """Read a cache written by :meth:`save`; a damaged file (truncated, torn, keys missing)
+        raises :class:`DamagedCacheError` naming ``path``."""
+        path = Path(path)
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+            return cls(d["features"], d["teacher_maps"], d["oracle_maps"], d["labels"].numpy(),
+                       list(d["ids"]), tuple(d["flips"]))
+        except FileNotFoundError:
+            raise
+        except TORCH_LOAD_ERRORS + (TypeError, AttributeError) as err:
+            raise DamagedCacheError(f"damaged trunk cache {path} ({type(err).__name__}: {err})") from err
+
+    @classmethod
+    def load_or_none(cls, path: str | Path) -> Optional["TrunkCache"]:
+        """The cache at ``path``, or None when there is none or it is damaged (a warning names it;
+        the caller rebuilds and overwrites it).
+
+        >>> TrunkCache.load_or_none("no/such/cache.pt") is None
+        True
+        """
+        path = Path(path)
+        if not path.exists():
+            return None
+        try:
+            return cls.load(path)
+        except DamagedCacheError as err:
+            warnings.warn(f"{err}; rebuilding it", stacklevel=2)
+            return None
 
 
 @torch.no_grad()
 def build_cache(model: nn.Module, images: np.ndarray, masks: np.ndarray, *,
                 labels: Optional[np.ndarray] = None, ids: Optional[Sequence[str]] = None,
                 teacher: Optional[nn.Module] = None, flips: Sequence[str] = FLIPS, batch_size: int = 32,
-                device: str | torch.device = "cpu", progress: bool = True) -> TrunkCache:
+                device: str | torch.device = "cpu", amp: str = "off", channels_last: bool = False,
+                progress: bool = True) -> TrunkCache:
     """Run the frozen trunk of ``model`` (eval mode, modes restored) over every ROI under every
     flip, and the ``teacher`` (default: ``model`` itself, i.e. the frozen initial network) over the
     masks to get the Eq. 3 target maps of group 4.
@@ -147,6 +175,8 @@ def build_cache(model: nn.Module, images: np.ndarray, masks: np.ndarray, *,
     Args:
         images: ``(N,S,S)`` ROIs in [0, 1]; masks: ``(N,S,S)`` in {0, 1}.
         flips: which of :data:`FLIPS` to store (``("none",)`` for evaluation-only data).
+        amp, channels_last: as :class:`~mammo_lib.training.TrainConfig`'s (CUDA only; the cache
+            is stored in float32 either way).
     """
     images, masks = np.asarray(images, dtype=np.float32), np.asarray(masks)
     if images.ndim != 3 or masks.shape != images.shape:
@@ -167,17 +197,18 @@ def build_cache(model: nn.Module, images: np.ndarray, masks: np.ndarray, *,
     try:
         for m, _ in homes:
             m.to(device)
-        with eval_mode(model), eval_mode(teacher):
+            maybe_channels_last(m, channels_last, device)
+        with eval_mode(model), eval_mode(teacher), autocast_for(device, amp):
             for s in tqdm(range(0, n, batch_size), disable=not progress, desc="trunk cache"):
                 x = torch.from_numpy(images[s:s + batch_size]).to(device)
                 mk = torch.from_numpy(masks[s:s + batch_size].astype(np.uint8)).to(device)
                 f_b, t_b, o_b = [], [], []
                 for c in codes:
-                    t = trunk_forward(model, to_model_input(_flip(x, c)))
-                    mt = mask_to_model_input(_flip(mk, c))
+                    t = trunk_forward(model, maybe_channels_last(to_model_input(_flip(x, c)), channels_last, device))
+                    mt = maybe_channels_last(mask_to_model_input(_flip(mk, c)), channels_last, device)
                     a_mask = group4_activation(teacher, trunk_forward(teacher, mt))
-                    f_b.append(t.float().cpu())
-                    t_b.append(activation_map(a_mask).float().cpu())
+                    f_b.append(t.float().contiguous().cpu())
+                    t_b.append(activation_map(a_mask.float()).cpu())
                     g = a_mask.shape[-1]
                     o_b.append(F.adaptive_avg_pool2d(_flip(mk, c).float()[:, None], g)[:, 0].cpu())
                 feats.append(torch.stack(f_b, 1))
@@ -185,6 +216,7 @@ def build_cache(model: nn.Module, images: np.ndarray, masks: np.ndarray, *,
                 omaps.append(torch.stack(o_b, 1))
     finally:
         for m, home in homes:
+            undo_channels_last(m, channels_last, device)
             m.to(home)
     return TrunkCache(torch.cat(feats), torch.cat(tmaps), torch.cat(omaps), labels, ids, tuple(flips))
 
@@ -231,36 +263,47 @@ def _target_maps(cache: TrunkCache, idx: Tensor, codes: Tensor, target: str,
 
 @torch.no_grad()
 def _over_cache(model: nn.Module, cache: TrunkCache, read: Any, *, flip: int, batch_size: int,
-                device: str | torch.device) -> Tensor:
-    """``read(group-4 activation)`` over the cached features of one flip, batched, eval mode."""
+                device: str | torch.device, amp: str = "off", channels_last: bool = False) -> Tensor:
+    """``read(group-4 activation)`` over the cached features of one flip, batched, eval mode;
+    group 4 under ``amp`` autocast, ``read`` on its float32 cast."""
     device = torch.device(device)
     out = []
     with eval_mode(model):
         for s in range(0, len(cache), batch_size):
-            out.append(read(group4_activation(model, cache.features[s:s + batch_size, flip].to(device))).cpu())
+            t = maybe_channels_last(cache.features[s:s + batch_size, flip].to(device), channels_last, device)
+            with autocast_for(device, amp):
+                a = group4_activation(model, t)
+            out.append(read(a.float()).cpu())
     return torch.cat(out)
 
 
 def predict_cached(model: nn.Module, cache: TrunkCache, *, flip: int = 0, batch_size: int = 256,
-                   device: str | torch.device = "cpu") -> np.ndarray:
-    """Softmax probabilities ``(N, 2)`` from cached trunk features (eval mode, modes restored)."""
+                   device: str | torch.device = "cpu", amp: str = "off", channels_last: bool = False) -> np.ndarray:
+    """Softmax probabilities ``(N, 2)`` from cached trunk features (eval mode, modes restored);
+    ``amp``/``channels_last`` as :class:`~mammo_lib.training.TrainConfig`'s (group 4 only; the
+    classifier runs on the float32 activation)."""
     if not len(cache):
         return np.empty((0, 2))
     return _over_cache(model, cache, lambda a: torch.softmax(head_logits(model, a).double(), 1), flip=flip,
-                       batch_size=batch_size, device=device).numpy()
+                       batch_size=batch_size, device=device, amp=amp, channels_last=channels_last).numpy()
 
 
 def group4_maps_cached(model: nn.Module, cache: TrunkCache, *, flip: int = 0, batch_size: int = 256,
-                       device: str | torch.device = "cpu") -> np.ndarray:
-    """F^4 (Eq. 3) of every cached ROI, ``(N, g, g)``."""
-    return _over_cache(model, cache, activation_map, flip=flip, batch_size=batch_size, device=device).numpy()
+                       device: str | torch.device = "cpu", amp: str = "off",
+                       channels_last: bool = False) -> np.ndarray:
+    """F^4 (Eq. 3, float32) of every cached ROI, ``(N, g, g)``."""
+    return _over_cache(model, cache, activation_map, flip=flip, batch_size=batch_size, device=device,
+                       amp=amp, channels_last=channels_last).numpy()
 
 
 def head_loss(model: nn.Module, t: Tensor, y: Tensor, target_maps: Optional[Tensor], cfg: TrainConfig,
               weight: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
-    """Eq. 5 on cached features: ``CE + (beta/2) d^4`` (``target_maps`` None or beta 0: CE only)."""
-    a = group4_activation(model, t)
-    logits = head_logits(model, a)
+    """Eq. 5 on cached features: ``CE + (beta/2) d^4`` (``target_maps`` None or beta 0: CE only).
+    Group 4 and the classifier under ``cfg.amp`` autocast; CE and Eq. 4 in float32."""
+    with autocast_for(t.device, cfg.amp):
+        a = group4_activation(model, maybe_channels_last(t, cfg.channels_last, t.device))
+        logits = head_logits(model, a)
+    a, logits = a.float(), logits.float()
     ce = F.cross_entropy(logits, y, weight=weight)
     parts = {"ce": float(ce.detach())}
     if target_maps is None:
@@ -296,9 +339,11 @@ def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainC
     device = torch.device(cfg.device)
     home = next(model.parameters()).device
     model.to(device)
+    maybe_channels_last(model, cfg.channels_last, device)
     set_trainable(model, "group4+classifier")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = _make_optimizer(params, cfg)
+    scaler = grad_scaler(device, cfg.amp)
     weight = _class_weights(train.labels, device) if cfg.class_weighting else None
     use_kt = cfg.method == "transfer" and cfg.beta > 0
     perm = derangement(len(train), shuffle_seed) if (use_kt and target == "shuffled") else None
@@ -325,13 +370,12 @@ def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainC
                 tm = _target_maps(train, idx, codes, target, perm).to(device) if use_kt else None
                 loss, parts = head_loss(model, t, y_all[idx].to(device), tm, cfg, weight)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                backward_step(loss, optimizer, scaler)
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
             for m in head_modules:
                 m.eval()
-            p = predict_cached(model, val, device=device)
+            p = predict_cached(model, val, device=device, amp=cfg.amp, channels_last=cfg.channels_last)
             yv = val.labels
             val_loss = float(-np.log(np.clip(p[np.arange(len(yv)), yv], 1e-12, None)).mean())
             val_acc = float((p.argmax(1) == yv).mean())
@@ -347,6 +391,7 @@ def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainC
             if cfg.patience is not None and since >= cfg.patience:
                 break
     model.load_state_dict(best_state)
+    undo_channels_last(model, cfg.channels_last, device)
     model.to(home)
     hist = pd.DataFrame(history)
     best = hist.loc[hist["epoch"] == best_epoch].iloc[0]
@@ -354,6 +399,6 @@ def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainC
                       time.perf_counter() - t0)
 
 
-__all__ = ["FLIPS", "TARGETS", "TrunkCache", "HeadResult", "build_cache", "train_head", "predict_cached",
+__all__ = ["FLIPS", "TARGETS", "DamagedCacheError", "TrunkCache", "HeadResult", "build_cache", "train_head", "predict_cached",
            "group4_maps_cached", "trunk_forward", "group4_activation", "head_logits", "head_loss",
            "derangement", "eval_mode"]

@@ -277,10 +277,10 @@ def test_unreadable_renamed_folder(cbis_tree):
     csv_path, root, _ = cbis_tree
     bad = next(root.glob("Mass-Training_P_00005_LEFT_CC/*/*/1-1.dcm"))
     bad.write_bytes(b"\0" * 10)
-    with pytest.raises(DataError, match="no header gives one") as info:
+    with pytest.raises(DataError, match="unreadable DICOM file") as info:
         load_cbis_ddsm([csv_path], root, progress=False)
     assert info.value.file == str(bad)
     res = load_cbis_ddsm([csv_path], root, on_error="skip", progress=False)
     assert len(res.records) + len(res.exclusions) == 6
     exc = res.exclusions[-1]
-    assert exc.source_row == 7 and "not found" in exc.reason and "could not be indexed" in exc.reason
+    assert exc.source_row == 7 and "not found" in exc.reason and "could not be indexed" in exc.reason and "unreadable DICOM file" in exc.reason

@@ -51,7 +51,7 @@ def _rows() -> list[dict[str, str]]:
          "patient_id": "p1", "split": "Train", "has_calcification": "1", "contrast": "0.25",
          "confounder_mask_path": "conf/case0.png", "note": "spiculated"},
         {"case_id": "b", "image_path": "imgs/case1.png", "mask_path": "masks/case1.png", "label": "B",
-         "patient_id": "p1", "split": "test", "has_calcification": "0", "contrast": "", "confounder_mask_path": "",
+         "patient_id": "p3", "split": "test", "has_calcification": "0", "contrast": "", "confounder_mask_path": "",
          "note": "True"},
         {"case_id": "", "image_path": "imgs/case2.png", "mask_path": "masks/case2.png", "label": "0",
          "patient_id": "p2", "split": "", "has_calcification": "0", "contrast": "-1e-2", "confounder_mask_path": "",

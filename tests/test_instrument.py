@@ -153,6 +153,25 @@ def test_run_instrument_end_to_end_and_resume(tmp_path):
     pd.testing.assert_frame_equal(again.runs.drop(columns="wall_s"), res.runs.drop(columns="wall_s"))
 
 
+def test_run_instrument_folds_to_run(tmp_path):
+    """One outer fold alone gives the same runs as that fold of a full run; bad folds are refused."""
+    data = _tiny_data()
+    cond = Condition("B", "test", train="r", tests={"in distribution": "r", "flipped": "r2"},
+                     primary="flipped", flip_pair=("in distribution", "flipped"), in_distribution="in distribution")
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-2, seed=0, augment=("hflip", "vflip"))
+    grid = [BetaPoint("paper", 0.0), BetaPoint("paper", 8.0)]
+    full = run_instrument(data, [cond], tmp_path / "full", cfg, grid=grid, n_splits=2, seed=0, progress=False)
+    one = run_instrument(data, [cond], tmp_path / "one", cfg, grid=grid, n_splits=2, seed=0, folds_to_run=[1],
+                         progress=False)
+    assert set(one.runs["fold"]) == {1} and len(one.runs) == (2 + 1 + 2) + 1
+    f1 = full.runs[full.runs["fold"] == 1].drop(columns="wall_s").reset_index(drop=True)
+    pd.testing.assert_frame_equal(one.runs.drop(columns="wall_s").reset_index(drop=True), f1)
+    for bad in ([2], [], [0, 0]):
+        with pytest.raises(ValueError, match="folds_to_run must be distinct folds in \\[0, 2\\)"):
+            run_instrument(data, [cond], tmp_path / "bad", cfg, grid=grid, n_splits=2, folds_to_run=bad,
+                           progress=False)
+
+
 def _result(kt_acc, ft_in=0.9, flip=0.4):
     """A synthetic instrument result: 5 folds x 10 cases, condition B, ImageNet rows."""
     from mammo_lib.instrument import PHANTOM_CONDITIONS, InstrumentResult

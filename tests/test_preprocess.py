@@ -21,13 +21,13 @@ from mammo_lib.roi import extract_roi
 
 SRC = "cases.csv"
 N = 6  # records in the standard set
-KW = dict(size=16, min_context=16, progress=False)
+KW = dict(size=32, min_context=16, progress=False)
 
 # (description, kwargs for preprocess, exception, message fragment)
 FAIL_CASES = [
     ("unknown variant", {"variant": "tight"}, ValueError, "unknown ROI variant"),
     ("bad on_error", {"on_error": "ignore"}, ValueError, "on_error must be"),
-    ("size 0", {"size": 0}, ValueError, "size must be a positive int"),
+    ("size 0", {"size": 0}, ValueError, "size must be an int >= MIN_ROI_SIZE = 32"),
     ("float min_context", {"min_context": 1.5}, ValueError, "min_context must be a positive int"),
     ("workers 0", {"workers": 0}, ValueError, "workers must be a positive int"),
 ]
@@ -86,7 +86,7 @@ def test_cache_hit_then_param_change_then_touched_file(tmp_path):
     first = preprocess(recs, cache, workers=1, loader=fake_loader, **KW)
     assert _calls(counter) == N
     folders = [p.name for p in cache.iterdir()]
-    assert len(folders) == 1 and re.fullmatch(r"mass_centred-16-[0-9a-f]{16}", folders[0])
+    assert len(folders) == 1 and re.fullmatch(r"mass_centred-32-[0-9a-f]{16}", folders[0])
 
     second = preprocess(recs, cache, workers=1, loader=fake_loader, **KW)
     assert _calls(counter) == N  # cache hit: the loader was not called
@@ -111,7 +111,7 @@ def test_result_equals_one_by_one_extraction(tmp_path):
     assert list(rs.index.columns) == INDEX_COLUMNS
     for i, rec in enumerate(recs):
         roi = extract_roi(np.load(rec.image_path), np.load(rec.mask_path), variant="overlap_0.9",
-                          size=16, min_context=16, rng=np.random.default_rng([5, i]))
+                          size=32, min_context=16, rng=np.random.default_rng([5, i]))
         np.testing.assert_array_equal(rs.images[i], roi.image)
         np.testing.assert_array_equal(rs.masks[i], roi.mask)
         row = rs.index.iloc[i]
@@ -130,7 +130,7 @@ def test_workers_1_and_2_identical(tmp_path):
     np.testing.assert_array_equal(one.masks, two.masks)
     np.testing.assert_array_equal(one.confounders, two.confounders)
     pd.testing.assert_frame_equal(one.index, two.index)
-    assert one.confounders.shape == (N, 16, 16) and one.confounders.max() >= 2
+    assert one.confounders.shape == (N, 32, 32) and one.confounders.max() >= 2
 
 
 def _with_bad_rows(tmp_path):
@@ -146,7 +146,7 @@ def test_skip_records_exclusions_with_rows(tmp_path):
     recs, _ = _with_bad_rows(tmp_path)
     rs = preprocess(recs, tmp_path / "cache", workers=2, on_error="skip", loader=fake_loader, **KW)
     assert list(rs.index["case_id"]) == ["c0", "c2", "c3", "c5"]
-    assert len(rs) == 4 and rs.images.shape == (4, 16, 16)
+    assert len(rs) == 4 and rs.images.shape == (4, 32, 32)
     ex = rs.exclusions
     assert list(ex["case_id"]) == ["c1", "c4"]
     assert list(ex["source_row"]) == [3, 6] and set(ex["source_file"]) == {SRC}
