@@ -29,7 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
+try:
+    import psutil  # optional (not a dependency): per-worker peaks; without it only RUSAGE_CHILDREN
+except ImportError:  # pragma: no cover
+    psutil = None
 
 from mammo_lib.cbis_ddsm import load_cbis_ddsm
 from mammo_lib.phantom import PhantomConfig, write_cbis_tree
@@ -58,12 +61,14 @@ class _RssSampler:
             self._stop.wait(self.period_s)
 
     def __enter__(self) -> "_RssSampler":
-        self._thread.start()
+        if psutil is not None:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 def _autogroup() -> str | None:
@@ -73,6 +78,11 @@ def _autogroup() -> str | None:
         return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
     except OSError:
         return None
+
+
+def _peaks(runs: dict[int, list[dict[str, Any]]], key: str) -> dict[str, float | None]:
+    """Largest sampled value per worker count (None without psutil)."""
+    return {str(w): (max(max(r[key] or [0.0]) for r in rs) if psutil is not None else None) for w, rs in runs.items()}
 
 
 def run_once(records: list, workers: int, scratch: Path) -> dict[str, Any]:
@@ -126,15 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "machine": {"cpu_count": cpus, "load_average_start": [round(x, 2) for x in load_start],
                     "load_average_end": [round(x, 2) for x in os.getloadavg()],
-                    "sched_autogroup_enabled": _autogroup(), "platform": platform.platform(), "python": platform.python_version()},
+                    "sched_autogroup_enabled": _autogroup(), "psutil": psutil is not None, "platform": platform.platform(), "python": platform.python_version()},
         "n_cases": a.n_cases, "image_shape": list(shape), "n_records": len(records), "repeats": a.repeats,
         "tree": str(root), "tree_build_s": round(tree_s, 2),
         "median_wall_s": {str(w): round(med[w], 3) for w in workers},
         "speedup_vs_1": {str(w): round(med[1] / med[w], 3) for w in workers},
-        "peak_rss_mb_per_worker": {str(w): max(max(r["peak_rss_mb_per_process"] or [0.0]) for r in runs[w])
-                                   for w in workers},
-        "peak_uss_mb_per_worker": {str(w): max(max(r["peak_uss_mb_per_process"] or [0.0]) for r in runs[w])
-                                   for w in workers},
+        "peak_rss_mb_per_worker": _peaks(runs, "peak_rss_mb_per_process"),
+        "peak_uss_mb_per_worker": _peaks(runs, "peak_uss_mb_per_process"),
         "rusage_children_maxrss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "runs": {str(w): runs[w] for w in workers},
     }

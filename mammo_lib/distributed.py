@@ -128,7 +128,11 @@ def process_group(device: str = "cpu", **kw: Any) -> Iterator[DistEnv]:
 class DDPHooks:
     """The ``parallel`` argument of :func:`mammo_lib.training.train_model`: wrap the model in DDP
     (SyncBatchNorm on CUDA), shard each global batch, average logged losses over processes and
-    share rank 0's validation numbers (so every process selects and stops alike)."""
+    share rank 0's validation numbers (so every process selects and stops alike).
+
+    >>> with process_group("cuda") as env:  # doctest: +SKIP
+    ...     train_model(model, train, val, cfg, checkpoint_dir=out, parallel=DDPHooks())
+    """
 
     def __init__(self, *, sync_batchnorm: bool = True) -> None:
         if not (dist.is_available() and dist.is_initialized()):

@@ -109,8 +109,6 @@ def _train(batchnorm: bool, ckpt: str | None, parallel: DDPHooks | None) -> dict
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
-    import os
-
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
