@@ -23,6 +23,7 @@ import inspect
 import json
 import os
 import shutil
+import sys
 import uuid
 import warnings
 import zipfile
@@ -261,6 +262,41 @@ def _process_one(i: int, rec: MassRecord, loader: Loader, params: dict[str, Any]
     return i, None
 
 
+#: Thread limits a worker keeps for its lifetime (see :func:`_worker_init`).
+_THREAD_LIMITS: list[Any] = []
+
+
+def _worker_init() -> None:
+    """Pool initializer: one BLAS / OpenMP / torch thread per worker, so that N workers use N
+    cores instead of N x cores threads competing for them (docs/DECISIONS.md, "Preprocessing
+    workers"). The results do not depend on thread counts."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"  # libraries loaded later in this worker
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:  # pragma: no cover - scikit-learn is a dependency
+        pass
+    else:
+        _THREAD_LIMITS.append(threadpool_limits(1))  # libraries already loaded (forked)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+def _submission_order(records: Sequence[MassRecord], todo: Sequence[int]) -> list[int]:
+    """``todo`` with the largest inputs (image + mask bytes) first, so that the pool does not end
+    on one big image while the other workers idle; ties keep input order. Output order is set by
+    the record index, not by this order."""
+    def size(i: int) -> int:
+        total = 0
+        for path in (records[i].image_path, records[i].mask_path):
+            stamp = _file_stamp(path)
+            total += int(stamp[1] or 0) if stamp is not None else 0
+        return total
+
+    return sorted(todo, key=lambda i: (-size(i), i))
+
+
 def _code_fingerprint(loader: Loader) -> str:
     """SHA-256 of roi.py, preprocess.py and the loader's module source: a code change invalidates."""
     h = hashlib.sha256()
@@ -361,9 +397,10 @@ def preprocess(records: Sequence[MassRecord], cache_dir: str | Path, *, variant:
             for i in todo:
                 done(*_process_one(i, records[i], loader, params, str(partial)))
         else:
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)))
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_worker_init)
             try:
-                futures = [pool.submit(_process_one, i, records[i], loader, params, str(partial)) for i in todo]
+                futures = [pool.submit(_process_one, i, records[i], loader, params, str(partial))
+                           for i in _submission_order(records, todo)]
                 for fut in as_completed(futures):
                     done(*fut.result())
             finally:  # on an error or interrupt: drop queued work, let running records finish

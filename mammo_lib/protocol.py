@@ -364,7 +364,8 @@ PRETRAIN_METRICS = "pretrain_metrics.json"
 def pretrain(train_data: Any, test_data: Any, out_dir: str | Path, *, arch: str = "densenet121",
              weights: str = "imagenet", cfg: Optional[TrainConfig] = None, seed: int = 0,
              val_fraction: float = 0.2, imagenet_fallback: ImagenetFallback = "error",
-             model_factory: Optional[ModelFactory] = None, progress: bool = True) -> PretrainResult:
+             model_factory: Optional[ModelFactory] = None, progress: bool = True,
+             parallel: Optional[Any] = None) -> PretrainResult:
     """The DDSM pre-training stage: train on ``train_data`` (CBIS-DDSM training set) with a
     patient-grouped validation part (:func:`inner_split`, ``seed``), select on validation, report
     on ``test_data`` (the official test set).
@@ -373,7 +374,9 @@ def pretrain(train_data: Any, test_data: Any, out_dir: str | Path, *, arch: str 
     which layers pre-training updates; decision: all of them. ``weights``: ``"imagenet"``,
     ``"none"`` or a path; ``imagenet_fallback`` as in :func:`run_cv`. Writes
     ``out_dir/ddsm_pretrained.pt`` and ``out_dir/pretrain_metrics.json`` (atomically) and returns
-    them without training when they exist for the same settings and data.
+    them without training when they exist for the same settings and data. ``parallel``: see
+    :func:`~mammo_lib.training.train_model` (torchrun, :mod:`mammo_lib.distributed`); only the
+    main process evaluates and writes, the others return the paths it writes.
     """
     cfg = cfg or TrainConfig(method="finetune", trainable="all")
     if not isinstance(cfg, TrainConfig):
@@ -397,7 +400,9 @@ def pretrain(train_data: Any, test_data: Any, out_dir: str | Path, *, arch: str 
         return PretrainResult(ckpt, saved["metrics"], hist, saved["metrics"]["init_used"], skipped=True)
 
     model, init_used = _build(model_factory or _default_factory, arch, str(weights), seed, None, imagenet_fallback)
-    res = train_model(model, train, val, cfg, checkpoint_dir=out / "train", progress=progress)
+    res = train_model(model, train, val, cfg, checkpoint_dir=out / "train", progress=progress, parallel=parallel)
+    if parallel is not None and not parallel.is_main:
+        return PretrainResult(ckpt, {"init_used": init_used}, res.history, init_used, skipped=False)
     prob = predict(res.model, test.images if cfg.input == "roi" else test.masks, input=cfg.input,
                    batch_size=max(cfg.batch_size, 32), device=cfg.device)[:, 1]
     m = classification_metrics(test.labels, prob)

@@ -75,8 +75,9 @@ def imagenet_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     return {"weights": None, "note": "random (ImageNet unavailable; not a fair stand-in)", "test_accuracy": None}
 
 
-def ddsm_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
-    """The ``ddsm`` initialisation: all layers trained on the pre-training set from ``imagenet``."""
+def ddsm_trunk(cfg: Config, *, progress: bool = True, parallel: Any = None) -> dict[str, Any]:
+    """The ``ddsm`` initialisation: all layers trained on the pre-training set from ``imagenet``
+    (``parallel``: several processes under torchrun, see :mod:`mammo_lib.distributed`)."""
     from .pipeline import roi_sets, run_dir, train_config
     from .protocol import pretrain
 
@@ -88,9 +89,9 @@ def ddsm_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                         lr=float(p.get("lr", cfg["train"]["lr"])))
     weights = im["weights"] or "none"
     res = pretrain(ds.pre_train, ds.pre_test, run_dir(cfg, "pretrain", weights), arch=cfg["arch"],
-                   weights=weights, cfg=tcfg, seed=int(cfg["seed"]), imagenet_fallback="error", progress=progress)
+                   weights=weights, cfg=tcfg, seed=int(cfg["seed"]), imagenet_fallback="error", progress=progress, parallel=parallel)
     return {"weights": str(res.checkpoint), "note": f"DDSM pre-training from {im['note']}",
-            "test_accuracy": float(res.metrics["accuracy"]), "result": res}
+            "test_accuracy": float(res.metrics.get("accuracy", float("nan"))), "result": res}
 
 
 def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:

@@ -382,7 +382,9 @@ def _evaluate(model: nn.Module, data: TensorData, kind: str, batch_size: int,
 def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: TrainConfig, *,
                 teacher: Optional[nn.Module] = None, checkpoint_dir: str | Path | None = None,
                 progress: bool = True, meta: Optional[dict[str, Any]] = None,
-                on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None) -> TrainResult:
+                on_epoch_end: Optional[Callable[[int, dict[str, float]], None]] = None,
+                on_step: Optional[Callable[[int, int, dict[str, float]], None]] = None,
+                parallel: Optional[Any] = None) -> TrainResult:
     """Train ``model`` in place and load the epoch selected on ``val`` (Sec. 5.1).
 
     Steps per epoch: :func:`mammo_lib.model.apply_train_mode` (frozen BatchNorms stay in eval),
@@ -398,7 +400,12 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
     weights under ``"model_state"``, loadable by ``build_model(weights=path)``) and ``done.json``.
     ``on_epoch_end(epoch, row)`` is called after each epoch's checkpoint. ``meta`` (e.g.
     ``{"arch": ..., "roi_spec": {...}}``, see :func:`roi_spec_of`) is stored in ``best.pt`` so that
-    whoever loads the model knows how its inputs were made.
+    whoever loads the model knows how its inputs were made. ``on_step(epoch, step, parts)`` gets
+    each batch's loss terms (means over the global batch).
+
+    ``parallel``: a :class:`mammo_lib.distributed.DDPHooks` when run by several processes
+    (torchrun): every process draws the same global batch of ``cfg.batch_size`` and trains on its
+    share through DistributedDataParallel; only the main process writes files (docs/DECISIONS.md).
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -431,6 +438,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
     kt_loss = KnowledgeTransferLoss(cfg.beta, cfg.omega, cfg.distance_form) if cfg.method == "transfer" else None
     augment = JointAugment(cfg.augment, p=cfg.augment_p, max_degrees=cfg.max_degrees) if cfg.augment else None
     data_fp = f"{train.fingerprint()}-{val.fingerprint()}"
+    net, writer = (model, True) if parallel is None else (parallel.wrap(model), parallel.is_main)
 
     history: list[dict[str, float]] = []
     best_state: Optional[dict[str, Tensor]] = None
@@ -455,7 +463,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
         start_epoch = resumed_from = int(ck["epoch"]) + 1
 
     with preserve_mode(model):  # train/eval flags as the caller had them, after the loop
-        bar = tqdm(range(start_epoch, cfg.epochs), disable=not progress, desc=f"train ({cfg.method})",
+        bar = tqdm(range(start_epoch, cfg.epochs), disable=not (progress and writer), desc=f"train ({cfg.method})",
                    initial=start_epoch, total=cfg.epochs)
         for epoch in bar:
             if stopped:
@@ -464,15 +472,24 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
             gen = epoch_generator(cfg.seed, epoch)
             apply_train_mode(model)
             sums: dict[str, float] = {}
-            for idx in _batches(len(train), cfg.batch_size, gen):
+            for step, idx in enumerate(_batches(len(train), cfg.batch_size, gen)):
                 x, m, y = _training_batch(train, idx.numpy(), augment, gen)
-                loss, parts = _step_loss(model, x, m, y, cfg, device, kt_loss, teacher, weight)
+                scale = 1.0
+                if parallel is not None:  # this process's share of the global batch
+                    x, m, y, scale = parallel.shard(x, m, y)
+                loss, parts = _step_loss(net, x, m, y, cfg, device, kt_loss, teacher, weight)
                 optimizer.zero_grad(set_to_none=True)
-                backward_step(loss, optimizer, scaler)
+                backward_step(loss if scale == 1.0 else loss * scale, optimizer, scaler)
+                if parallel is not None:
+                    parts = parallel.mean(parts, len(y))
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v * len(idx)
+                if on_step is not None:
+                    on_step(epoch, step, dict(parts))
             val_loss, val_acc, _ = _evaluate(model, val, cfg.input, cfg.batch_size, device, cfg.amp,
                                              cfg.channels_last)
+            if parallel is not None:  # every process takes the main process's selection decisions
+                val_loss, val_acc = parallel.agree(val_loss, val_acc)
             row = {"epoch": epoch, "train_loss": sums["total"] / len(train), "train_ce": sums["ce"] / len(train)}
             for j in cfg.omega:
                 row[f"train_d{j}"] = sums[f"d{j}"] / len(train) if f"d{j}" in sums else float("nan")
@@ -483,7 +500,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
             else:
                 since_best += 1
             stopped = cfg.patience is not None and since_best >= cfg.patience
-            if last is not None:
+            if last is not None and writer:
                 atomic_torch_save({"model_state": _cpu_state(model), "optimizer_state": optimizer.state_dict(),
                                    "epoch": epoch, "best_state": best_state, "best_epoch": best_epoch,
                                    "best_key": None if best_key is None else list(best_key),
@@ -507,7 +524,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
                          best_val_accuracy=float(best["val_accuracy"]), best_val_loss=float(best["val_loss"]),
                          epochs_run=len(hist), stopped_early=stopped and len(hist) < cfg.epochs,
                          resumed_from=resumed_from, wall_s=time.perf_counter() - t0, cfg=cfg)
-    if ckpt_dir is not None:
+    if ckpt_dir is not None and writer:
         atomic_torch_save({"model_state": best_state, "best_epoch": best_epoch, "cfg": cfg.to_dict(),
                            **(meta or {})}, ckpt_dir / "best.pt")
         atomic_write_json({"best_epoch": best_epoch, "best_val_accuracy": result.best_val_accuracy,
