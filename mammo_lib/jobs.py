@@ -115,13 +115,25 @@ def _instrument(cfg: Config, data: Any):
                       shuffle_seed=int(cfg["seed"]))
 
 
-def prepare(cfg: Config, *, progress: bool = True):
+def prepare(cfg: Config, *, wait: bool = True, progress: bool = True):
     """The shared preconditions (ROI sets, both trunks, trunk caches), built once under the lock
-    ``<work_dir>/prepare.lock`` and read back by every other job; returns ``(data, trunks)``."""
+    ``<work_dir>/prepare.lock`` and read back by every other job; returns ``(data, trunks)``.
+    ``wait=False``: :class:`~mammo_lib.instrument.RunBusy` while another process holds the lock."""
+    from filelock import Timeout
+
+    from .instrument import RunBusy
     from .table2 import instrument_data, lock_for
 
-    with lock_for(cfg.work_dir / "prepare"):
+    lock = lock_for(cfg.work_dir / "prepare")
+    try:
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout as err:
+        raise RunBusy(f"{cfg.work_dir}: the shared preconditions are being built by another process "
+                      f"(lock {lock.lock_file})") from err
+    try:
         return instrument_data(cfg, progress=progress)
+    finally:
+        lock.release()
 
 
 def _parts(inst: Any, spec: str, fold: int, *, mode: str, wait: bool, bar: Any) -> list[Any]:
@@ -143,12 +155,15 @@ def run_job(cfg: Config, spec: str, fold: int, *, wait: bool = True, progress: b
     from .progress import tqdm
 
     check_job(cfg, spec, fold)
-    data, _ = prepare(cfg, progress=progress)
+    try:
+        data, _ = prepare(cfg, wait=wait, progress=progress)
+    except RunBusy as err:
+        return JobOutcome(spec, fold, "busy", pd.DataFrame(), pd.DataFrame(), message=str(err))
     inst = _instrument(cfg, data)
     bar = tqdm(disable=not progress, desc=f"Table 2 job {spec} fold {fold} (runs)")
     try:
         parts = _parts(inst, spec, fold, mode="train", wait=wait, bar=bar)
-    except RunBusy as err:
+    except RunBusy as err:  # the runs finished before stay done; a later call reads them back
         empty = inst.merge([])
         return JobOutcome(spec, fold, "busy", empty.runs, empty.predictions, message=str(err))
     finally:
@@ -217,6 +232,31 @@ def collect(cfg: Config, *, tables: bool = False, progress: bool = False) -> Col
     return out
 
 
+def _cli_config(args: Any) -> Config:
+    from .config import load_config
+
+    return load_config(args.profile, {"data_root": getattr(args, "data_root", None) or None,
+                                      "device": getattr(args, "device", None) or None})
+
+
+def cli_run_job(args: Any) -> int:
+    """``mammo-kt train --profile P --spec S --fold K [--no-wait]``: ``args`` has ``profile``,
+    ``spec``, ``fold`` and optionally ``data_root``, ``device``, ``no_wait``. Prints the outcome;
+    exit code 0 (ran or done) or 3 (busy)."""
+    out = run_job(_cli_config(args), args.spec, int(args.fold), wait=not getattr(args, "no_wait", False))
+    print(f"{out.spec} fold {out.fold}: {out.status} ({out.trained} runs trained here, {len(out.runs)} rows)"
+          + (f"; {out.message}" if out.message else ""))
+    return 3 if out.status == "busy" else 0
+
+
+def cli_collect(args: Any) -> int:
+    """``mammo-kt collect --profile P``: prints :meth:`Collected.describe`, writes the Table 2
+    tables when every job is done; exit code 0 (complete) or 1 (jobs missing)."""
+    col = collect(_cli_config(args), tables=True)
+    print(col.describe())
+    return 0 if col.complete else 1
+
+
 def _worker(cfg: Config, spec: str, fold: int, wait: bool = True) -> dict[str, Any]:
     """What a submitted job runs (in the worker process): :func:`run_job`, a small summary back."""
     out = run_job(cfg, spec, fold, wait=wait, progress=False)
@@ -260,4 +300,4 @@ def submit(cfg: Config, executor: Any = None, *, jobs: Optional[Sequence[tuple[s
 
 
 __all__ = ["JOB_SPECS", "JobOutcome", "Collected", "all_jobs", "check_job", "prepare", "run_job", "collect",
-           "submit"]
+           "submit", "cli_run_job", "cli_collect"]

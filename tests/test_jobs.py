@@ -9,11 +9,13 @@ import re
 import shutil
 import subprocess
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 from filelock import FileLock
 
 from mammo_lib import jobs, table2
@@ -66,11 +68,12 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
-def _tables(res) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Per-fold Table 2 rows of every condition, predictions and beta choices (wall time dropped)."""
+def _tables(res) -> tuple[pd.DataFrame, ...]:
+    """Per-fold Table 2 rows of every condition, all runs, predictions, beta choices and the
+    dose-response (wall time dropped: the one column a rerun does not reproduce)."""
     pf = pd.concat([res.per_fold(c.name).assign(condition=c.name) for c in res.conditions],
                    ignore_index=True).drop(columns=["wall_s"])
-    return pf, res.predictions, res.choices
+    return pf, res.runs.drop(columns=["wall_s"]), res.predictions, res.choices, res.dose_response()
 
 
 def _reference(cfg):
@@ -169,6 +172,10 @@ def test_busy_lock_wait_false_and_wait_true(cfg):
         lock.release()
     out = jobs.run_job(cfg, "mask_only", 1, wait=False, progress=False)
     assert (out.status, out.trained, len(out.runs)) == ("ran", RUNS_PER_JOB["mask_only"], 2)
+    # while another process builds the shared preconditions, wait=False is busy too
+    with FileLock(str(cfg.work_dir / "prepare") + ".lock"):
+        out = jobs.run_job(cfg, "mask_only", 1, wait=False, progress=False)
+    assert out.status == "busy" and "shared preconditions are being built by another process" in out.message
     # once done, the job is read back, not retrained (result.json untouched)
     res = d / "mask_only" / "result.json"
     mtime = res.stat().st_mtime_ns
@@ -214,3 +221,16 @@ def test_submit_auto_executor_parameters(cfg, tmp_path):
     assert jobs.submit(cfg, jobs=[], folder=tmp_path / "auto", partition="gpu", gpus_per_job=1, time_min=30) == []
     with pytest.raises(Exception, match="slurm_no_such_option"):
         jobs.submit(cfg, jobs=[], folder=tmp_path / "auto", slurm={"slurm_no_such_option": 1})
+
+
+def test_cli_helpers(cfg, tmp_path, capsys):
+    _clean(cfg)
+    prof = tmp_path / "tiny.yaml"
+    prof.write_text(yaml.safe_dump(cfg.values))
+    assert jobs.cli_collect(Namespace(profile=str(prof))) == 1
+    assert "0 of 10 Table 2 jobs are done; 10 missing: imagenet_finetune fold 0," in capsys.readouterr().out
+    assert jobs.cli_run_job(Namespace(profile=str(prof), spec="mask_only", fold="0")) == 0
+    assert "mask_only fold 0: ran (2 runs trained here, 2 rows)" in capsys.readouterr().out
+    with FileLock(str(cfg.work_dir / "prepare") + ".lock"):
+        assert jobs.cli_run_job(Namespace(profile=str(prof), spec="mask_only", fold=1, no_wait=True)) == 3
+    assert "mask_only fold 1: busy (0 runs trained here, 0 rows)" in capsys.readouterr().out
