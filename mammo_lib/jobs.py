@@ -264,40 +264,51 @@ def _worker(cfg: Config, spec: str, fold: int, wait: bool = True) -> dict[str, A
             "rows": len(out.runs), "message": out.message}
 
 
+def make_executor(cfg: Config, *, folder: str | Path | None = None, partition: Optional[str] = None,
+                  gpus_per_job: int = 1, time_min: int = 240, cpus_per_task: int = 4, mem_gb: Optional[int] = None,
+                  slurm: Optional[Mapping[str, Any]] = None) -> Any:
+    """``submitit.AutoExecutor`` (SLURM when ``sbatch`` is there, else local processes; logs under
+    ``folder``, default ``<work_dir>/submitit``) with one job's resources: ``partition``,
+    ``gpus_per_job`` (0 on a machine without GPUs), ``time_min``, ``cpus_per_task``, ``mem_gb`` and
+    extra ``slurm_*`` parameters (``slurm``; an unknown one raises submitit's ``NameError``)."""
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=Path(folder or cfg.work_dir / "submitit"))
+    params: dict[str, Any] = {"timeout_min": int(time_min), "gpus_per_node": int(gpus_per_job),
+                              "cpus_per_task": int(cpus_per_task), "name": f"mammo-kt-{cfg.name}"}
+    if mem_gb is not None:
+        params["mem_gb"] = int(mem_gb)
+    if partition is not None:
+        params["slurm_partition"] = partition
+    params.update(slurm or {})
+    executor.update_parameters(**params)
+    return executor
+
+
 def submit(cfg: Config, executor: Any = None, *, jobs: Optional[Sequence[tuple[str, int]]] = None,
            folder: str | Path | None = None, partition: Optional[str] = None, gpus_per_job: int = 1,
            time_min: int = 240, cpus_per_task: int = 4, mem_gb: Optional[int] = None,
            slurm: Optional[Mapping[str, Any]] = None) -> list[Any]:
     """Submit Table 2's jobs (default :func:`all_jobs`) through submitit, as one job array: each
-    worker runs :func:`run_job`. Without ``executor``, ``submitit.AutoExecutor(folder=...)`` (SLURM
-    when available, else local) with ``partition``, ``gpus_per_job``, ``time_min``,
-    ``cpus_per_task``, ``mem_gb`` and extra ``slurm_*`` parameters (``slurm``, e.g.
-    ``{"slurm_account": "abc"}``); a given executor (e.g. ``submitit.LocalExecutor``,
+    worker runs :func:`run_job`. Without ``executor``, :func:`make_executor` with ``folder``,
+    ``partition``, ``gpus_per_job``, ``time_min``, ``cpus_per_task``, ``mem_gb`` and extra ``slurm_*``
+    parameters (``slurm``, e.g. ``{"slurm_account": "abc"}``); a given executor (e.g. ``submitit.LocalExecutor``,
     ``submitit.DebugExecutor``) is used as configured. Returns the submitit jobs; once they are
     finished, :func:`collect` merges them.
 
     >>> # js = submit(load_config("full", {"data_root": "/data"}), partition="gpu", time_min=600)
     >>> # [j.result()["status"] for j in js]; collect(cfg, tables=True)
     """
-    import submitit
-
     jobs = list(all_jobs(cfg) if jobs is None else jobs)
     for spec, k in jobs:
         check_job(cfg, spec, k)
     if executor is None:
-        executor = submitit.AutoExecutor(folder=Path(folder or cfg.work_dir / "submitit"))
-        params: dict[str, Any] = {"timeout_min": int(time_min), "gpus_per_node": int(gpus_per_job),
-                                  "cpus_per_task": int(cpus_per_task), "name": f"mammo-kt-{cfg.name}"}
-        if mem_gb is not None:
-            params["mem_gb"] = int(mem_gb)
-        if partition is not None:
-            params["slurm_partition"] = partition
-        params.update(slurm or {})
-        executor.update_parameters(**params)
+        executor = make_executor(cfg, folder=folder, partition=partition, gpus_per_job=gpus_per_job,
+                                 time_min=time_min, cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm=slurm)
     if not jobs:
         return []
     return executor.map_array(_worker, [cfg] * len(jobs), [s for s, _ in jobs], [k for _, k in jobs])
 
 
 __all__ = ["JOB_SPECS", "JobOutcome", "Collected", "all_jobs", "check_job", "prepare", "run_job", "collect",
-           "submit", "cli_run_job", "cli_collect"]
+           "make_executor", "submit", "cli_run_job", "cli_collect"]

@@ -218,8 +218,12 @@ def test_debug_executor_then_collect_writes_tables(cfg, tmp_path):
 
 
 def test_submit_auto_executor_parameters(cfg, tmp_path):
-    assert jobs.submit(cfg, jobs=[], folder=tmp_path / "auto", partition="gpu", gpus_per_job=1, time_min=30) == []
-    with pytest.raises(Exception, match="slurm_no_such_option"):
+    ex = jobs.make_executor(cfg, folder=tmp_path / "auto", partition="gpu", gpus_per_job=2, time_min=30)
+    if ex.cluster == "local":  # no sbatch here: the slurm_* parameters are kept for SLURM only
+        assert ex._executor.parameters == {"timeout_min": 30, "gpus_per_node": 2, "cpus_per_task": 4,
+                                           "name": "mammo-kt-smoke"}
+    assert jobs.submit(cfg, jobs=[], folder=tmp_path / "auto", partition="gpu", gpus_per_job=0) == []
+    with pytest.raises(NameError, match="slurm_no_such_option"):
         jobs.submit(cfg, jobs=[], folder=tmp_path / "auto", slurm={"slurm_no_such_option": 1})
 
 
