@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock, Timeout
 
 from .progress import tqdm
 from .protocol import PER_FOLD_COLUMNS, PREDICTION_COLUMNS, CVResult, inner_split, make_folds
@@ -235,121 +236,250 @@ def _score(model: torch.nn.Module, cache: Mapping[str, TrunkCache], labels: np.n
     return out, probs
 
 
+class RunBusy(RuntimeError):
+    """A run is being trained by another process and the caller asked not to wait (``wait=False``)."""
+
+
+@dataclass
+class UnitRows:
+    """What one unit of the instrument (a condition, an initialisation and a fold) recorded: rows of
+    ``InstrumentResult.runs``, prediction frames, the beta choice, how many runs it trained here,
+    and the names of the runs not done (filled only when reading back, ``mode="read"``)."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    preds: list[pd.DataFrame] = field(default_factory=list)
+    choices: list[dict[str, Any]] = field(default_factory=list)
+    trained: int = 0
+    missing: list[str] = field(default_factory=list)
+
+
+class Instrument:
+    """The instrument's runs as units that can run on their own (``docs/DECISIONS.md``, "Table 2
+    as independent jobs"): :meth:`unit` runs (or reads back) the beta grid, the choice and the
+    controls of one (condition, init, fold), :meth:`mask_unit` the mask-only model of one
+    (condition, fold), :meth:`merge` puts units together into an :class:`InstrumentResult`.
+
+    Every run folder is guarded by a ``filelock.FileLock`` on ``<run folder>.lock``: a second
+    process waits (``wait=True``) or gets :class:`RunBusy`, and re-reads ``result.json`` once it
+    holds the lock, so a run is never trained twice.
+
+    >>> # inst = Instrument(data, conditions, out_dir, cfg, grid=beta_grid([0, 8]), n_splits=2)
+    >>> # res = inst.merge([inst.unit(c, i, k) for c, i, k in inst.units()])
+    """
+
+    def __init__(self, data: InstrumentData, conditions: Sequence[Condition], out_dir: str | Path,
+                 cfg: TrainConfig, *, grid: Sequence[BetaPoint], n_splits: int = 5, seed: int = 0,
+                 val_fraction: float = 0.2, shuffle_seed: int = 0) -> None:
+        self.data, self.conditions, self.out, self.cfg = data, tuple(conditions), Path(out_dir), cfg
+        self.grid, self.n_splits, self.seed, self.shuffle_seed = list(grid), n_splits, seed, shuffle_seed
+        self.val_fraction = val_fraction
+        self.folds = make_folds(data.labels, data.groups, n_splits=n_splits, seed=seed)
+        self.splits = {k: self._split(k) for k in range(n_splits)}
+
+    def _split(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Fold k's train / inner validation / test positions (80:20 inner split, seed + k)."""
+        data = self.data
+        tr_all, te = np.flatnonzero(self.folds != k), np.flatnonzero(self.folds == k)
+        a, b = inner_split(data.labels[tr_all], None if data.groups is None else data.groups[tr_all],
+                           val_fraction=self.val_fraction, seed=self.seed + k)
+        return tr_all[a], tr_all[b], te
+
+    @property
+    def has_mask(self) -> bool:
+        return self.data.mask_cache is not None and self.data.mask_init is not None
+
+    def units(self) -> list[tuple[Condition, str, int]]:
+        """The (condition, init, fold) units in :func:`run_instrument`'s order."""
+        return [(c, i, k) for c in self.conditions for i in self.data.inits for k in range(self.n_splits)]
+
+    def n_runs(self) -> int:
+        """Number of runs of the whole instrument (the grid and two controls per unit, mask-only models)."""
+        return len(self.units()) * (len(self.grid) + 2) + (len(self.conditions) * self.n_splits if self.has_mask else 0)
+
+    def run_path(self, cond: Condition, init: str, k: int, run: str) -> Path:
+        """The folder of one run (``result.json``, ``head.pt``; its lock is ``<folder>.lock``)."""
+        return self.out / cond.name / init / f"fold_{k}" / run.replace(":", "_")
+
+    def _fit(self, out: UnitRows, cond: Condition, init: str, k: int, run: str, tcfg: TrainConfig, target: str,
+             factory: Callable[[int], torch.nn.Module], cache: Mapping[str, TrunkCache], score_cond: Condition,
+             spec: str, *, mode: str, wait: bool, bar: Any) -> Optional[dict[str, Any]]:
+        """Read back one run with the same key, or (``mode="train"``) train it under its lock."""
+        data = self.data
+        tr, va, te = self.splits[k]
+        d = self.run_path(cond, init, k, run)
+        key = {"cfg": tcfg.to_dict(), "target": target, "condition": cond.name, "init": init, "fold": k,
+               "test": [data.ids[i] for i in te], "val": [data.ids[i] for i in va], "seed": self.seed,
+               "shuffle_seed": self.shuffle_seed, "code": CODE, "cache": _cache_digest(cache, tr)}
+        want = json.loads(json.dumps(key, default=str))
+        done = d / "result.json"
+
+        def read_back() -> Optional[dict[str, Any]]:
+            if done.exists():
+                saved = json.loads(done.read_text())
+                if saved.get("key") == want:
+                    if bar is not None:
+                        bar.update(1)
+                    return saved
+            return None
+
+        saved = read_back()
+        if saved is not None or mode == "read":
+            if saved is None:
+                out.missing.append(run)
+            return saved
+        d.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(d) + ".lock")
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except Timeout as err:
+            raise RunBusy(f"{d}: being trained by another process (lock {lock.lock_file})") from err
+        try:
+            saved = read_back()  # another process may have finished it while this one waited
+            if saved is not None:
+                return saved
+            model = factory(tcfg.seed)
+            res = train_head(model, cache[score_cond.train].subset(tr), cache[score_cond.train].subset(va), tcfg,
+                             target=target, shuffle_seed=self.shuffle_seed)
+            scores, probs = _score(res.model, cache, data.labels, data.masks, score_cond, te, tcfg)
+            row = {"condition": cond.name, "init": init, "fold": k, "run": run, "spec": spec, "target": target,
+                   "form": tcfg.distance_form, "beta": tcfg.beta if tcfg.method == "transfer" else 0.0,
+                   "val_accuracy": res.best_val_accuracy, "val_loss": res.best_val_loss,
+                   "best_epoch": res.best_epoch, "epochs": len(res.history), "wall_s": res.wall_s,
+                   "n_train": len(tr), "n_val": len(va), "n_test": len(te), **scores,
+                   **_metrics_row(probs[score_cond.primary], data.labels[te])}
+            pred = {name: p[:, 1].tolist() for name, p in probs.items()}
+            head = {k2: v for k2, v in res.model.state_dict().items()
+                    if k2.startswith(("features.denseblock4.", "features.norm5.", "classifier."))}
+            atomic_torch_save(head, d / "head.pt")
+            saved = {"key": key, "row": row, "prob_malignant": pred}
+            atomic_write_json(saved, done)
+            out.trained += 1
+            if bar is not None:
+                bar.update(1)
+            return json.loads(json.dumps(saved, default=str))
+        finally:
+            lock.release()
+
+    def _record(self, out: UnitRows, saved: dict[str, Any], cond: Condition, te: np.ndarray, **rename: str) -> None:
+        """Add a run's row and predictions; ``rename`` (spec, run) files a grid run under a Table 2 name."""
+        data = self.data
+        row = {**saved["row"], **rename}
+        out.runs.append(row)
+        for name, p in saved["prob_malignant"].items():
+            p = np.asarray(p)
+            out.preds.append(pd.DataFrame({"condition": cond.name, "spec": row["spec"], "run": row["run"],
+                                           "init": row["init"], "fold": row["fold"], "test": name,
+                                           "primary": name == cond.primary, "case_id": [data.ids[i] for i in te],
+                                           "label": data.labels[te], "prob_malignant": p,
+                                           "pred": (p >= 0.5).astype(np.int64)}))
+
+    def unit(self, cond: Condition, init: str, k: int, *, finetune_only: bool = False, mode: str = "train",
+             wait: bool = True, bar: Any = None) -> UnitRows:
+        """One (condition, init, fold): the beta grid, knowledge transfer's choice and the controls
+        (module docstring, steps 1-5); ``finetune_only``: the beta = 0 grid point alone.
+        ``mode="read"`` trains nothing: runs not done are listed in ``missing``."""
+        if mode not in ("train", "read"):
+            raise ValueError(f"mode must be 'train' or 'read', got {mode!r}")
+        data, out = self.data, UnitRows()
+        tr, va, te = self.splits[k]
+        base = self.cfg.replace(seed=self.cfg.seed + k, omega=(4,), trainable="group4+classifier", input="roi")
+        grid_saved = {}
+        for pt in self.grid:
+            if finetune_only and not pt.is_finetune:
+                continue
+            tcfg = base.replace(method="finetune" if pt.is_finetune else "transfer", beta=pt.beta,
+                                distance_form=pt.form)
+            saved = self._fit(out, cond, init, k, f"grid:{pt.name}", tcfg, "teacher", data.inits[init],
+                              data.caches[init], cond, f"{init}_finetune" if pt.is_finetune else "",
+                              mode=mode, wait=wait, bar=bar)
+            if saved is None:
+                continue
+            self._record(out, saved, cond, te)
+            grid_saved[saved["row"]["run"]] = saved
+        if finetune_only or len(grid_saved) < len(self.grid):
+            if not finetune_only:
+                out.missing += ["transfer", "control:shuffled", "control:oracle"]
+            return out
+        g = pd.DataFrame([sv["row"] for sv in grid_saved.values()])
+        best = _choose(g)
+        nz = g[g["beta"] > 0]
+        ctrl = best if best["beta"] > 0 or nz.empty else _choose(nz)
+        out.choices.append({"condition": cond.name, "init": init, "fold": k, "form": best["form"],
+                            "beta": best["beta"], "val_accuracy": best["val_accuracy"],
+                            "control_form": ctrl["form"], "control_beta": ctrl["beta"]})
+        # knowledge transfer = the chosen grid point, filed again under the Table 2 spec name
+        self._record(out, grid_saved[best["run"]], cond, te, spec=f"{init}_transfer", run=f"transfer({best['run']})")
+        for target in ("shuffled", "oracle"):
+            tcfg = base.replace(method="transfer", beta=float(ctrl["beta"]), distance_form=str(ctrl["form"]))
+            saved = self._fit(out, cond, init, k, f"control:{target}:{ctrl['run'].split(':')[1]}", tcfg, target,
+                              data.inits[init], data.caches[init], cond, f"{init}_{target}",
+                              mode=mode, wait=wait, bar=bar)
+            if saved is not None:
+                self._record(out, saved, cond, te)
+        return out
+
+    def mask_unit(self, cond: Condition, k: int, *, mode: str = "train", wait: bool = True, bar: Any = None) -> UnitRows:
+        """The mask-only model of one (condition, fold) (Fig. 4(b)); ``mode`` as in :meth:`unit`."""
+        if not self.has_mask:
+            raise ValueError("this instrument has no mask-only cache (InstrumentData.mask_cache)")
+        if mode not in ("train", "read"):
+            raise ValueError(f"mode must be 'train' or 'read', got {mode!r}")
+        out = UnitRows()
+        tr, va, te = self.splits[k]
+        mcond = Condition(cond.name, "mask only", train="mask", tests={cond.primary: "mask"}, primary=cond.primary)
+        tcfg = self.cfg.replace(seed=self.cfg.seed + k, method="finetune", beta=0.0, omega=(4,))
+        saved = self._fit(out, cond, "mask", k, "mask_only", tcfg, "teacher", self.data.mask_init,
+                          {"mask": self.data.mask_cache}, mcond, "mask_only", mode=mode, wait=wait, bar=bar)
+        if saved is not None:
+            self._record(out, saved, mcond, te)
+        return out
+
+    def merge(self, parts: Sequence[UnitRows]) -> InstrumentResult:
+        """Units (in :meth:`units` order, then the mask-only units) into one :class:`InstrumentResult`."""
+        runs = [r for p in parts for r in p.runs]
+        preds = [f for p in parts for f in p.preds]
+        choices = [c for p in parts for c in p.choices]
+        runs_df = pd.DataFrame(runs)
+        if runs_df.empty:
+            runs_df = pd.DataFrame(columns=list(dict.fromkeys(["condition", "init", "fold", "run", "spec", "target",
+                                                               "form", "beta", *PER_FOLD_COLUMNS])))
+        for c in PER_FOLD_COLUMNS:
+            if c not in runs_df:
+                runs_df[c] = {"init_used": runs_df["init"], "seed": self.seed,
+                              "method": runs_df["spec"].str.split("_").str[-1],
+                              "input": np.where(runs_df["spec"] == "mask_only", "mask", "roi")}.get(c, np.nan)
+        predictions = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(
+            columns=["condition", "spec", "run", "init", "fold", "test", "primary", "case_id", "label",
+                     "prob_malignant", "pred"])
+        return InstrumentResult(runs=runs_df, predictions=predictions, choices=pd.DataFrame(choices),
+                                conditions=self.conditions)
+
+
 def run_instrument(data: InstrumentData, conditions: Sequence[Condition], out_dir: str | Path,
                    cfg: TrainConfig, *, grid: Sequence[BetaPoint], n_splits: int = 5, seed: int = 0,
                    val_fraction: float = 0.2, shuffle_seed: int = 0, folds_to_run: Optional[Sequence[int]] = None,
                    progress: bool = True) -> InstrumentResult:
     """Run the whole instrument (module docstring), resumable per (condition, init, fold, run):
     each run writes ``result.json`` (metrics, predictions and a key of settings and code) and the
-    selected head state ``head.pt`` atomically; a rerun with the same key reads them back.
-    ``cfg`` gives epochs, batch size, optimiser, augmentation and seed (``cfg.seed + k`` in fold k).
-    ``folds_to_run`` (default all ``n_splits``) runs only those outer folds of the same split, e.g.
-    ``[0]`` for a timing run; each fold's runs are the same as in a full run.
+    selected head state ``head.pt`` atomically, under a lock; a rerun with the same key reads them
+    back. ``cfg`` gives epochs, batch size, optimiser, augmentation and seed (``cfg.seed + k`` in
+    fold k). Every unit of :class:`Instrument` in sequence, then the merge. ``folds_to_run``
+    (default all ``n_splits``) runs only those outer folds of the same split, e.g. ``[0]`` for a
+    timing run; each fold's runs are the same as in a full run.
     """
-    out = Path(out_dir)
-    grid = list(grid)
-    folds = make_folds(data.labels, data.groups, n_splits=n_splits, seed=seed)
-    runs, preds, choices = [], [], []
+    inst = Instrument(data, conditions, out_dir, cfg, grid=grid, n_splits=n_splits, seed=seed,
+                      val_fraction=val_fraction, shuffle_seed=shuffle_seed)
     ks = list(range(n_splits)) if folds_to_run is None else [int(k) for k in folds_to_run]
     if not ks or any(k < 0 or k >= n_splits for k in ks) or len(set(ks)) != len(ks):
         raise ValueError(f"folds_to_run must be distinct folds in [0, {n_splits}), got {folds_to_run!r}")
-    jobs = [(c, i, k) for c in conditions for i in data.inits for k in ks]
-    n_runs = len(jobs) * (len(grid) + 2) + (len(conditions) * len(ks) if data.mask_cache is not None else 0)
+    units = [u for u in inst.units() if u[2] in ks]
+    n_runs = len(units) * (len(inst.grid) + 2) + (len(inst.conditions) * len(ks) if inst.has_mask else 0)
     bar = tqdm(total=n_runs, disable=not progress, desc="Table 2 instrument (runs)")
-
-    def fit(cond: Condition, init: str, k: int, run: str, tr: np.ndarray, va: np.ndarray, te: np.ndarray,
-            tcfg: TrainConfig, target: str, factory: Callable[[int], torch.nn.Module],
-            cache: Mapping[str, TrunkCache], score_cond: Condition, spec: str) -> dict[str, Any]:
-        d = out / cond.name / init / f"fold_{k}" / run.replace(":", "_")
-        key = {"cfg": tcfg.to_dict(), "target": target, "condition": cond.name, "init": init, "fold": k,
-               "test": [data.ids[i] for i in te], "val": [data.ids[i] for i in va], "seed": seed,
-               "shuffle_seed": shuffle_seed, "code": CODE, "cache": _cache_digest(cache, tr)}
-        done = d / "result.json"
-        if done.exists():
-            saved = json.loads(done.read_text())
-            if saved.get("key") == json.loads(json.dumps(key, default=str)):
-                bar.update(1)
-                return saved
-        model = factory(tcfg.seed)
-        res = train_head(model, cache[score_cond.train].subset(tr), cache[score_cond.train].subset(va), tcfg,
-                         target=target, shuffle_seed=shuffle_seed)
-        scores, probs = _score(res.model, cache, data.labels, data.masks, score_cond, te, tcfg)
-        row = {"condition": cond.name, "init": init, "fold": k, "run": run, "spec": spec, "target": target,
-               "form": tcfg.distance_form, "beta": tcfg.beta if tcfg.method == "transfer" else 0.0,
-               "val_accuracy": res.best_val_accuracy, "val_loss": res.best_val_loss,
-               "best_epoch": res.best_epoch, "epochs": len(res.history), "wall_s": res.wall_s,
-               "n_train": len(tr), "n_val": len(va), "n_test": len(te), **scores,
-               **_metrics_row(probs[score_cond.primary], data.labels[te])}
-        pred = {name: p[:, 1].tolist() for name, p in probs.items()}
-        head = {k2: v for k2, v in res.model.state_dict().items()
-                if k2.startswith(("features.denseblock4.", "features.norm5.", "classifier."))}
-        atomic_torch_save(head, d / "head.pt")
-        saved = {"key": key, "row": row, "prob_malignant": pred}
-        atomic_write_json(saved, done)
-        bar.update(1)
-        return json.loads(json.dumps(saved, default=str))
-
-    def record(saved: dict[str, Any], cond: Condition, te: np.ndarray, **rename: str) -> None:
-        """Add a run's row and predictions; ``rename`` (spec, run) files a grid run under a Table 2 name."""
-        row = {**saved["row"], **rename}
-        runs.append(row)
-        for name, p in saved["prob_malignant"].items():
-            p = np.asarray(p)
-            preds.append(pd.DataFrame({"condition": cond.name, "spec": row["spec"], "run": row["run"],
-                                       "init": row["init"], "fold": row["fold"], "test": name,
-                                       "primary": name == cond.primary, "case_id": [data.ids[i] for i in te],
-                                       "label": data.labels[te], "prob_malignant": p,
-                                       "pred": (p >= 0.5).astype(np.int64)}))
-
-    def split(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Fold k's train / inner validation / test positions (80:20 inner split, seed + k)."""
-        tr_all, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        a, b = inner_split(data.labels[tr_all], None if data.groups is None else data.groups[tr_all],
-                           val_fraction=val_fraction, seed=seed + k)
-        return tr_all[a], tr_all[b], te
-
-    splits = {k: split(k) for k in ks}
-    for cond, init, k in jobs:
-        tr, va, te = splits[k]
-        base = cfg.replace(seed=cfg.seed + k, omega=(4,), trainable="group4+classifier", input="roi")
-        grid_saved = {}
-        for pt in grid:
-            tcfg = base.replace(method="finetune" if pt.is_finetune else "transfer", beta=pt.beta,
-                                distance_form=pt.form)
-            saved = fit(cond, init, k, f"grid:{pt.name}", tr, va, te, tcfg, "teacher", data.inits[init],
-                        data.caches[init], cond, f"{init}_finetune" if pt.is_finetune else "")
-            record(saved, cond, te)
-            grid_saved[saved["row"]["run"]] = saved
-        g = pd.DataFrame([sv["row"] for sv in grid_saved.values()])
-        best = _choose(g)
-        nz = g[g["beta"] > 0]
-        ctrl = best if best["beta"] > 0 or nz.empty else _choose(nz)
-        choices.append({"condition": cond.name, "init": init, "fold": k, "form": best["form"], "beta": best["beta"],
-                        "val_accuracy": best["val_accuracy"], "control_form": ctrl["form"], "control_beta": ctrl["beta"]})
-        # knowledge transfer = the chosen grid point, filed again under the Table 2 spec name
-        record(grid_saved[best["run"]], cond, te, spec=f"{init}_transfer", run=f"transfer({best['run']})")
-        for target in ("shuffled", "oracle"):
-            tcfg = base.replace(method="transfer", beta=float(ctrl["beta"]), distance_form=str(ctrl["form"]))
-            saved = fit(cond, init, k, f"control:{target}:{ctrl['run'].split(':')[1]}", tr, va, te, tcfg, target,
-                        data.inits[init], data.caches[init], cond, f"{init}_{target}")
-            record(saved, cond, te)
-    if data.mask_cache is not None and data.mask_init is not None:
-        for cond in conditions:
-            mcond = Condition(cond.name, "mask only", train="mask", tests={cond.primary: "mask"}, primary=cond.primary)
-            for k in ks:
-                tr, va, te = splits[k]
-                tcfg = cfg.replace(seed=cfg.seed + k, method="finetune", beta=0.0, omega=(4,))
-                saved = fit(cond, "mask", k, "mask_only", tr, va, te, tcfg, "teacher",
-                            data.mask_init, {"mask": data.mask_cache}, mcond, "mask_only")
-                record(saved, mcond, te)
+    parts = [inst.unit(c, i, k, bar=bar) for c, i, k in units]
+    if inst.has_mask:
+        parts += [inst.mask_unit(c, k, bar=bar) for c in inst.conditions for k in ks]
     bar.close()
-    runs_df = pd.DataFrame(runs)
-    for c in PER_FOLD_COLUMNS:
-        if c not in runs_df:
-            runs_df[c] = {"init_used": runs_df["init"], "seed": seed, "method": runs_df["spec"].str.split("_").str[-1],
-                          "input": np.where(runs_df["spec"] == "mask_only", "mask", "roi")}.get(c, np.nan)
-    return InstrumentResult(runs=runs_df, predictions=pd.concat(preds, ignore_index=True),
-                            choices=pd.DataFrame(choices), conditions=tuple(conditions))
+    return inst.merge(parts)
 
 
 def _cache_digest(cache: Mapping[str, TrunkCache], idx: np.ndarray) -> str:
@@ -373,4 +503,4 @@ def load_head(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
 
 
 __all__ = ["BetaPoint", "beta_grid", "Condition", "PHANTOM_CONDITIONS", "REAL_CONDITION", "InstrumentData",
-           "InstrumentResult", "run_instrument", "calibration_gate", "gate_passes", "load_head", "METHOD_LABELS"]
+           "InstrumentResult", "Instrument", "UnitRows", "RunBusy", "run_instrument", "calibration_gate", "gate_passes", "load_head", "METHOD_LABELS"]

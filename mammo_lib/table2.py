@@ -12,11 +12,15 @@ Initialisations (Table 2's "pre-training" column):
 """
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+
+from filelock import FileLock
 
 from .config import Config
 from .report import save_figure, write_table
@@ -27,6 +31,15 @@ INIT_LABELS = {"imagenet": "ImageNet", "ddsm": "DDSM"}
 #: Display names of the methods in figure titles.
 _METHOD_SHORT = {"finetune": "fine-tune", "transfer": "knowledge transfer", "shuffled": "KT, shuffled teacher",
                  "oracle": "KT, oracle target"}
+
+
+def lock_for(path: str | Path) -> FileLock:
+    """The lock guarding a shared artefact (a folder or file) of the pipeline: ``<path>.lock``
+    (``docs/DECISIONS.md``, "Table 2 as independent jobs"). Work is redone only after re-checking,
+    under the lock, that no other process finished it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")
 
 
 def spec_label(spec: str, trunks: dict[str, Any] | None = None) -> str:
@@ -64,12 +77,14 @@ def imagenet_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         from .pipeline import run_dir
 
         g, t = cfg.section("generic_pretrain"), cfg.section("train")
-        m = pretrain_generic(run_dir(cfg, "generic"), arch=cfg["arch"], n_train=int(g.get("n_train", 800)),
-                             n_test=int(g.get("n_test", 200)), size=int(cfg["roi_size"]),
-                             epochs=int(g.get("epochs", 20)), batch_size=int(g.get("batch_size", 32)),
-                             lr=float(g.get("lr", 3e-3)), seed=int(cfg["seed"]), device=cfg["device"],
-                             amp=t.get("amp", "off"), channels_last=bool(t.get("channels_last", False)),
-                             progress=progress)
+        out = run_dir(cfg, "generic")
+        with lock_for(out):
+            m = pretrain_generic(out, arch=cfg["arch"], n_train=int(g.get("n_train", 800)),
+                                 n_test=int(g.get("n_test", 200)), size=int(cfg["roi_size"]),
+                                 epochs=int(g.get("epochs", 20)), batch_size=int(g.get("batch_size", 32)),
+                                 lr=float(g.get("lr", 3e-3)), seed=int(cfg["seed"]), device=cfg["device"],
+                                 amp=t.get("amp", "off"), channels_last=bool(t.get("channels_last", False)),
+                                 progress=progress)
         return {"weights": m["checkpoint"], "note": GENERIC_INIT_NOTE, "test_accuracy": m["test_accuracy"],
                 "metrics": m}
     return {"weights": None, "note": "random (ImageNet unavailable; not a fair stand-in)", "test_accuracy": None}
@@ -88,8 +103,11 @@ def ddsm_trunk(cfg: Config, *, progress: bool = True, parallel: Any = None) -> d
                         trainable=p.get("trainable", "all"), method="finetune",
                         lr=float(p.get("lr", cfg["train"]["lr"])))
     weights = im["weights"] or "none"
-    res = pretrain(ds.pre_train, ds.pre_test, run_dir(cfg, "pretrain", weights), arch=cfg["arch"],
-                   weights=weights, cfg=tcfg, seed=int(cfg["seed"]), imagenet_fallback="error", progress=progress, parallel=parallel)
+    out = run_dir(cfg, "pretrain", weights)
+    # under torchrun the ranks train together (mammo_lib.distributed): a file lock would deadlock them
+    with (contextlib.nullcontext() if parallel is not None else lock_for(out)):
+        res = pretrain(ds.pre_train, ds.pre_test, out, arch=cfg["arch"], weights=weights, cfg=tcfg,
+                       seed=int(cfg["seed"]), imagenet_fallback="error", progress=progress, parallel=parallel)
     return {"weights": str(res.checkpoint), "note": f"DDSM pre-training from {im['note']}",
             "test_accuracy": float(res.metrics.get("accuracy", float("nan"))), "result": res}
 
@@ -174,26 +192,39 @@ def instrument_data(cfg: Config, *, progress: bool = True):
         caches[init] = {}
         for r in sorted(used):
             path = d / f"{r}.pt"
-            cached = TrunkCache.load_or_none(path)  # a damaged file is named in a warning and rebuilt
-            if cached is not None:
-                caches[init][r] = cached
-                continue
-            rs = rends[r]
-            c = build_cache(model, rs.images, rs.masks, labels=rs.labels, ids=list(rs.index["case_id"]),
-                            flips=FLIPS if r in train_r else ("none",), progress=progress, **speed)
-            caches[init][r] = c
-            c.save(path)
+            with lock_for(path):
+                cached = TrunkCache.load_or_none(path)  # a damaged file is named in a warning and rebuilt
+                if cached is not None:
+                    caches[init][r] = cached
+                    continue
+                rs = rends[r]
+                c = build_cache(model, rs.images, rs.masks, labels=rs.labels, ids=list(rs.index["case_id"]),
+                                flips=FLIPS if r in train_r else ("none",), progress=progress, **speed)
+                caches[init][r] = c
+                c.save(path)
     mask_model = factory(trunks["imagenet"]["weights"])(seed)
     mpath = run_dir(cfg, "trunk_cache", "mask", trunks["imagenet"]["weights"], CODE) / "mask.pt"
-    mcache = TrunkCache.load_or_none(mpath)
-    if mcache is None:
-        mcache = build_cache(mask_model, ds.cv.masks.astype(np.float32), ds.cv.masks, labels=ds.cv.labels,
-                             ids=list(ds.cv.index["case_id"]), progress=progress, **speed)
-        mcache.save(mpath)
+    with lock_for(mpath):
+        mcache = TrunkCache.load_or_none(mpath)
+        if mcache is None:
+            mcache = build_cache(mask_model, ds.cv.masks.astype(np.float32), ds.cv.masks, labels=ds.cv.labels,
+                                 ids=list(ds.cv.index["case_id"]), progress=progress, **speed)
+            mcache.save(mpath)
     data = InstrumentData(inits={k: factory(t["weights"]) for k, t in trunks.items()}, caches=caches,
                           labels=ds.cv.labels, groups=ds.cv.groups, ids=list(ds.cv.index["case_id"]),
                           masks=ds.cv.masks, mask_cache=mcache, mask_init=factory(trunks["imagenet"]["weights"]))
+    from .training import atomic_write_json
+    atomic_write_json({"trunks": {k: {"weights": t["weights"], "note": t["note"]} for k, t in trunks.items()},
+                       "code": CODE}, prepared_marker(cfg))
     return data, trunks
+
+
+def prepared_marker(cfg: Config) -> Path:
+    """Written by :func:`instrument_data` once the shared preconditions of the instrument (ROI
+    sets, both trunks, the trunk caches) exist: :func:`mammo_lib.jobs.collect` reads runs back
+    only then, so that collecting never trains."""
+    d = instrument_dir(cfg)
+    return d.parent / f"{d.name}.prepared.json"
 
 
 def grid_of(cfg: Config):
