@@ -41,7 +41,8 @@ from .protocol import PER_FOLD_COLUMNS, PREDICTION_COLUMNS, CVResult, inner_spli
 from .activation import activation_distance
 from .metrics import classification_metrics
 from .stand_in import energy_share
-from .training import TrainConfig, atomic_torch_save, atomic_write_json
+from .io import save_torch, to_jsonable, write_json
+from .training import TrainConfig
 from .trunk_cache import TrunkCache, group4_maps_cached, predict_cached, train_head
 
 #: Gate thresholds (``docs/DECISIONS.md``).
@@ -268,7 +269,7 @@ def run_instrument(data: InstrumentData, conditions: Sequence[Condition], out_di
         done = d / "result.json"
         if done.exists():
             saved = json.loads(done.read_text())
-            if saved.get("key") == json.loads(json.dumps(key, default=str)):
+            if saved.get("key") == to_jsonable(key):
                 bar.update(1)
                 return saved
         model = factory(tcfg.seed)
@@ -284,11 +285,11 @@ def run_instrument(data: InstrumentData, conditions: Sequence[Condition], out_di
         pred = {name: p[:, 1].tolist() for name, p in probs.items()}
         head = {k2: v for k2, v in res.model.state_dict().items()
                 if k2.startswith(("features.denseblock4.", "features.norm5.", "classifier."))}
-        atomic_torch_save(head, d / "head.pt")
+        save_torch(head, d / "head.pt")
         saved = {"key": key, "row": row, "prob_malignant": pred}
-        atomic_write_json(saved, done)
+        write_json(done, saved)
         bar.update(1)
-        return json.loads(json.dumps(saved, default=str))
+        return to_jsonable(saved)
 
     def record(saved: dict[str, Any], cond: Condition, te: np.ndarray, **rename: str) -> None:
         """Add a run's row and predictions; ``rename`` (spec, run) files a grid run under a Table 2 name."""

@@ -16,7 +16,8 @@ import pandas as pd
 
 from .config import Config
 from .records import LoadResult
-from .report import atomic_write_text, save_figure, write_json, write_table
+from .io import write_text
+from .report import save_figure, write_table
 from .table2 import TABLE2_SPECS
 
 
@@ -304,7 +305,7 @@ REAL_NOTES = {
 def write_phantom_notes(cfg: Config) -> None:
     """Notes under the tables that read differently on the phantom than on real data."""
     for name, text in (PHANTOM_NOTES if cfg.uses_phantom else REAL_NOTES).items():
-        atomic_write_text(cfg.results_dir / "tables" / f"{name}.notes.md", text + "\n")
+        write_text(cfg.results_dir / "tables" / f"{name}.notes.md", text + "\n")
 
 
 def step_table1(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
@@ -530,10 +531,10 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     rule = str(sanity.attrs["chosen_rule"])
     write_table(sanity, "explanation_sanity", rd)
     if not sanity.attrs.get("any_passes", False):
-        atomic_write_text(rd / "tables" / "explanation_sanity.notes.md",
-                          f"**No Background rule passes the sanity checks** on these models: the Eq. 6 labels "
-                          f"are not shown to be evidence of what the model uses. `{rule}` is the least bad "
-                          f"and is used for the figures.\n")
+        write_text(rd / "tables" / "explanation_sanity.notes.md",
+                   f"**No Background rule passes the sanity checks** on these models: the Eq. 6 labels "
+                   f"are not shown to be evidence of what the model uses. `{rule}` is the least bad "
+                   f"and is used for the figures.\n")
     else:
         (rd / "tables" / "explanation_sanity.notes.md").unlink(missing_ok=True)
     timings = []

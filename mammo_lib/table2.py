@@ -311,8 +311,8 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                                                 cvr.confusion("imagenet_finetune")},
                                            title=f"Fig. 4(b), condition {main}"), "fig4b_confusion", rd)
     verdict = verdict_lines(cfg, res, gate, summaries, trunks)
-    from .report import atomic_write_text
-    atomic_write_text(rd / "tables" / "summary.notes.md", "\n".join(verdict) + "\n")
+    from .io import write_text
+    write_text(rd / "tables" / "summary.notes.md", "\n".join(verdict) + "\n")
     return {"result": res, "gate": gate, "dose": dose, "comparison": comp, "controls": controls, "fig4b": fig4,
             "summaries": summaries, "verdict": verdict, "gate_passes": {i: gate_passes(gate, i) for i in trunks}
             if len(gate) else {}}

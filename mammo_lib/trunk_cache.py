@@ -27,10 +27,9 @@ derangement) and ``"oracle"`` (the mask itself average-pooled to the g x g grid)
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,9 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .io import save_torch
 from .progress import tqdm
 from .activation import activation_distance, activation_map
-from .model import mask_to_model_input, preserve_mode, set_trainable, to_model_input
+from .model import eval_mode, mask_to_model_input, on_device, set_trainable, to_model_input
 from .training import TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
 
 #: Flip codes of the cache: index 0 identity, 1 horizontal, 2 vertical, 3 both.
@@ -80,14 +80,6 @@ def head_logits(model: nn.Module, a: Tensor) -> Tensor:
     return model.classifier(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1))
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model.eval()`` inside the block; every submodule's flag restored on exit."""
-    with preserve_mode(model):
-        model.eval()
-        yield model
-
-
 @dataclass
 class TrunkCache:
     """Stored trunk outputs of N ROIs under F flips.
@@ -119,10 +111,8 @@ class TrunkCache:
 
     def save(self, path: str | Path) -> Path:
         """Write the cache atomically (``torch.save``)."""
-        from .training import atomic_torch_save
-
         path = Path(path)
-        atomic_torch_save({"features": self.features, "teacher_maps": self.teacher_maps,
+        save_torch({"features": self.features, "teacher_maps": self.teacher_maps,
                            "oracle_maps": self.oracle_maps, "labels": torch.from_numpy(np.array(self.labels, dtype=np.int64)),
                            "ids": list(self.ids), "flips": list(self.flips)}, path)
         return path
@@ -163,29 +153,23 @@ def build_cache(model: nn.Module, images: np.ndarray, masks: np.ndarray, *,
     device = torch.device(device)
     teacher = model if teacher is None else teacher
     feats, tmaps, omaps = [], [], []
-    homes = [(m, next(m.parameters()).device) for m in {id(model): model, id(teacher): teacher}.values()]
-    try:
-        for m, _ in homes:
-            m.to(device)
-        with eval_mode(model), eval_mode(teacher):
-            for s in tqdm(range(0, n, batch_size), disable=not progress, desc="trunk cache"):
-                x = torch.from_numpy(images[s:s + batch_size]).to(device)
-                mk = torch.from_numpy(masks[s:s + batch_size].astype(np.uint8)).to(device)
-                f_b, t_b, o_b = [], [], []
-                for c in codes:
-                    t = trunk_forward(model, to_model_input(_flip(x, c)))
-                    mt = mask_to_model_input(_flip(mk, c))
-                    a_mask = group4_activation(teacher, trunk_forward(teacher, mt))
-                    f_b.append(t.float().cpu())
-                    t_b.append(activation_map(a_mask).float().cpu())
-                    g = a_mask.shape[-1]
-                    o_b.append(F.adaptive_avg_pool2d(_flip(mk, c).float()[:, None], g)[:, 0].cpu())
-                feats.append(torch.stack(f_b, 1))
-                tmaps.append(torch.stack(t_b, 1))
-                omaps.append(torch.stack(o_b, 1))
-    finally:
-        for m, home in homes:
-            m.to(home)
+    with (on_device(model, device), on_device(teacher, device),  # the teacher may be the model: moved once
+          eval_mode(model), eval_mode(teacher)):
+        for s in tqdm(range(0, n, batch_size), disable=not progress, desc="trunk cache"):
+            x = torch.from_numpy(images[s:s + batch_size]).to(device)
+            mk = torch.from_numpy(masks[s:s + batch_size].astype(np.uint8)).to(device)
+            f_b, t_b, o_b = [], [], []
+            for c in codes:
+                t = trunk_forward(model, to_model_input(_flip(x, c)))
+                mt = mask_to_model_input(_flip(mk, c))
+                a_mask = group4_activation(teacher, trunk_forward(teacher, mt))
+                f_b.append(t.float().cpu())
+                t_b.append(activation_map(a_mask).float().cpu())
+                g = a_mask.shape[-1]
+                o_b.append(F.adaptive_avg_pool2d(_flip(mk, c).float()[:, None], g)[:, 0].cpu())
+            feats.append(torch.stack(f_b, 1))
+            tmaps.append(torch.stack(t_b, 1))
+            omaps.append(torch.stack(o_b, 1))
     return TrunkCache(torch.cat(feats), torch.cat(tmaps), torch.cat(omaps), labels, ids, tuple(flips))
 
 
@@ -294,60 +278,57 @@ def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainC
         raise ValueError(f"need >= 2 training and >= 1 validation cases, got {len(train)} and {len(val)}")
     t0 = time.perf_counter()
     device = torch.device(cfg.device)
-    home = next(model.parameters()).device
-    model.to(device)
-    set_trainable(model, "group4+classifier")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(params, cfg)
-    weight = _class_weights(train.labels, device) if cfg.class_weighting else None
-    use_kt = cfg.method == "transfer" and cfg.beta > 0
-    perm = derangement(len(train), shuffle_seed) if (use_kt and target == "shuffled") else None
-    y_all = torch.from_numpy(train.labels)
-    history, best_key, best_state, best_epoch, since = [], None, None, -1, 0
-    head_modules = (model.features.denseblock4, model.features.norm5, model.classifier)
-    with preserve_mode(model):
-        model.eval()
-        for epoch in tqdm(range(cfg.epochs), disable=not progress, desc=f"head ({cfg.method})"):
-            e0 = time.perf_counter()
-            gen = epoch_generator(cfg.seed, epoch)
-            order = torch.randperm(len(train), generator=gen)
-            codes_all = _flip_codes(cfg.augment, len(train), gen, train.features.shape[1])
-            chunks = list(order.split(cfg.batch_size))
-            if len(chunks) > 1 and len(chunks[-1]) == 1:
-                last = chunks.pop()
-                chunks[-1] = torch.cat([chunks[-1], last])
-            for m in head_modules:
-                m.train()
-            sums: dict[str, float] = {}
-            for idx in chunks:
-                codes = codes_all[idx]
-                t = train.features[idx, codes].to(device)
-                tm = _target_maps(train, idx, codes, target, perm).to(device) if use_kt else None
-                loss, parts = head_loss(model, t, y_all[idx].to(device), tm, cfg, weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v * len(idx)
-            for m in head_modules:
-                m.eval()
-            p = predict_cached(model, val, device=device)
-            yv = val.labels
-            val_loss = float(-np.log(np.clip(p[np.arange(len(yv)), yv], 1e-12, None)).mean())
-            val_acc = float((p.argmax(1) == yv).mean())
-            row = {"epoch": epoch, "train_loss": sums["total"] / len(train), "train_ce": sums["ce"] / len(train),
-                   "train_d4": sums["d4"] / len(train) if "d4" in sums else float("nan"),
-                   "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - e0}
-            history.append(row)
-            if _better(val_acc, val_loss, best_key, cfg.selection_metric):
-                best_key, best_epoch, since = (val_acc, val_loss), epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                since += 1
-            if cfg.patience is not None and since >= cfg.patience:
-                break
-    model.load_state_dict(best_state)
-    model.to(home)
+    with on_device(model, device):  # back where the caller had it, also after an error
+        set_trainable(model, "group4+classifier")
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = _make_optimizer(params, cfg)
+        weight = _class_weights(train.labels, device) if cfg.class_weighting else None
+        use_kt = cfg.method == "transfer" and cfg.beta > 0
+        perm = derangement(len(train), shuffle_seed) if (use_kt and target == "shuffled") else None
+        y_all = torch.from_numpy(train.labels)
+        history, best_key, best_state, best_epoch, since = [], None, None, -1, 0
+        head_modules = (model.features.denseblock4, model.features.norm5, model.classifier)
+        with eval_mode(model):
+            for epoch in tqdm(range(cfg.epochs), disable=not progress, desc=f"head ({cfg.method})"):
+                e0 = time.perf_counter()
+                gen = epoch_generator(cfg.seed, epoch)
+                order = torch.randperm(len(train), generator=gen)
+                codes_all = _flip_codes(cfg.augment, len(train), gen, train.features.shape[1])
+                chunks = list(order.split(cfg.batch_size))
+                if len(chunks) > 1 and len(chunks[-1]) == 1:
+                    last = chunks.pop()
+                    chunks[-1] = torch.cat([chunks[-1], last])
+                for m in head_modules:
+                    m.train()
+                sums: dict[str, float] = {}
+                for idx in chunks:
+                    codes = codes_all[idx]
+                    t = train.features[idx, codes].to(device)
+                    tm = _target_maps(train, idx, codes, target, perm).to(device) if use_kt else None
+                    loss, parts = head_loss(model, t, y_all[idx].to(device), tm, cfg, weight)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + v * len(idx)
+                for m in head_modules:
+                    m.eval()
+                p = predict_cached(model, val, device=device)
+                yv = val.labels
+                val_loss = float(-np.log(np.clip(p[np.arange(len(yv)), yv], 1e-12, None)).mean())
+                val_acc = float((p.argmax(1) == yv).mean())
+                row = {"epoch": epoch, "train_loss": sums["total"] / len(train), "train_ce": sums["ce"] / len(train),
+                       "train_d4": sums["d4"] / len(train) if "d4" in sums else float("nan"),
+                       "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - e0}
+                history.append(row)
+                if _better(val_acc, val_loss, best_key, cfg.selection_metric):
+                    best_key, best_epoch, since = (val_acc, val_loss), epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    since += 1
+                if cfg.patience is not None and since >= cfg.patience:
+                    break
+        model.load_state_dict(best_state)
     hist = pd.DataFrame(history)
     best = hist.loc[hist["epoch"] == best_epoch].iloc[0]
     return HeadResult(model, hist, best_epoch, float(best["val_accuracy"]), float(best["val_loss"]),
@@ -356,4 +337,4 @@ def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainC
 
 __all__ = ["FLIPS", "TARGETS", "TrunkCache", "HeadResult", "build_cache", "train_head", "predict_cached",
            "group4_maps_cached", "trunk_forward", "group4_activation", "head_logits", "head_loss",
-           "derangement", "eval_mode"]
+           "derangement"]

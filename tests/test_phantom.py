@@ -286,7 +286,7 @@ def test_case_content_does_not_depend_on_the_number_of_cases(tmp_path):
 
 
 def test_same_config_is_kept_other_config_regenerates(tmp_path, monkeypatch):
-    import mammo_lib.phantom as ph
+    import mammo_lib.phantom.build as ph
 
     cfg = tiny(n_benign=1, n_malignant=1)
     out = generate_phantom(tmp_path / "p", cfg, progress=False)
