@@ -13,7 +13,7 @@ This module is a leaf: it imports nothing from ``mammo_lib``.
 >>> d = pathlib.Path(tempfile.mkdtemp())
 >>> p = write_json(d / "a" / "x.json", {"b": 1, "a": [1, 2]})
 >>> p.read_text()
-'{\\n  "a": [\\n    1,\\n    2\\n  ],\\n  "b": 1\\n}\\n'
+'{\\n  "b": 1,\\n  "a": [\\n    1,\\n    2\\n  ]\\n}\\n'
 >>> sorted(f.name for f in p.parent.iterdir())
 ['x.json']
 """
@@ -109,9 +109,10 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically: indent 2, sorted keys, trailing newline
-    (docs/DECISIONS.md, "Atomic writes"); see :func:`to_jsonable` for non-JSON values."""
-    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    """Write ``obj`` as JSON to ``path`` atomically: indent 2, keys in the dict's own order (a
+    stored run row reads back with its columns in order), trailing newline (docs/DECISIONS.md,
+    "Atomic writes"); see :func:`to_jsonable` for non-JSON values."""
+    return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def write_csv(path: str | os.PathLike, df: Any) -> Path:

@@ -79,12 +79,12 @@ def test_json_bytes_and_round_trip(tmp_path):
            "p": tmp_path / "f", "t": torch.float32}
     p = mio.write_json(tmp_path / "new" / "x.json", obj)
     text = p.read_text()
-    assert text.endswith("}\n") and text.index('"a"') < text.index('"b"') < text.index('"c"')  # sorted
-    assert text.startswith('{\n  "a": [\n    1,\n    2\n  ],')  # indent 2
+    assert text.endswith("}\n") and text.startswith('{\n  "b": 0.25,\n  "a": [\n    1,\n    2\n  ],')  # indent 2
     back = json.loads(text)
     assert back == {"a": [1, 2], "b": 0.25, "c": [[1, 2]], "d": True, "p": str(tmp_path / "f"),
                     "t": "torch.float32"}
-    assert mio.to_jsonable(obj) == back  # what a stored run key is compared through
+    assert list(back) == ["b", "a", "c", "d", "p", "t"]  # the dict's order: a resumed run row keeps its columns
+    assert mio.to_jsonable(obj) == back and list(mio.to_jsonable(obj)) == list(back)
 
 
 def test_csv_bytes_match_pandas(tmp_path):

@@ -1,4 +1,4 @@
-"""Phantom settings (docs/DECISIONS.md, "Phantom"): :class:`PhantomConfig` with its checks,
+"""Phantom settings (the decisions in :mod:`mammo_lib.phantom`): :class:`PhantomConfig` with its checks,
 the shared constants (label-map values, generator streams, shrink factors) and
 :func:`config_hash`, which identifies a generation."""
 from __future__ import annotations
