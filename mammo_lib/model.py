@@ -346,8 +346,7 @@ def feature_grid(model: DenseNet, input_size: int) -> int:
     _require_densenet(model)
     ref = next(model.parameters())
     x = torch.zeros(1, 3, input_size, input_size, dtype=ref.dtype, device=ref.device)
-    with preserve_mode(model), torch.no_grad():
-        model.eval()
+    with eval_mode(model), torch.no_grad():
         try:
             out = model.features(x)
         except RuntimeError as err:

@@ -419,15 +419,14 @@ def table2_run(cfg: Config, *, progress: bool = True):
 
 
 def group4_maps(model, images: np.ndarray, *, batch_size: int = 32, device: str = "cpu") -> np.ndarray:
-    """F^4 (Eq. 3) for every ROI, (N, g, g), under inference mode with the model's mode restored."""
+    """F^4 (Eq. 3) for every ROI, (N, g, g), under inference mode; the model's mode and device restored."""
     import torch
 
     from .activation import GroupActivations, activation_map
-    from .model import to_model_input
+    from .model import on_device, to_model_input
 
-    model = model.to(device)
     out = []
-    with torch.inference_mode(), GroupActivations(model, groups=(4,), mode="eval") as acts:
+    with on_device(model, device), torch.inference_mode(), GroupActivations(model, groups=(4,), mode="eval") as acts:
         for s in range(0, len(images), batch_size):
             model(to_model_input(torch.from_numpy(images[s:s + batch_size]).to(device)))
             out.append(activation_map(acts[4]).cpu().numpy())
