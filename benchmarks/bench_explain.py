@@ -18,7 +18,8 @@ import torch
 from mammo_lib.explain import explain_roi
 from mammo_lib.glcm import glcm_variance_map, quantize
 from mammo_lib.model import build_model
-from mammo_lib.report import environment_info, write_json
+from mammo_lib.io import write_json
+from mammo_lib.report import environment_info
 
 
 def _best_of(fn, repeats: int) -> float:

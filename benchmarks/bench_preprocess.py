@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover
 from mammo_lib.cbis_ddsm import load_cbis_ddsm
 from mammo_lib.phantom import PhantomConfig, write_cbis_tree
 from mammo_lib.preprocess import preprocess
-from mammo_lib.training import atomic_write_json
+from mammo_lib.io import write_json
 
 
 class _RssSampler:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "rusage_children_maxrss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "runs": {str(w): runs[w] for w in workers},
     }
-    atomic_write_json(out, Path(a.out))
+    write_json(Path(a.out), out)
     print(json.dumps({k: out[k] for k in ("machine", "median_wall_s", "speedup_vs_1", "peak_rss_mb_per_worker",
                                           "peak_uss_mb_per_worker")}))
     return 0

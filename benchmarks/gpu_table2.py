@@ -46,7 +46,7 @@ from mammo_lib import table2  # noqa: E402
 from mammo_lib.config import load_config  # noqa: E402
 from mammo_lib.instrument import run_instrument  # noqa: E402
 from mammo_lib.pipeline import roi_sets, train_config  # noqa: E402
-from mammo_lib.training import atomic_write_json  # noqa: E402
+from mammo_lib.io import write_json  # noqa: E402
 
 VARIANTS = {"bf16": {"amp": "bf16", "channels_last": True}, "fp32": {"amp": "off", "channels_last": False}}
 STAGES = ("generic_pretrain", "ddsm_pretrain", "trunk_caches", "instrument")
@@ -93,7 +93,7 @@ class Recorder:
 
     def save(self) -> None:
         self.doc["elapsed_s"] = round(self.elapsed(), 2)
-        atomic_write_json(self.doc, self.path)
+        write_json(self.path, self.doc)
 
 
 def _sync() -> None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .progress import tqdm
-from .model import apply_train_mode, mask_to_model_input, preserve_mode, to_model_input
+from .model import apply_train_mode, mask_to_model_input, on_device, preserve_mode, to_model_input
 
 #: Module (by ``named_modules`` name) whose output is group k's activation (docs/DECISIONS.md).
 GROUP_LAYERS: dict[int, str] = {
@@ -198,25 +198,18 @@ def activation_distances(model: nn.Module, rois: np.ndarray, masks: np.ndarray,
         raise ValueError(f"unknown form {form!r}; choose one of {DISTANCE_FORMS}")
     device = torch.device(device)
     param = next(model.parameters())
-    home = param.device
-    if home != device:
-        model.to(device)
     n = len(rois_a)
     out: dict[int, list[Tensor]] = {g: [] for g in groups}
-    try:
-        with GroupActivations(model, groups, mode="eval") as acts, torch.inference_mode():
-            for start in tqdm(range(0, n, batch_size), disable=not progress, desc="activation distances"):
-                stop = min(start + batch_size, n)
-                r = to_model_input(torch.as_tensor(rois_a[start:stop], dtype=param.dtype).to(device))
-                m = mask_to_model_input(torch.as_tensor(masks_a[start:stop]).to(device), dtype=param.dtype)
-                model(m)
-                mask_maps = {g: activation_map(acts[g]) for g in groups}
-                model(r)
-                for g in groups:
-                    out[g].append(activation_distance(mask_maps[g], activation_map(acts[g]), form).cpu())
-    finally:
-        if home != device:
-            model.to(home)
+    with on_device(model, device), GroupActivations(model, groups, mode="eval") as acts, torch.inference_mode():
+        for start in tqdm(range(0, n, batch_size), disable=not progress, desc="activation distances"):
+            stop = min(start + batch_size, n)
+            r = to_model_input(torch.as_tensor(rois_a[start:stop], dtype=param.dtype).to(device))
+            m = mask_to_model_input(torch.as_tensor(masks_a[start:stop]).to(device), dtype=param.dtype)
+            model(m)
+            mask_maps = {g: activation_map(acts[g]) for g in groups}
+            model(r)
+            for g in groups:
+                out[g].append(activation_distance(mask_maps[g], activation_map(acts[g]), form).cpu())
     frames = [pd.DataFrame({"sample": np.arange(n), "group": g,
                             "d": torch.cat(out[g]).double().numpy() if n else np.empty(0)})
               for g in groups]

@@ -29,7 +29,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from .progress import tqdm
-from .model import preserve_mode, to_model_input
+from .model import on_device, preserve_mode, to_model_input
 
 CamMethod = Literal["gradcam", "hirescam"]
 TargetLayer = Literal["relu", "norm5"]
@@ -116,15 +116,13 @@ def cam_map(model: nn.Module, images: np.ndarray, *, method: CamMethod = "gradca
 
     device = torch.device(device)
     params = list(model.parameters())
-    home = params[0].device
     flags = [p.requires_grad for p in params]
     grads = [p.grad for p in params]
     layer = head.relu if target_layer == "relu" else model.features.norm5
     out: list[np.ndarray] = []
     try:
-        if home != device:
-            model.to(device)
-        with preserve_mode(model), torch.inference_mode(False), torch.enable_grad():
+        with (on_device(model, device), preserve_mode(model), torch.inference_mode(False),
+              torch.enable_grad()):
             for p in params:
                 p.requires_grad_(False)
             cam = CAM_METHODS[method](model=head, target_layers=[layer])   # registers hooks, head.eval()
@@ -138,8 +136,6 @@ def cam_map(model: nn.Module, images: np.ndarray, *, method: CamMethod = "gradca
             finally:
                 cam.activations_and_grads.release()
     finally:
-        if home != device:
-            model.to(home)
         for p, flag, grad in zip(params, flags, grads):
             p.requires_grad_(flag)
             p.grad = grad

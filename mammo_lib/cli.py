@@ -37,6 +37,7 @@ def _pin(a: argparse.Namespace) -> int:
 
 def _train(a: argparse.Namespace) -> int:
     from .generic import load_generic
+    from .io import write_csv
     from .preprocess import preprocess
     from .protocol import RunSpec, run_cv
     from .training import TrainConfig
@@ -45,8 +46,7 @@ def _train(a: argparse.Namespace) -> int:
     res = load_generic(a.csv, on_error="skip")
     if res.exclusions:
         print(f"{len(res.exclusions)} rows excluded (see {out / 'exclusions.csv'})")
-    out.mkdir(parents=True, exist_ok=True)
-    res.exclusions_frame().to_csv(out / "exclusions.csv", index=False)
+    write_csv(out / "exclusions.csv", res.exclusions_frame())
     rois = preprocess(res.records, out / "cache", size=a.size, intensity=a.intensity, on_error="skip",
                       workers=a.workers)
     cfg = TrainConfig(method=a.method, epochs=a.epochs, beta=a.beta, batch_size=a.batch_size, lr=a.lr,

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from .progress import tqdm
-from .records import default_file_mode
+from .io import write_json
 from .activation import GroupActivations, activation_map
 from .glcm import MeanForm, check_grey_image, glcm_variance_map
-from .model import preserve_mode, to_model_input
+from .model import eval_mode, on_device, to_model_input
 from .records import LABEL_NAMES, DataError
 
 #: Cell labels of Eq. 6.
@@ -312,20 +311,8 @@ class Explanation:
         return cls(**{k: d[k] for k in _JSON_KEYS}, **{k: d[k] for k in _OPTIONAL_JSON_KEYS if k in d})
 
     def to_json(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`to_dict` to ``path`` atomically (temp file + ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=1)
-            os.chmod(tmp, default_file_mode())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        """Write :meth:`to_dict` to ``path`` atomically (:func:`mammo_lib.io.write_json`)."""
+        return write_json(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "Explanation":
@@ -508,24 +495,16 @@ def explain_roi(model: nn.Module, roi: np.ndarray, *, lesion: np.ndarray | None 
         params["layer_fn"] = getattr(layer_fn, "__name__", type(layer_fn).__name__)
 
     device = torch.device(device)
-    home = next((t.device for t in (*model.parameters(), *model.buffers())), device)
     grey = torch.from_numpy(np.stack([roi, lesion, background]).astype(np.float32)).to(device)
-    if home != device:
-        model.to(device)
-    try:
-        with preserve_mode(model), torch.inference_mode():
-            model.eval()
-            if layer_fn is None:
-                with GroupActivations(model, groups=(group,), mode="eval", detach=True) as acts:
-                    def forward(x: Tensor) -> tuple[Tensor, Tensor]:
-                        logits = model(to_model_input(x))
-                        return logits, acts[group]
-                    result = _run_eq6(forward, grey, batch_size, progress)
-            else:
-                result = _run_eq6(lambda x: layer_fn(model, x), grey, batch_size, progress)
-    finally:
-        if home != device:
-            model.to(home)
+    with on_device(model, device), eval_mode(model), torch.inference_mode():
+        if layer_fn is None:
+            with GroupActivations(model, groups=(group,), mode="eval", detach=True) as acts:
+                def forward(x: Tensor) -> tuple[Tensor, Tensor]:
+                    logits = model(to_model_input(x))
+                    return logits, acts[group]
+                result = _run_eq6(forward, grey, batch_size, progress)
+        else:
+            result = _run_eq6(lambda x: layer_fn(model, x), grey, batch_size, progress)
 
     probabilities, f4, dis_l, dis_b, grid = result
     if label_names is None:

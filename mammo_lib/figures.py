@@ -2,16 +2,13 @@
 
 Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global
 state, safe under any backend, nothing shown); a notebook displays it as the cell's value and
-:func:`save_figure` writes it. Activation maps are drawn as in Fig. 7: rescaled to [0, 1] and
+:func:`mammo_lib.io.save_figure` writes it. Activation maps are drawn as in Fig. 7: rescaled to [0, 1] and
 resized to the ROI by bilinear interpolation (:func:`mammo_lib.localization.upsample_map`),
 then overlaid on the ROI; outlines come from :func:`skimage.measure.find_contours`.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import textwrap
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -23,7 +20,6 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
 from skimage.measure import find_contours
 
-from .records import default_file_mode
 from .localization import CONFOUNDER_LABELS, upsample_map
 from .records import LABEL_NAMES
 
@@ -848,30 +844,3 @@ def explanation_grid(cases: Sequence[Mapping[str, Any]], *,
     if title:
         fig.suptitle(_wrap(title, fig, FONTSIZES["figure"]), fontsize=FONTSIZES["figure"])
     return fig
-
-
-# --------------------------------------------------------------------------- saving
-
-
-def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 150) -> Path:
-    """Write ``fig`` as a PNG at ``path`` atomically (temp file + ``os.replace``), creating folders.
-
-    A path without suffix gets ``.png``; another suffix is an error. Returns the path written.
-    """
-    if not isinstance(fig, Figure):
-        raise TypeError(f"fig must be a matplotlib Figure, got {type(fig).__name__}")
-    path = Path(path)
-    if path.suffix == "":
-        path = path.with_suffix(".png")
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"save_figure writes PNG files; got suffix {path.suffix!r} in {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path

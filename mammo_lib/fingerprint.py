@@ -52,7 +52,7 @@ def compare(results_dir: str | Path, committed: str | Path) -> list[str]:
 
 def write(results_dir: str | Path, committed: str | Path) -> Path:
     """Write the fingerprint of ``results_dir`` to ``committed``."""
-    from .report import write_json
+    from .io import write_json
 
     return write_json(Path(committed), {"note": "sha256 of the smoke profile's tables (mammo_lib.fingerprint)",
                                         "tables": table_fingerprint(results_dir)})

@@ -43,7 +43,8 @@ from .activation import activation_distance
 from .config import code_digest
 from .metrics import classification_metrics
 from .stand_in import energy_share
-from .training import TrainConfig, atomic_torch_save, atomic_write_json
+from .io import save_torch, to_jsonable, write_json
+from .training import TrainConfig
 from .trunk_cache import TrunkCache, group4_maps_cached, predict_cached, train_head
 
 #: Gate thresholds (``docs/DECISIONS.md``).
@@ -310,7 +311,7 @@ class Instrument:
         key = {"cfg": tcfg.to_dict(), "target": target, "condition": cond.name, "init": init, "fold": k,
                "test": [data.ids[i] for i in te], "val": [data.ids[i] for i in va], "seed": self.seed,
                "shuffle_seed": self.shuffle_seed, "code": CODE, "cache": _cache_digest(cache, tr)}
-        want = json.loads(json.dumps(key, default=str))
+        want = to_jsonable(key)
         done = d / "result.json"
 
         def read_back() -> Optional[dict[str, Any]]:
@@ -350,13 +351,13 @@ class Instrument:
             pred = {name: p[:, 1].tolist() for name, p in probs.items()}
             head = {k2: v for k2, v in res.model.state_dict().items()
                     if k2.startswith(("features.denseblock4.", "features.norm5.", "classifier."))}
-            atomic_torch_save(head, d / "head.pt")
+            save_torch(head, d / "head.pt")
             saved = {"key": key, "row": row, "prob_malignant": pred}
-            atomic_write_json(saved, done)
+            write_json(done, saved)
             out.trained += 1
             if bar is not None:
                 bar.update(1)
-            return json.loads(json.dumps(saved, default=str))
+            return to_jsonable(saved)
         finally:
             lock.release()
 

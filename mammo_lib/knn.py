@@ -19,7 +19,7 @@ from scipy.spatial.distance import cdist
 from torch import nn
 
 from .progress import tqdm
-from .model import preserve_mode, to_model_input
+from .model import eval_mode, on_device, to_model_input
 
 Metric = Literal["euclidean", "cosine", "cityblock"]
 #: Distances :func:`knn_explain` accepts (names of :func:`scipy.spatial.distance.cdist`).
@@ -54,20 +54,12 @@ def penultimate_features(model: nn.Module, images: np.ndarray, *, batch_size: in
     _check_batch_size(batch_size)
     device = torch.device(device)
     param = next(model.parameters())
-    home = param.device
-    if home != device:
-        model.to(device)
     chunks: list[torch.Tensor] = []
-    try:
-        with preserve_mode(model), torch.inference_mode():
-            model.eval()
-            for start in tqdm(range(0, len(arr), batch_size), disable=not progress, desc="deep features"):
-                x = torch.as_tensor(arr[start:start + batch_size], dtype=param.dtype).to(device)
-                a = F.relu(model.features(to_model_input(x)))
-                chunks.append(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1).float().cpu())
-    finally:
-        if home != device:
-            model.to(home)
+    with on_device(model, device), eval_mode(model), torch.inference_mode():
+        for start in tqdm(range(0, len(arr), batch_size), disable=not progress, desc="deep features"):
+            x = torch.as_tensor(arr[start:start + batch_size], dtype=param.dtype).to(device)
+            a = F.relu(model.features(to_model_input(x)))
+            chunks.append(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1).float().cpu())
     if not chunks:
         raise ValueError("images is empty: nothing to extract features from")
     return torch.cat(chunks).numpy()

@@ -9,8 +9,6 @@ whose published hashes are unknown) can only be checked for presence and size.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -18,11 +16,11 @@ from typing import Optional
 import pandas as pd
 
 from .progress import tqdm
-from .records import default_file_mode
+from .io import write_csv
 from .records import DataError
 
 __all__ = ["MANIFEST_COLUMNS", "VerifyReport", "generate_manifest", "read_manifest", "sha256_file",
-           "verify_manifest", "write_csv_atomic"]
+           "verify_manifest"]
 
 MANIFEST_COLUMNS = ["dataset", "relative_path", "size_bytes", "sha256", "source", "licence", "notes"]
 
@@ -34,22 +32,6 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk_size), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_csv_atomic(df: pd.DataFrame, out_csv: str | Path) -> Path:
-    """Write ``df`` to a temp file in the target folder, then ``os.replace`` it into place."""
-    out = Path(out_csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            df.to_csv(fh, index=False, lineterminator="\n")
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
 
 
 def read_manifest(manifest_csv: str | Path) -> pd.DataFrame:
@@ -88,7 +70,7 @@ def generate_manifest(root: str | Path, dataset: str, source: str, licence: str,
         if Path(out_csv).is_file():
             old = read_manifest(out_csv)
             merged = pd.concat([old[old["dataset"] != dataset], df], ignore_index=True)
-        write_csv_atomic(merged, out_csv)
+        write_csv(out_csv, merged)
     return df
 
 

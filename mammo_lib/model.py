@@ -285,6 +285,51 @@ def preserve_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = flag
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model.eval()`` inside the block; every submodule's own train/eval flag restored on exit
+    (even on error), e.g. frozen BatchNorms in eval inside a training model (Sec. 4.3).
+
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)); _ = m[1].eval()
+    >>> with eval_mode(m):
+    ...     m.training, m[1].training
+    (False, False)
+    >>> m.training, m[0].training, m[1].training
+    (True, True, False)
+    """
+    with preserve_mode(model):
+        model.eval()
+        yield model
+
+
+def _home_device(model: nn.Module, default: torch.device) -> torch.device:
+    """Device of the first parameter (or buffer) of ``model``; ``default`` for a model with none."""
+    return next((t.device for t in (*model.parameters(), *model.buffers())), default)
+
+
+@contextmanager
+def on_device(model: nn.Module, device: str | torch.device) -> Iterator[nn.Module]:
+    """Move ``model`` to ``device`` inside the block and back to the device it was on at entry on
+    exit (even on error), so a caller's model is left where the caller put it. Nothing moves when
+    it is already there; a model without parameters or buffers is not moved.
+
+    >>> m = nn.Linear(2, 2)
+    >>> with on_device(m, "cpu") as same:  # e.g. "cuda" in a caller that got a CPU model
+    ...     same is m, m.weight.device.type
+    (True, 'cpu')
+    """
+    device = torch.device(device)
+    home = _home_device(model, device)
+    moved = home != device
+    if moved:
+        model.to(device)
+    try:
+        yield model
+    finally:
+        if moved:
+            model.to(home)
+
+
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (only those with ``requires_grad`` when ``trainable_only``)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -301,8 +346,7 @@ def feature_grid(model: DenseNet, input_size: int) -> int:
     _require_densenet(model)
     ref = next(model.parameters())
     x = torch.zeros(1, 3, input_size, input_size, dtype=ref.dtype, device=ref.device)
-    with preserve_mode(model), torch.no_grad():
-        model.eval()
+    with eval_mode(model), torch.no_grad():
         try:
             out = model.features(x)
         except RuntimeError as err:

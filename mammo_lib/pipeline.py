@@ -16,7 +16,8 @@ import pandas as pd
 
 from .config import Config
 from .records import LoadResult
-from .report import atomic_write_text, save_figure, write_json, write_table
+from .io import write_text
+from .report import save_figure, write_table
 from .table2 import TABLE2_SPECS
 
 
@@ -302,7 +303,7 @@ REAL_NOTES = {
 def write_phantom_notes(cfg: Config) -> None:
     """Notes under the tables that read differently on the phantom than on real data."""
     for name, text in (PHANTOM_NOTES if cfg.uses_phantom else REAL_NOTES).items():
-        atomic_write_text(cfg.results_dir / "tables" / f"{name}.notes.md", text + "\n")
+        write_text(cfg.results_dir / "tables" / f"{name}.notes.md", text + "\n")
 
 
 def step_table1(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
@@ -416,15 +417,14 @@ def table2_run(cfg: Config, *, progress: bool = True):
 
 
 def group4_maps(model, images: np.ndarray, *, batch_size: int = 32, device: str = "cpu") -> np.ndarray:
-    """F^4 (Eq. 3) for every ROI, (N, g, g), under inference mode with the model's mode restored."""
+    """F^4 (Eq. 3) for every ROI, (N, g, g), under inference mode; the model's mode and device restored."""
     import torch
 
     from .activation import GroupActivations, activation_map
-    from .model import to_model_input
+    from .model import on_device, to_model_input
 
-    model = model.to(device)
     out = []
-    with torch.inference_mode(), GroupActivations(model, groups=(4,), mode="eval") as acts:
+    with on_device(model, device), torch.inference_mode(), GroupActivations(model, groups=(4,), mode="eval") as acts:
         for s in range(0, len(images), batch_size):
             model(to_model_input(torch.from_numpy(images[s:s + batch_size]).to(device)))
             out.append(activation_map(acts[4]).cpu().numpy())
@@ -528,10 +528,10 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     rule = str(sanity.attrs["chosen_rule"])
     write_table(sanity, "explanation_sanity", rd)
     if not sanity.attrs.get("any_passes", False):
-        atomic_write_text(rd / "tables" / "explanation_sanity.notes.md",
-                          f"**No Background rule passes the sanity checks** on these models: the Eq. 6 labels "
-                          f"are not shown to be evidence of what the model uses. `{rule}` is the least bad "
-                          f"and is used for the figures.\n")
+        write_text(rd / "tables" / "explanation_sanity.notes.md",
+                   f"**No Background rule passes the sanity checks** on these models: the Eq. 6 labels "
+                   f"are not shown to be evidence of what the model uses. `{rule}` is the least bad "
+                   f"and is used for the figures.\n")
     else:
         (rd / "tables" / "explanation_sanity.notes.md").unlink(missing_ok=True)
     timings = []

@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from .io import atomic_dir, atomic_write
 from .progress import tqdm
 from .imageio import DEFAULT_INTENSITY, INTENSITY_MODES
 from .records import DamagedCacheError, DataError, Exclusion, MassRecord, OnError, check_unique_ids
@@ -76,25 +77,6 @@ def _normalise(df: pd.DataFrame, str_columns: Sequence[str], optional: Sequence[
 def _exclusions_frame(exclusions: Sequence[Exclusion] = ()) -> pd.DataFrame:
     df = pd.DataFrame([vars(e) for e in exclusions], columns=EXCLUSION_COLUMNS)
     return _normalise(df, _EXCL_STR_COLUMNS, ["case_id"])
-
-
-def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder through ``write(tmp)`` into a sibling temp folder, then rename it to ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        write(tmp)
-        old = None
-        if target.exists():
-            old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass
@@ -174,7 +156,7 @@ class RoiSet:
             self.exclusions.to_csv(tmp / "exclusions.csv", index=False)
             (tmp / "params.json").write_text(json.dumps(self.params, indent=2, sort_keys=True, default=str))
 
-        _atomic_dir(directory, write)
+        atomic_dir(directory, write)
         return directory
 
     @classmethod
@@ -256,9 +238,7 @@ def _process_one(i: int, rec: MassRecord, loader: Loader, params: dict[str, Any]
             reason = f"{err.file}: {reason}"
         return i, f"{type(err).__name__}: {reason}"  # failures are not stored: a rerun retries them
     path = Path(partial_dir) / f"{i:06d}.npz"
-    tmp = path.with_name(f".{path.stem}-{os.getpid()}-{uuid.uuid4().hex[:6]}.npz")
-    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays), suffix=".npz")
     return i, None
 
 

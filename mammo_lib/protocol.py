@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,10 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from torch import nn
 
 from .progress import tqdm
-from .records import default_file_mode
+from .io import save_torch, to_jsonable, write_csv, write_json
 from .metrics import classification_metrics
 from .model import WeightsUnavailableError, build_model
-from .training import TensorData, TrainConfig, atomic_torch_save, atomic_write_json, predict, roi_spec_of, train_model
+from .training import TensorData, TrainConfig, predict, roi_spec_of, train_model
 
 #: ``init_used`` recorded when ImageNet weights were asked for but a random init was used.
 IMAGENET_FALLBACK_NOTE = "none (ImageNet weights unavailable)"
@@ -181,19 +180,6 @@ class CVResult:
         return np.array([[g["tn"].sum(), g["fp"].sum()], [g["fn"].sum(), g["tp"].sum()]], dtype=np.int64)
 
 
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _default_factory(arch: str, weights: Optional[str], seed: int) -> nn.Module:
     return build_model(arch, weights=weights, seed=seed)
 
@@ -270,7 +256,7 @@ def run_cv(data: Any, specs: Sequence[RunSpec], out_dir: str | Path, *, arch: st
         fold_frame.insert(1, "patient_id", np.asarray(groups).astype(str))
 
     for spec in specs:
-        _atomic_csv(fold_frame, out / spec.name / "folds.csv")
+        write_csv(out / spec.name / "folds.csv", fold_frame)
     rows: list[dict[str, Any]] = []
     preds: list[pd.DataFrame] = []
     jobs = [(s, k) for s in specs for k in range(n_splits)]
@@ -300,7 +286,7 @@ def _load_fold(fold_dir: Path, key: dict[str, Any]) -> tuple[Optional[dict[str, 
     if not (res.exists() and pred.exists()):
         return None, None
     saved = json.loads(res.read_text())
-    if saved.get("key") != json.loads(json.dumps(key, default=str)):
+    if saved.get("key") != to_jsonable(key):
         raise ValueError(f"{res}: made with other settings (spec, arch, folds or data); delete "
                          f"{fold_dir} or use another out_dir")
     return saved["row"], pd.read_csv(pred, dtype={"case_id": str})
@@ -337,8 +323,8 @@ def _run_fold(data: Any, test_data: Any, spec: RunSpec, k: int, folds: np.ndarra
            "best_epoch": res.best_epoch, "wall_s": time.perf_counter() - t0}
     pred = pd.DataFrame({"spec": spec.name, "fold": k, "case_id": test_ids, "label": test.labels,
                          "prob_malignant": prob, "pred": (prob >= 0.5).astype(np.int64)})
-    _atomic_csv(pred, fold_dir / "predictions.csv")
-    atomic_write_json({"key": key, "row": row}, fold_dir / "result.json")  # written last: the done marker
+    write_csv(fold_dir / "predictions.csv", pred)
+    write_json(fold_dir / "result.json", {"key": key, "row": row})  # written last: the done marker
     return row, pred
 
 
@@ -394,7 +380,7 @@ def pretrain(train_data: Any, test_data: Any, out_dir: str | Path, *, arch: str 
            "data": [train.fingerprint(), val.fingerprint(), test.fingerprint()]}
     if ckpt.exists() and metrics_path.exists():
         saved = json.loads(metrics_path.read_text())
-        if saved.get("key") != json.loads(json.dumps(key, default=str)):
+        if saved.get("key") != to_jsonable(key):
             raise ValueError(f"{metrics_path}: made with other settings or data; delete {out} or use another out_dir")
         hist = pd.DataFrame(saved["history"])
         return PretrainResult(ckpt, saved["metrics"], hist, saved["metrics"]["init_used"], skipped=True)
@@ -411,9 +397,8 @@ def pretrain(train_data: Any, test_data: Any, out_dir: str | Path, *, arch: str 
                    best_val_accuracy=res.best_val_accuracy, best_val_loss=res.best_val_loss,
                    epochs_run=res.epochs_run, init_used=init_used, arch=arch,
                    n_train=len(train), n_val=len(val), n_test=len(test))
-    atomic_torch_save({"model_state": {k: v.detach().cpu() for k, v in res.model.state_dict().items()},
+    save_torch({"model_state": {k: v.detach().cpu() for k, v in res.model.state_dict().items()},
                         "arch": arch, "init_used": init_used, "cfg": cfg.to_dict(),
                         "roi_spec": roi_spec_of(train_data)}, ckpt)
-    atomic_write_json({"key": key, "metrics": metrics, "history": res.history.to_dict(orient="list")},
-                      metrics_path)
+    write_json(metrics_path, {"key": key, "metrics": metrics, "history": res.history.to_dict(orient="list")})
     return PretrainResult(ckpt, metrics, res.history, init_used, skipped=False)

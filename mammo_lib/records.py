@@ -204,12 +204,3 @@ def check_unique_ids(records: Iterable[MassRecord]) -> None:
             raise DataError(f"duplicate case_id {r.case_id!r} (also row {seen[r.case_id].source_row})",
                             r.source_file, r.source_row)
         seen[r.case_id] = r
-
-
-def default_file_mode() -> int:
-    """The mode a plain ``open(path, "w")`` would give a new file (0o666 less the umask). Atomic
-    writers create their temporary file with ``mkstemp`` (0o600) and set this before renaming, so
-    result files are as readable by the group as any other file the user writes."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask

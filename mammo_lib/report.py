@@ -5,50 +5,17 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from .records import default_file_mode
 import pandas as pd
 
 from . import paper
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (no partial files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically (numpy scalars and arrays allowed)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+from .io import save_figure as save_png
+from .io import write_csv, write_json, write_text
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
@@ -67,8 +34,8 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
 def write_table(df: pd.DataFrame, name: str, results_dir: Path, *, floatfmt: str = ".3g") -> dict[str, Path]:
     """Write ``tables/<name>.csv`` and ``tables/<name>.md`` under ``results_dir``."""
     tdir = Path(results_dir) / "tables"
-    csv = atomic_write_text(tdir / f"{name}.csv", df.to_csv(index=False))
-    md = atomic_write_text(tdir / f"{name}.md", markdown_table(df, floatfmt))
+    csv = write_csv(tdir / f"{name}.csv", df)
+    md = write_text(tdir / f"{name}.md", markdown_table(df, floatfmt))
     return {"csv": csv, "md": md}
 
 
@@ -81,8 +48,6 @@ def read_table(name: str, results_dir: Path) -> pd.DataFrame | None:
 def save_figure(fig: Any, name: str, results_dir: Path, dpi: int = 150) -> Path:
     """Save a matplotlib figure as ``figures/<name>.png`` atomically and close it."""
     import matplotlib.pyplot as plt
-
-    from .figures import save_figure as save_png
 
     try:
         return save_png(fig, Path(results_dir) / "figures" / f"{name}.png", dpi=dpi)
@@ -294,4 +259,4 @@ def write_report(cfg: Any) -> Path:
         "environment": environment_info(cfg["device"]),
     }
     write_json(cfg.results_dir / "provenance.json", prov)
-    return atomic_write_text(cfg.results_dir / "REPORT.md", build_report(cfg.results_dir, prov))
+    return write_text(cfg.results_dir / "REPORT.md", build_report(cfg.results_dir, prov))

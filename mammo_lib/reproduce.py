@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import find_project_root, load_config
-from .report import write_json
+from .io import write_json
 
 
 def notebooks(root: Path) -> list[Path]:

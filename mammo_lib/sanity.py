@@ -40,7 +40,7 @@ from .explain import (DEFAULT_SOFT_PERCENTILE, Explanation, _split_roi,
                       canonical_background_rule, classify_cells, explain_roi, lesion_agreement,
                       window_grid)
 from .glcm import MeanForm, check_grey_image, glcm_variance_map
-from .model import preserve_mode
+from .model import on_device, preserve_mode
 
 #: ``passes`` needs ``pixel_change_agreement`` at most this (Eq. 6 labels must not be mostly
 #: "the replacement that changes fewer pixels").
@@ -290,17 +290,11 @@ def explanation_sanity(model: nn.Module, rois: np.ndarray | Iterable[np.ndarray]
     per_rule: dict[str, list[dict[str, float]]] = {r: [] for r in canon}
     device = torch.device(device)
     common: dict[str, Any] = dict(batch_size=batch_size, device=device)
-    home = next((t.device for t in (*model.parameters(), *model.buffers())), device)
     random_model.to(device)
-    if home != device:
-        model.to(device)  # once, not per explanation
-    try:
+    with on_device(model, device):  # once, not per explanation
         _tabulate(model, random_model, roi_list, mask_list, canon, per_rule, common, progress,
                   min_cover, dict(levels=levels, window=window, distance=distance, angle=angle,
                                   mean=mean), soft_percentile)
-    finally:
-        if home != device:
-            model.to(home)
 
     rows = []
     for rule in canon:

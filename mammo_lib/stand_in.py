@@ -33,7 +33,8 @@ from .progress import tqdm
 from .activation import activation_distance, activation_distances
 from .model import build_model, set_trainable, to_model_input
 from .precision import autocast_for, backward_step, check_amp, grad_scaler, maybe_channels_last
-from .training import atomic_torch_save, atomic_write_json, epoch_generator
+from .io import save_torch, write_json
+from .training import epoch_generator
 
 #: Classes of the generic task.
 SHAPES = ("disc", "ellipse", "star", "polygon")
@@ -217,9 +218,9 @@ def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int =
                "best_val_accuracy": best, "classes": list(SHAPES), "n_train": len(xt), "n_val": n_val,
                "n_test": n_test, "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(ckpt),
                "history": history}
-    atomic_torch_save({"model_state": {k: v.cpu() for k, v in model.state_dict().items()}, "arch": arch,
+    save_torch({"model_state": {k: v.cpu() for k, v in model.state_dict().items()}, "arch": arch,
                        "init_used": GENERIC_INIT_NOTE, "classes": [f"{s}{'+dots' if d else ''}" for d in (0, 1) for s in SHAPES]}, ckpt)
-    atomic_write_json({"key": key, "metrics": metrics}, meta)
+    write_json(meta, {"key": key, "metrics": metrics})
     return metrics
 
 

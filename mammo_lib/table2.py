@@ -213,9 +213,10 @@ def instrument_data(cfg: Config, *, progress: bool = True):
     data = InstrumentData(inits={k: factory(t["weights"]) for k, t in trunks.items()}, caches=caches,
                           labels=ds.cv.labels, groups=ds.cv.groups, ids=list(ds.cv.index["case_id"]),
                           masks=ds.cv.masks, mask_cache=mcache, mask_init=factory(trunks["imagenet"]["weights"]))
-    from .training import atomic_write_json
-    atomic_write_json({"trunks": {k: {"weights": t["weights"], "note": t["note"]} for k, t in trunks.items()},
-                       "code": CODE}, prepared_marker(cfg))
+    from .io import write_json
+
+    write_json(prepared_marker(cfg), {"trunks": {k: {"weights": t["weights"], "note": t["note"]}
+                                                 for k, t in trunks.items()}, "code": CODE})
     return data, trunks
 
 
@@ -348,8 +349,8 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                                                 cvr.confusion("imagenet_finetune")},
                                            title=f"Fig. 4(b), condition {main}"), "fig4b_confusion", rd)
     verdict = verdict_lines(cfg, res, gate, summaries, trunks)
-    from .report import atomic_write_text
-    atomic_write_text(rd / "tables" / "summary.notes.md", "\n".join(verdict) + "\n")
+    from .io import write_text
+    write_text(rd / "tables" / "summary.notes.md", "\n".join(verdict) + "\n")
     return {"result": res, "gate": gate, "dose": dose, "comparison": comp, "controls": controls, "fig4b": fig4,
             "summaries": summaries, "verdict": verdict, "gate_passes": {i: gate_passes(gate, i) for i in trunks}
             if len(gate) else {}}

@@ -13,11 +13,9 @@ same device). No global RNG is touched; :func:`seed_everything` is for callers w
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 import random
-import tempfile
 import time
 import warnings
 import zipfile
@@ -32,11 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .progress import tqdm
-from .records import default_file_mode
+from .io import save_torch, write_json
 from .activation import DISTANCE_FORMS, GROUP_LAYERS, GroupActivations, activation_map
 from .augment import AUGMENTATIONS, JointAugment
 from .precision import autocast_for, backward_step, check_amp, grad_scaler, maybe_channels_last, undo_channels_last
-from .model import TRAINABLE_SETS, apply_train_mode, mask_to_model_input, preserve_mode, set_trainable, to_model_input
+from .model import (TRAINABLE_SETS, apply_train_mode, eval_mode, mask_to_model_input, on_device, preserve_mode,
+                    set_trainable, to_model_input)
 from .transfer import KnowledgeTransferLoss, make_teacher, teacher_maps
 
 METHODS = ("finetune", "transfer")
@@ -275,34 +274,6 @@ TORCH_LOAD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, EOFError, OS
                                                       pickle.UnpicklingError, zipfile.BadZipFile)
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(obj: Any, path: Path) -> None:
-    """Write JSON to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=str)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _state_fingerprint(model: nn.Module) -> str:
     """Hash of every tensor of ``model.state_dict()`` (identifies the initial network)."""
     h = hashlib.sha256()
@@ -501,7 +472,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
                 since_best += 1
             stopped = cfg.patience is not None and since_best >= cfg.patience
             if last is not None and writer:
-                atomic_torch_save({"model_state": _cpu_state(model), "optimizer_state": optimizer.state_dict(),
+                save_torch({"model_state": _cpu_state(model), "optimizer_state": optimizer.state_dict(),
                                    "epoch": epoch, "best_state": best_state, "best_epoch": best_epoch,
                                    "best_key": None if best_key is None else list(best_key),
                                    "since_best": since_best, "stopped": stopped, "history": history,
@@ -525,12 +496,12 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
                          epochs_run=len(hist), stopped_early=stopped and len(hist) < cfg.epochs,
                          resumed_from=resumed_from, wall_s=time.perf_counter() - t0, cfg=cfg)
     if ckpt_dir is not None and writer:
-        atomic_torch_save({"model_state": best_state, "best_epoch": best_epoch, "cfg": cfg.to_dict(),
+        save_torch({"model_state": best_state, "best_epoch": best_epoch, "cfg": cfg.to_dict(),
                            **(meta or {})}, ckpt_dir / "best.pt")
-        atomic_write_json({"best_epoch": best_epoch, "best_val_accuracy": result.best_val_accuracy,
-                           "best_val_loss": result.best_val_loss, "epochs_run": result.epochs_run,
-                           "stopped_early": result.stopped_early, "cfg": cfg.to_dict(),
-                           "trainable": trainable}, ckpt_dir / "done.json")
+        write_json(ckpt_dir / "done.json", {"best_epoch": best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                                            "best_val_loss": result.best_val_loss, "epochs_run": result.epochs_run,
+                                            "stopped_early": result.stopped_early, "cfg": cfg.to_dict(),
+                                            "trainable": trainable})
     return result
 
 
@@ -621,17 +592,11 @@ def predict(model: nn.Module, images: np.ndarray, *, input: Literal["roi", "mask
     if input == "roi":
         arr = arr.astype(np.float32, copy=False)
     dev = torch.device(device)
-    home = next(model.parameters()).device
-    model.to(dev)
-    try:
-        with preserve_mode(model), torch.no_grad():
-            model.eval()
-            out = [torch.softmax(model(_model_input(arr[s:s + batch_size], input, dev)).double(), dim=1).cpu()
-                   for s in range(0, len(arr), batch_size)]
-    finally:
-        model.to(home)
+    with on_device(model, dev), eval_mode(model), torch.no_grad():
+        out = [torch.softmax(model(_model_input(arr[s:s + batch_size], input, dev)).double(), dim=1).cpu()
+               for s in range(0, len(arr), batch_size)]
     return torch.cat(out).numpy() if out else np.empty((0, 2))
 
 
 __all__ = ["TrainConfig", "TensorData", "TrainResult", "train_model", "predict", "seed_everything", "roi_spec_of",
-           "epoch_generator", "atomic_write_json", "atomic_torch_save", "HISTORY_COLUMNS"]
+           "epoch_generator", "HISTORY_COLUMNS"]

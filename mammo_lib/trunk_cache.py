@@ -31,7 +31,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,11 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .io import save_torch
 from .progress import tqdm
 from .records import DamagedCacheError
 from .activation import activation_distance, activation_map
 from .precision import autocast_for, backward_step, grad_scaler, maybe_channels_last, undo_channels_last
-from .model import mask_to_model_input, preserve_mode, set_trainable, to_model_input
+from .model import eval_mode, mask_to_model_input, on_device, preserve_mode, set_trainable, to_model_input
 from .training import TORCH_LOAD_ERRORS, TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
 
 #: Flip codes of the cache: index 0 identity, 1 horizontal, 2 vertical, 3 both.
@@ -83,14 +84,6 @@ def head_logits(model: nn.Module, a: Tensor) -> Tensor:
     return model.classifier(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1))
 
 
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model.eval()`` inside the block; every submodule's flag restored on exit."""
-    with preserve_mode(model):
-        model.eval()
-        yield model
-
-
 @dataclass
 class TrunkCache:
     """Stored trunk outputs of N ROIs under F flips.
@@ -122,10 +115,8 @@ class TrunkCache:
 
     def save(self, path: str | Path) -> Path:
         """Write the cache atomically (``torch.save``)."""
-        from .training import atomic_torch_save
-
         path = Path(path)
-        atomic_torch_save({"features": self.features, "teacher_maps": self.teacher_maps,
+        save_torch({"features": self.features, "teacher_maps": self.teacher_maps,
                            "oracle_maps": self.oracle_maps, "labels": torch.from_numpy(np.array(self.labels, dtype=np.int64)),
                            "ids": list(self.ids), "flips": list(self.flips)}, path)
         return path
@@ -268,7 +259,7 @@ def _over_cache(model: nn.Module, cache: TrunkCache, read: Any, *, flip: int, ba
     group 4 under ``amp`` autocast, ``read`` on its float32 cast."""
     device = torch.device(device)
     out = []
-    with eval_mode(model):
+    with on_device(model, device), eval_mode(model):  # the caller's model goes back where it was
         for s in range(0, len(cache), batch_size):
             t = maybe_channels_last(cache.features[s:s + batch_size, flip].to(device), channels_last, device)
             with autocast_for(device, amp):
@@ -401,4 +392,4 @@ def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainC
 
 __all__ = ["FLIPS", "TARGETS", "DamagedCacheError", "TrunkCache", "HeadResult", "build_cache", "train_head", "predict_cached",
            "group4_maps_cached", "trunk_forward", "group4_activation", "head_logits", "head_loss",
-           "derangement", "eval_mode"]
+           "derangement"]

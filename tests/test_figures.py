@@ -1,11 +1,10 @@
-"""Tests for mammo_lib.figures: every figure builds from tiny synthetic inputs; save_figure writes a PNG."""
+"""Tests for mammo_lib.figures: every figure builds from tiny synthetic inputs (saving: tests/test_io.py)."""
 from __future__ import annotations
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.image as mpimg  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -168,8 +167,6 @@ ERROR_CASES = [
      "lesion shape"),
     ("fig9 cell outside", lambda: figures.fig9_framework(ROI7, LESION7, BACKGROUND7, explanation7(), cell=(7, 0)),
      ValueError, "outside"),
-    ("save suffix", lambda: figures.save_figure(Figure(), "/tmp/x.pdf"), ValueError, "PNG"),
-    ("save non-figure", lambda: figures.save_figure("fig", "/tmp/x.png"), TypeError, "Figure"),
 ]
 
 
@@ -238,15 +235,6 @@ def test_fig6_log_transform_and_zero() -> None:
     lo, hi = ax.get_ylim()
     assert lo <= np.log(1e-12) + 10 and hi >= 9.0 and np.isfinite([lo, hi]).all()
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2"]
-
-
-def test_save_figure_png(tmp_path) -> None:
-    fig = figures.confusion_matrices({"a": [[1, 2], [3, 4]]})
-    path = figures.save_figure(fig, tmp_path / "nested" / "dir" / "cm")
-    assert path == tmp_path / "nested" / "dir" / "cm.png"
-    img = mpimg.imread(path)
-    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
-    assert sorted(p.name for p in path.parent.iterdir()) == ["cm.png"]     # no temp file left
 
 
 # --------------------------------------------------------------------------- what each figure promises

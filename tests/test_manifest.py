@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mammo_lib.manifest import (MANIFEST_COLUMNS, generate_manifest, read_manifest, sha256_file, verify_manifest,
-                                write_csv_atomic)
+from mammo_lib.io import write_csv
+from mammo_lib.manifest import MANIFEST_COLUMNS, generate_manifest, read_manifest, sha256_file, verify_manifest
 from mammo_lib.records import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +113,8 @@ def test_generate_then_verify(tmp_path):
     (root / "b.txt").write_bytes(b"abc")
     (root / "sub" / "a.dcm").write_bytes(b"")
     out = tmp_path / "manifest.csv"
-    write_csv_atomic(pd.DataFrame([{"dataset": "other", "relative_path": "x", "size_bytes": "1", "sha256": "",
-                                    "source": "s", "licence": "l", "notes": ""}], columns=MANIFEST_COLUMNS), out)
+    write_csv(out, pd.DataFrame([{"dataset": "other", "relative_path": "x", "size_bytes": "1", "sha256": "",
+                                  "source": "s", "licence": "l", "notes": ""}], columns=MANIFEST_COLUMNS))
     df = generate_manifest(root, "lab", "our PACS", "internal", out, progress=False)
     assert list(df["relative_path"]) == ["b.txt", "sub/a.dcm"]
     assert list(df["size_bytes"]) == ["3", "0"]

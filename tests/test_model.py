@@ -10,9 +10,16 @@ from torchvision.models import DenseNet
 
 from mammo_lib.model import (
     ARCHS, IMAGENET_MEAN, IMAGENET_STD, TRAINABLE_SETS, WeightsUnavailableError, apply_train_mode,
-    build_model, count_parameters, feature_grid, imagenet_weights_path, mask_to_model_input,
-    preserve_mode, set_trainable, to_model_input,
+    build_model, count_parameters, eval_mode, feature_grid, imagenet_weights_path, mask_to_model_input,
+    on_device, preserve_mode, set_trainable, to_model_input,
 )
+
+# on_device: (name, device asked for, .to() calls expected on a model living on `meta`)
+ON_DEVICE_CASES = [
+    ("moved there and back", "cpu", [torch.device("cpu"), torch.device("meta")]),
+    ("already there: never moved", "meta", []),
+    ("device object", torch.device("cpu"), [torch.device("cpu"), torch.device("meta")]),
+]
 
 # (kwargs of build_model, exception, message fragment)
 BUILD_FAILURES = [
@@ -230,6 +237,79 @@ def test_preserve_mode_restores_on_error():
         model.eval()
         raise RuntimeError("inside")
     assert model.training and model.features.conv0.training and not model.features.norm0.training
+
+
+def test_eval_mode_sets_eval_and_restores_each_module_also_on_error():
+    model = build_model("small", seed=0)
+    model.features.norm0.eval()  # a frozen BatchNorm inside a training model
+    with eval_mode(model) as same:
+        assert same is model and not any(m.training for m in model.modules())
+    assert model.training and model.features.conv0.training and not model.features.norm0.training
+    with pytest.raises(RuntimeError, match="inside"), eval_mode(model):
+        raise RuntimeError("inside")
+    assert model.training and model.features.conv0.training and not model.features.norm0.training
+
+
+class _SpyModule(nn.Module):
+    """One parameter on ``meta`` (its home device); ``.to`` records the device instead of moving."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(2, device="meta"))
+        self.calls: list[torch.device] = []
+
+    def to(self, device, *args, **kwargs):  # type: ignore[override]
+        self.calls.append(torch.device(device))
+        return self
+
+
+@pytest.mark.parametrize("name,device,calls", ON_DEVICE_CASES, ids=[c[0] for c in ON_DEVICE_CASES])
+def test_on_device_moves_and_restores(name, device, calls):
+    spy = _SpyModule()
+    with on_device(spy, device) as same:
+        assert same is spy and spy.calls == calls[:1]  # moved on entry only
+    assert spy.calls == calls
+
+
+def test_on_device_restores_after_an_error():
+    spy = _SpyModule()
+    with pytest.raises(RuntimeError, match="inside"), on_device(spy, "cpu"):
+        raise RuntimeError("inside")
+    assert spy.calls == [torch.device("cpu"), torch.device("meta")]
+
+
+def test_on_device_home_from_buffers_and_no_tensors():
+    spy = _SpyModule()
+    spy.w = None  # type: ignore[assignment]  # no parameter left: the home is the buffer's device
+    spy.register_buffer("b", torch.empty(1, device="meta"))
+    with on_device(spy, "cpu"):
+        pass
+    assert spy.calls == [torch.device("cpu"), torch.device("meta")]
+    with on_device(nn.ReLU(), "meta") as relu:  # nothing to move: no error, nothing recorded
+        assert isinstance(relu, nn.ReLU)
+
+
+def test_on_device_same_device_leaves_tensors_untouched():
+    model = build_model("small", seed=0)
+    ptrs = [p.data_ptr() for p in model.parameters()]
+    with on_device(model, "cpu"):
+        assert [p.data_ptr() for p in model.parameters()] == ptrs
+    assert [p.data_ptr() for p in model.parameters()] == ptrs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_device_cuda_round_trip():
+    model = build_model("small", seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with on_device(model, "cuda"):
+        assert all(p.is_cuda for p in model.parameters()) and all(b.is_cuda for b in model.buffers())
+    assert not any(p.is_cuda for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    model.cuda()
+    with pytest.raises(RuntimeError, match="inside"), on_device(model, "cpu"):
+        assert not any(p.is_cuda for p in model.parameters())
+        raise RuntimeError("inside")
+    assert all(p.is_cuda for p in model.parameters())
 
 
 # --------------------------------------------------------------------------- inputs

@@ -54,6 +54,16 @@ GENERATE_ERRORS = [
     ({}, dict(n_benign=0, n_malignant=0), ValueError, "bcdr_like phantom with no cases"),
 ]
 
+# roi_window (Sec. 3.2 mass-centred crop, now roi.crop_box): (mask box rows, cols (end-exclusive),
+# roi_size, hand-computed (top, left, height, width)); starts y0 + (h - H) // 2 (floor).
+ROI_WINDOWS = [
+    ((2, 5), (5, 9), 6, (0, 4, 6, 6)),        # 3 x 4 box: (3-6)//2 = -2, (4-6)//2 = -1
+    ((10, 18), (1, 3), 6, (10, -1, 8, 6)),    # taller than the window: height 8, start y0
+    ((0, 4), (0, 4), 7, (-2, -2, 7, 7)),      # (4-7)//2 = -2: extends past the image
+    ((3, 4), (7, 8), 1, (3, 7, 1, 1)),        # one pixel, window 1
+    ((5, 20), (2, 30), 8, (5, 2, 15, 28)),    # larger than the window both ways
+]
+
 # Hand-built benign ellipses: (semi-axis a, semi-axis b, orientation) -> area pi * a * b.
 ELLIPSES = [(20.0, 20.0, 0.0), (30.0, 15.0, 0.3), (24.0, 12.0, 1.2), (40.0, 28.0, 2.5)]
 
@@ -285,8 +295,40 @@ def test_case_content_does_not_depend_on_the_number_of_cases(tmp_path):
         assert (small / rel).read_bytes() == (large / rel).read_bytes()
 
 
+@pytest.mark.parametrize("rows,cols,roi_size,want", ROI_WINDOWS)
+def test_roi_window_by_hand(rows, cols, roi_size, want):
+    from mammo_lib.phantom.anatomy import roi_window
+
+    mask = np.zeros((32, 32), np.uint8)
+    mask[rows[0]:rows[1], cols[0]:cols[1]] = 1
+    assert roi_window(mask, roi_size) == want
+
+
+def test_roi_window_matches_the_former_phantom_formula_on_random_masks():
+    """roi_window now calls roi.crop_box; on random masks it equals the formula the phantom
+    used before (bbox, max(roi_size, side), start y0 + (h - H) // 2)."""
+    from mammo_lib.phantom.anatomy import roi_window
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        mask = (rng.random((40, 36)) < rng.uniform(0.002, 0.2)).astype(np.uint8)
+        mask[rng.integers(40), rng.integers(36)] = 1
+        size = int(rng.integers(1, 50))
+        r, c = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        h, w = int(r[-1] - r[0] + 1), int(c[-1] - c[0] + 1)
+        big_h, big_w = max(size, h), max(size, w)
+        assert roi_window(mask, size) == (int(r[0]) + (h - big_h) // 2, int(c[0]) + (w - big_w) // 2, big_h, big_w)
+
+
+def test_roi_window_empty_mask_is_an_error():
+    from mammo_lib.phantom.anatomy import roi_window
+
+    with pytest.raises(ValueError, match="empty mask"):
+        roi_window(np.zeros((8, 8), np.uint8), 4)
+
+
 def test_same_config_is_kept_other_config_regenerates(tmp_path, monkeypatch):
-    import mammo_lib.phantom as ph
+    import mammo_lib.phantom.build as ph
 
     cfg = tiny(n_benign=1, n_malignant=1)
     out = generate_phantom(tmp_path / "p", cfg, progress=False)

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from mammo_lib import paper
-from mammo_lib.report import (atomic_write_text, build_report, markdown_table, read_table,
-                              table2_comparison, write_table)
+from mammo_lib.report import build_report, markdown_table, read_table, table2_comparison, write_table
 
 
 def test_markdown_table_by_hand():
@@ -27,14 +25,6 @@ def test_write_table_writes_csv_and_md(tmp_path):
     pd.testing.assert_frame_equal(read_table("t", tmp_path), df)
     assert read_table("absent", tmp_path) is None
     assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == ["t.csv", "t.md"]
-
-
-def test_atomic_write_leaves_no_partial_file(tmp_path):
-    target = tmp_path / "x.txt"
-    target.write_text("old")
-    with pytest.raises(TypeError):
-        atomic_write_text(target, 123)  # type: ignore[arg-type]  # write fails mid-way
-    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
 
 def test_table2_comparison_places_ours_beside_the_paper():
@@ -78,18 +68,3 @@ def test_headline_reads_the_verdict_mask_only_and_sanity_tables(tmp_path):
     assert "binary masks alone reaches 96.7 %" in text
     assert "default Background rule `subtract_clip`" in text and "pixel-change agreement 0.80" in text
     assert "no rule passes the sanity checks" in text
-
-
-@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
-def test_result_files_follow_the_umask(tmp_path, umask, mode):
-    """Atomic writers create via mkstemp (0600); the final file gets the usual mode instead."""
-    import os
-
-    from mammo_lib.report import atomic_write_text
-
-    old = os.umask(umask)
-    try:
-        p = atomic_write_text(tmp_path / "t.md", "x\n")
-    finally:
-        os.umask(old)
-    assert (p.stat().st_mode & 0o777) == mode
