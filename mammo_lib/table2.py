@@ -74,7 +74,8 @@ def imagenet_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
 def ddsm_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """The ``ddsm`` initialisation: all layers trained on the pre-training set from ``imagenet``."""
-    from .pipeline import roi_sets, run_dir, train_config
+    from .datasets import roi_sets
+    from .pipeline import run_dir, train_config
     from .protocol import pretrain
 
     ds = roi_sets(cfg, progress=progress)
@@ -93,7 +94,7 @@ def ddsm_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Notebook 03: both trunks, their own test accuracy and the gate (Fig. 6 distances included)."""
     from .model import build_model
-    from .pipeline import roi_sets
+    from .datasets import roi_sets
     from .stand_in import trunk_gate
 
     ds = roi_sets(cfg, progress=progress)
@@ -146,7 +147,8 @@ def instrument_data(cfg: Config, *, progress: bool = True):
     mask-only cache (read back from ``work_dir`` when made with the same settings and code)."""
     from .instrument import CODE, InstrumentData
     from .model import build_model
-    from .pipeline import roi_sets, run_dir
+    from .datasets import roi_sets
+    from .pipeline import run_dir
     from .trunk_cache import FLIPS, TrunkCache, build_cache
 
     ds = roi_sets(cfg, progress=progress)
