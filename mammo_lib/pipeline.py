@@ -1,8 +1,10 @@
 """The reproduction's steps, one function per notebook, each resumable and cached on disk.
 
-Notebooks call these with a :class:`~mammo_lib.config.Config` and only display what they return.
-Every step reads what an earlier step made through the same cached functions, so each notebook
-also runs on its own (and a rerun costs little).
+Notebooks call these with a :class:`~mammo_lib.config.Config` and only display what they return:
+the tables, and under ``"figures"`` the matplotlib Figures (name -> Figure) that the step also writes
+as ``results/figures/<name>.png``. Every step reads what an earlier step made through the same
+cached functions, so each notebook also runs on its own (and a rerun costs little). The data
+assembly they share lives in :mod:`mammo_lib.datasets`.
 """
 from __future__ import annotations
 
@@ -42,7 +44,8 @@ def step_data(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     fig = figures.fig2_roi_contexts(case.image, case.mask, min_context=int(cfg["min_context"]),
                                     size=int(cfg["roi_size"]))
     save_figure(fig, "fig2_roi_contexts", rd)
-    return {"datasets": ds, "counts": counts, "exclusions": ds.exclusions, "exclusions_summary": summ}
+    return {"datasets": ds, "counts": counts, "exclusions": ds.exclusions, "exclusions_summary": summ,
+            "figures": {"fig2_roi_contexts": fig}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,7 +203,8 @@ def step_distances(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                .assign(network=used))
     rd = cfg.results_dir
     write_table(summary, "fig6_summary", rd)
-    save_figure(figures.fig6_distance_distribution(df), "fig6_distances", rd)
+    fig6 = figures.fig6_distance_distribution(df)
+    save_figure(fig6, "fig6_distances", rd)
     # Fig. 4(a): one example (the first malignant mass).
     i = int(np.flatnonzero(ds.cv.labels == 1)[0])
     x = to_model_input(torch.from_numpy(ds.cv.images[i:i + 1]))
@@ -210,9 +214,10 @@ def step_distances(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         maps_roi = {j: activation_map(acts[j])[0].numpy() for j in (1, 2, 3, 4)}
         model(m)
         maps_mask = {j: activation_map(acts[j])[0].numpy() for j in (1, 2, 3, 4)}
-    save_figure(figures.fig4_activation_levels(ds.cv.images[i], ds.cv.masks[i], maps_roi, maps_mask),
-                "fig4a_activation_levels", rd)
-    return {"distances": df, "summary": summary, "network": used}
+    fig4a = figures.fig4_activation_levels(ds.cv.images[i], ds.cv.masks[i], maps_roi, maps_mask)
+    save_figure(fig4a, "fig4a_activation_levels", rd)
+    return {"distances": df, "summary": summary, "network": used,
+            "figures": {"fig6_distances": fig6, "fig4a_activation_levels": fig4a}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,7 +324,7 @@ def step_localization(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         title=f"Fig. 7: group-4 maps of the {spec_label('ddsm_finetune', trunks).rsplit(',', 1)[0]} models, "
               f"condition {cond.name}, test fold of each case ({cond.primary} rendering)")
     save_figure(fig, "fig7_overlays", rd)
-    return {"per_case": per_case, "summary": summary}
+    return {"per_case": per_case, "summary": summary, "figures": {"fig7_overlays": fig}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,6 +369,7 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
         (rd / "tables" / "explanation_sanity.notes.md").unlink(missing_ok=True)
     timings = []
     cases = []
+    figs: dict[str, Any] = {}  # name -> matplotlib Figure, also written as figures/<name>.png
     train_feats = penultimate_features(model_kt, ds.cv.images[tr_idx], device=cfg["device"])
     test_feats = penultimate_features(model_kt, t.images, device=cfg["device"])
     glcm_df = glcm_feature_table(t.images)
@@ -384,9 +390,9 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
         expl.to_json(rd / "explanations" / f"{ids[te_idx][c]}.json")
         lesion, background = lesion_background(roi, background_rule=rule)
         kind = "benign" if labels[c] == 0 else "malignant"
-        save_figure(figures.fig5_lesion_background(roi, lesion, background, expl, mask=mask, true_label=kind,
-                                                   background_rule=rule),
-                    f"fig5_lesion_background_{kind}", rd)
+        figs[f"fig5_lesion_background_{kind}"] = fig5 = figures.fig5_lesion_background(
+            roi, lesion, background, expl, mask=mask, true_label=kind, background_rule=rule)
+        save_figure(fig5, f"fig5_lesion_background_{kind}", rd)
         # At norm5 (pytorch-grad-cam's usual DenseNet layer) Grad-CAM and HiResCAM differ; after the
         # final ReLU they coincide for global-average-pooling + one linear layer.
         cam = cam_map(model_kt, roi[None], method="gradcam", target_layer="norm5", device=cfg["device"])[0]
@@ -396,6 +402,7 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
         knn_rois = ds.cv.images[tr_idx][knn["train_index"].to_numpy()]
         fig = figures.fig8_panels(roi, cam, corr_by_class.get(int(labels[c]), corr), knn, knn_rois, expl, mask=mask,
                                   hirescam=hires, true_label=kind)
+        figs[f"fig8_panels_{kind}"] = fig
         save_figure(fig, f"fig8_panels_{kind}", rd)
         ft_map = group4_maps(model_ft, roi[None], device=cfg["device"])[0]
         kt_map = group4_maps(model_kt, roi[None], device=cfg["device"])[0]
@@ -404,17 +411,19 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
                       "background": background, "kind": kind})
     # Fig. 9: the framework drawn from one real case (the malignant one), and the explanation grid.
     f9 = cases[-1]
-    save_figure(figures.fig9_framework(f9["roi"], f9["lesion"], f9["background"], f9["explanation"], mask=f9["mask"],
-                                       true_label=f9["kind"], background_rule=rule), "fig9_framework", rd)
-    save_figure(figures.explanation_grid(cases, labels=("fine-tune", "knowledge transfer"),
-                                         title="DDSM-initialised models, fold 0 (explanations of the knowledge-"
-                                               "transfer model)"), "explanation_grid", rd)
+    figs["fig9_framework"] = figures.fig9_framework(f9["roi"], f9["lesion"], f9["background"], f9["explanation"],
+                                                    mask=f9["mask"], true_label=f9["kind"], background_rule=rule)
+    save_figure(figs["fig9_framework"], "fig9_framework", rd)
+    figs["explanation_grid"] = figures.explanation_grid(cases, labels=("fine-tune", "knowledge transfer"),
+                                                        title="DDSM-initialised models, fold 0 (explanations of "
+                                                              "the knowledge-transfer model)")
+    save_figure(figs["explanation_grid"], "explanation_grid", rd)
     timing = pd.DataFrame(timings)
     write_table(timing, "explain_timing", rd)
     agreement = explanation_agreement(cfg, t, n=int(ex.get("n_agreement", 40)), background_rule=rule)
     write_table(agreement, "explanation_agreement", rd)
     return {"timing": timing, "cases": cases, "correlation": corr, "agreement": agreement, "sanity": sanity,
-            "rule": rule}
+            "rule": rule, "figures": figs}
 
 
 def explanation_agreement(cfg: Config, test: Any, *, n: int = 40, background_rule: str | None = None) -> pd.DataFrame:

@@ -293,7 +293,8 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                                       "beta per fold": r["beta per fold"]})
     controls = pd.DataFrame(ctrl_rows)
     write_table(controls, "table2_controls", rd)
-    save_figure(figures.dose_response(dose), "table2_dose_response", rd)
+    figs = {"table2_dose_response": figures.dose_response(dose)}  # also written as figures/<name>.png
+    save_figure(figs["table2_dose_response"], "table2_dose_response", rd)
     main = res.conditions[-1].name
     s = summaries[main].set_index("spec")
     fig4 = pd.DataFrame([
@@ -304,19 +305,21 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     ])
     write_table(fig4, "fig4b", rd)
     cvr = res.cv_result(main)
-    save_figure(figures.confusion_matrices({spec_label(sp, trunks): cvr.confusion(sp) for sp in TABLE2_SPECS},
-                                           title=f"Table 2, condition {main} (test: {res.conditions[-1].primary} "
-                                                 f"rendering): confusion matrices summed over folds"),
-                "table2_confusion", rd)
-    save_figure(figures.confusion_matrices({"mask only": cvr.confusion("mask_only"),
-                                            f"ROI only ({spec_label('imagenet_finetune', trunks)})":
-                                                cvr.confusion("imagenet_finetune")},
-                                           title=f"Fig. 4(b), condition {main}"), "fig4b_confusion", rd)
+    figs["table2_confusion"] = figures.confusion_matrices(
+        {spec_label(sp, trunks): cvr.confusion(sp) for sp in TABLE2_SPECS},
+        title=f"Table 2, condition {main} (test: {res.conditions[-1].primary} rendering): confusion matrices "
+              f"summed over folds")
+    figs["fig4b_confusion"] = figures.confusion_matrices(
+        {"mask only": cvr.confusion("mask_only"),
+         f"ROI only ({spec_label('imagenet_finetune', trunks)})": cvr.confusion("imagenet_finetune")},
+        title=f"Fig. 4(b), condition {main}")
+    for name in ("table2_confusion", "fig4b_confusion"):
+        save_figure(figs[name], name, rd)
     verdict = verdict_lines(cfg, res, gate, summaries, trunks)
     from .report import atomic_write_text
     atomic_write_text(rd / "tables" / "summary.notes.md", "\n".join(verdict) + "\n")
     return {"result": res, "gate": gate, "dose": dose, "comparison": comp, "controls": controls, "fig4b": fig4,
-            "summaries": summaries, "verdict": verdict, "gate_passes": {i: gate_passes(gate, i) for i in trunks}
+            "summaries": summaries, "verdict": verdict, "figures": figs, "gate_passes": {i: gate_passes(gate, i) for i in trunks}
             if len(gate) else {}}
 
 
