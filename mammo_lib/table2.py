@@ -93,8 +93,8 @@ def ddsm_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
 def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Notebook 03: both trunks, their own test accuracy and the gate (Fig. 6 distances included)."""
-    from .model import build_model
     from .datasets import roi_sets
+    from .model import build_model
     from .stand_in import trunk_gate
 
     ds = roi_sets(cfg, progress=progress)
@@ -145,9 +145,9 @@ def conditions(cfg: Config):
 def instrument_data(cfg: Config, *, progress: bool = True):
     """Trunk caches for both initialisations, every rendering the conditions use, and the
     mask-only cache (read back from ``work_dir`` when made with the same settings and code)."""
+    from .datasets import roi_sets
     from .instrument import CODE, InstrumentData
     from .model import build_model
-    from .datasets import roi_sets
     from .pipeline import run_dir
     from .trunk_cache import FLIPS, TrunkCache, build_cache
 
