@@ -123,7 +123,7 @@ def _saliency_shares(model, images: np.ndarray, masks: np.ndarray, conf: np.ndar
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sys.path.insert(0, str(args.lib_root.resolve()))
-    from mammo_lib import pipeline
+    from mammo_lib import datasets, pipeline
     from mammo_lib.config import load_config
     from mammo_lib.model import build_model
     from mammo_lib.protocol import inner_split, make_folds
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     tmp_results = tempfile.mkdtemp(prefix="kt_investigate_")  # step_pretrain writes a table there
     cfg = load_config(args.profile, {"work_dir": str(args.work_dir.resolve()), "results_dir": tmp_results},
                       root=args.lib_root.resolve(), honour_env=False)
-    ds = pipeline.roi_sets(cfg, progress=False)
+    ds = datasets.roi_sets(cfg, progress=False)
     ckpt = pipeline.ddsm_checkpoint(cfg, progress=False)
     cv, cvt = ds.cv, ds.cv_test
     if args.renorm_quantile is not None:

@@ -1,13 +1,14 @@
 """The reproduction's steps, one function per notebook, each resumable and cached on disk.
 
-Notebooks call these with a :class:`~mammo_lib.config.Config` and only display what they return.
-Every step reads what an earlier step made through the same cached functions, so each notebook
-also runs on its own (and a rerun costs little).
+Notebooks call these with a :class:`~mammo_lib.config.Config` and only display what they return:
+the tables, and under ``"figures"`` the matplotlib Figures (name -> Figure) that the step also writes
+as ``results/figures/<name>.png``. Every step reads what an earlier step made through the same
+cached functions, so each notebook also runs on its own (and a rerun costs little). The data
+assembly they share lives in :mod:`mammo_lib.datasets`.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,188 +16,15 @@ import numpy as np
 import pandas as pd
 
 from .config import Config
-from .records import LoadResult
+from .datasets import dataset_table, roi_sets
 from .io import write_text
 from .report import save_figure, write_table
 from .table2 import TABLE2_SPECS
 
 
 # --------------------------------------------------------------------------------------------
-# Data
+# Data (assembled in :mod:`mammo_lib.datasets`)
 # --------------------------------------------------------------------------------------------
-@dataclass
-class Datasets:
-    """ROI sets of one profile: the cross-validation set (BCDR or its phantom twin), an optional
-    shifted rendering of it for the test folds (phantom only), and the pre-training set split
-    into its official train and test parts (CBIS-DDSM or its phantom twin)."""
-
-    cv: Any
-    cv_test: Any | None
-    pre_train: Any
-    pre_test: Any
-    exclusions: pd.DataFrame
-    sources: dict[str, LoadResult] = field(default_factory=dict)
-    variant: str = "mass_centred"
-    #: further renderings of the cross-validation cases by name (phantom: ``shifted`` and extras).
-    renderings: dict[str, Any] = field(default_factory=dict)
-
-
-def _phantom_records(cfg: Config, *, progress: bool) -> dict[str, LoadResult]:
-    from .generic import load_generic
-    from .phantom import PhantomConfig, generate_phantom
-
-    from .phantom import extra_renderings
-
-    ph = cfg.section("phantom")
-    common = {"seed": int(ph.get("seed", cfg["seed"])), "image_shape": tuple(ph.get("image_shape", (640, 512))),
-              **dict(ph.get("config") or {})}
-    bl = {**common, **dict(ph.get("bcdr_like") or {})}
-    dl = {**common, **dict(ph.get("ddsm_like") or {})}
-    base = cfg.work_dir / "phantom"
-    bcfg = PhantomConfig(**_tuples(bl))
-    bdir = generate_phantom(base / "bcdr_like", bcfg, kind="bcdr_like", progress=progress)
-    ddir = generate_phantom(base / "ddsm_like", PhantomConfig(**_tuples(dl)), kind="ddsm_like", progress=progress)
-    out = {
-        "bcdr_like": load_generic(bdir / "cases.csv"),
-        "bcdr_like_shifted": load_generic(bdir / "cases_shifted.csv"),
-        **{f"bcdr_like_{e}": load_generic(bdir / f"cases_{e}.csv") for e in extra_renderings(bcfg)},
-        "ddsm_like": load_generic(ddir / "cases.csv"),
-    }
-    for name, res in out.items():
-        for r in res.records:
-            r.dataset = f"phantom-{name}"
-    return out
-
-
-def _tuples(d: dict[str, Any]) -> dict[str, Any]:
-    """YAML lists to the tuples :class:`~mammo_lib.phantom.PhantomConfig` expects (ranges, shape)."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
-def _real_records(cfg: Config) -> dict[str, LoadResult]:
-    from .bcdr import balanced_draw, load_bcdr
-    from .cbis_ddsm import load_cbis_ddsm
-
-    rd = cfg.section("real_data")
-    root = cfg.data_root
-    assert root is not None  # guarded by Config.uses_phantom
-    cb = rd["cbis_ddsm"]
-    cbis = load_cbis_ddsm([root / p for p in cb["csv"]], root / cb["dicom_root"], on_error="skip")
-    d01 = rd["bcdr_d01"]
-    f01 = rd["bcdr_f01"]
-    bd = load_bcdr(root / d01["outlines"], root / d01["images"], subset="D01", on_error="skip")
-    bf = load_bcdr(root / f01["outlines"], root / f01["images"], subset="F01", on_error="skip")
-    draw = f01.get("draw", {})
-    bf_drawn = balanced_draw(bf, n_benign=int(draw.get("n_benign", 59)),
-                             n_malignant=int(draw.get("n_malignant", 74)), seed=int(draw.get("seed", 2025)))
-    # bf_drawn carries bf's exclusions and records every F01 mass not drawn, with its reason.
-    bcdr = LoadResult(list(bd.records) + list(bf_drawn.records), list(bd.exclusions) + list(bf_drawn.exclusions))
-    return {"bcdr": bcdr, "cbis_ddsm": cbis}
-
-
-def verify_data(cfg: Config) -> pd.DataFrame:
-    """Check the real datasets against ``data_manifest.csv`` (one row per file: ok, missing,
-    altered or unchecked) and raise :class:`~mammo_lib.records.DataError` naming every missing or
-    altered file. Each manifest dataset is checked in the folder the profile reads it from."""
-    from .manifest import verify_manifest
-
-    if cfg.uses_phantom:
-        return pd.DataFrame(columns=["dataset", "file", "status", "reason"])
-    rd = cfg.section("real_data")
-    root = cfg.data_root
-    folders = {"CBIS-DDSM": Path(rd["cbis_ddsm"]["csv"][0]).parent,
-               "BCDR-D01": Path(rd["bcdr_d01"]["outlines"]).parent,
-               "BCDR-F01": Path(rd["bcdr_f01"]["outlines"]).parent}
-    rows, reports = [], []
-    for dataset, folder in folders.items():
-        rep = verify_manifest(cfg.root / "data_manifest.csv", root / folder, dataset=dataset)
-        reports.append(rep)
-        for status in ("ok", "missing", "altered", "unchecked"):
-            rows += [{"dataset": dataset, "file": f, "status": status, "reason": rep.reasons.get(f, "")}
-                     for f in getattr(rep, status)]
-    table = pd.DataFrame(rows, columns=["dataset", "file", "status", "reason"])
-    write_table(table, "data_verification", cfg.results_dir)
-    for rep in reports:
-        rep.raise_if_bad()
-    return table
-
-
-def load_sources(cfg: Config, *, progress: bool = True) -> dict[str, LoadResult]:
-    """Records of every dataset the profile uses (phantom generated on first use)."""
-    return _real_records(cfg) if not cfg.uses_phantom else _phantom_records(cfg, progress=progress)
-
-
-_ROI_SETS: dict[tuple[str, ...], Datasets] = {}
-
-
-def roi_sets(cfg: Config, *, variant: str = "mass_centred", progress: bool = True,
-             sources: dict[str, LoadResult] | None = None, pretraining: bool = True,
-             size: int | None = None) -> Datasets:
-    """Preprocess every dataset of the profile into ROI sets (cached under ``work_dir/cache``).
-
-    ``pretraining=False`` leaves out the pre-training set (``pre_train``/``pre_test`` are None).
-    Within one process the result is reused: a step and the steps it depends on share one load."""
-    key = (str(cfg.root), cfg.digest(), variant, str(pretraining), str(size))
-    if sources is None and key in _ROI_SETS:
-        return _ROI_SETS[key]
-    ds = _roi_sets(cfg, variant=variant, progress=progress, sources=sources, pretraining=pretraining, size=size)
-    if sources is None:
-        _ROI_SETS[key] = ds
-    return ds
-
-
-def _roi_sets(cfg: Config, *, variant: str, progress: bool, sources: dict[str, LoadResult] | None,
-              pretraining: bool, size: int | None = None) -> Datasets:
-    from .preprocess import preprocess
-
-    sources = sources or load_sources(cfg, progress=progress)
-    kw = dict(variant=variant, size=int(size or cfg["roi_size"]), min_context=int(cfg["min_context"]),
-              seed=int(cfg["seed"]), intensity=cfg.get("intensity", "minmax"),
-              workers=int(cfg.get("workers", 2)), on_error="skip", progress=progress)
-    cache = cfg.work_dir / "cache"
-    if cfg.uses_phantom:
-        cv = preprocess(sources["bcdr_like"].records, cache, **kw)
-        # Test folds see the shifted rendering; a random crop variant is evaluated on the plain box.
-        test_kw = dict(kw, variant="original" if variant == "overlap_0.9" else variant)
-        cv_test = preprocess(sources["bcdr_like_shifted"].records, cache, **test_kw)
-        pre = preprocess(sources["ddsm_like"].records, cache, **kw) if pretraining else None
-        extra = {name[len("bcdr_like_"):]: preprocess(res.records, cache, **test_kw)
-                 for name, res in sources.items() if name.startswith("bcdr_like_")}
-    else:
-        cv = preprocess(sources["bcdr"].records, cache, **kw)
-        cv_test = None
-        if variant == "overlap_0.9":
-            cv_test = preprocess(sources["bcdr"].records, cache, **dict(kw, variant="original"))
-        pre = preprocess(sources["cbis_ddsm"].records, cache, **kw) if pretraining else None
-        extra = {}
-    pre_train = pre_test = None
-    if pre is not None:
-        split = pre.index["split"].astype(str).str.lower().to_numpy()
-        pre_train = pre.subset(np.flatnonzero(split == "train"))
-        pre_test = pre.subset(np.flatnonzero(split == "test"))
-    excl = [res.exclusions_frame().assign(dataset=name) for name, res in sources.items()]
-    for name, rs in (("cv", cv), ("cv_test", cv_test), ("pretrain", pre)):
-        if rs is not None and len(rs.exclusions):
-            excl.append(rs.exclusions.assign(dataset=name))
-    exclusions = pd.concat([e for e in excl if len(e)], ignore_index=True) if any(len(e) for e in excl) else \
-        pd.DataFrame(columns=["source_file", "source_row", "reason", "case_id", "stage", "dataset"])
-    return Datasets(cv=cv, cv_test=cv_test, pre_train=pre_train, pre_test=pre_test,
-                    exclusions=exclusions, sources=sources, variant=variant, renderings=extra)
-
-
-def dataset_table(ds: Datasets) -> pd.DataFrame:
-    """Counts per dataset, split and class (what the paper's Sec. 3.1 reports)."""
-    rows = []
-    for name, rs in (("cross-validation set", ds.cv), ("pre-training train", ds.pre_train),
-                     ("pre-training test", ds.pre_test)):
-        idx = rs.index
-        rows.append({"set": name, "dataset": ", ".join(sorted(idx["dataset"].astype(str).unique())),
-                     "masses": len(idx), "benign": int((idx["label"] == 0).sum()),
-                     "malignant": int((idx["label"] == 1).sum()), "patients": idx["patient_id"].nunique(),
-                     "padded ROIs": int(idx["padded"].sum()) if "padded" in idx else 0})
-    return pd.DataFrame(rows)
-
-
 def step_data(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Notebook 01: make/load the data, preprocess to ROIs, write counts, exclusions, Fig. 2."""
     from . import figures
@@ -217,7 +45,8 @@ def step_data(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     fig = figures.fig2_roi_contexts(case.image, case.mask, min_context=int(cfg["min_context"]),
                                     size=int(cfg["roi_size"]))
     save_figure(fig, "fig2_roi_contexts", rd)
-    return {"datasets": ds, "counts": counts, "exclusions": ds.exclusions, "exclusions_summary": summ}
+    return {"datasets": ds, "counts": counts, "exclusions": ds.exclusions, "exclusions_summary": summ,
+            "figures": {"fig2_roi_contexts": fig}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -373,7 +202,8 @@ def step_distances(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                .assign(network=used))
     rd = cfg.results_dir
     write_table(summary, "fig6_summary", rd)
-    save_figure(figures.fig6_distance_distribution(df), "fig6_distances", rd)
+    fig6 = figures.fig6_distance_distribution(df)
+    save_figure(fig6, "fig6_distances", rd)
     # Fig. 4(a): one example (the first malignant mass).
     i = int(np.flatnonzero(ds.cv.labels == 1)[0])
     x = to_model_input(torch.from_numpy(ds.cv.images[i:i + 1]))
@@ -383,9 +213,10 @@ def step_distances(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         maps_roi = {j: activation_map(acts[j])[0].numpy() for j in (1, 2, 3, 4)}
         model(m)
         maps_mask = {j: activation_map(acts[j])[0].numpy() for j in (1, 2, 3, 4)}
-    save_figure(figures.fig4_activation_levels(ds.cv.images[i], ds.cv.masks[i], maps_roi, maps_mask),
-                "fig4a_activation_levels", rd)
-    return {"distances": df, "summary": summary, "network": used}
+    fig4a = figures.fig4_activation_levels(ds.cv.images[i], ds.cv.masks[i], maps_roi, maps_mask)
+    save_figure(fig4a, "fig4a_activation_levels", rd)
+    return {"distances": df, "summary": summary, "network": used,
+            "figures": {"fig6_distances": fig6, "fig4a_activation_levels": fig4a}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -491,7 +322,7 @@ def step_localization(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         title=f"Fig. 7: group-4 maps of the {spec_label('ddsm_finetune', trunks).rsplit(',', 1)[0]} models, "
               f"condition {cond.name}, test fold of each case ({cond.primary} rendering)")
     save_figure(fig, "fig7_overlays", rd)
-    return {"per_case": per_case, "summary": summary}
+    return {"per_case": per_case, "summary": summary, "figures": {"fig7_overlays": fig}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,6 +367,7 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
         (rd / "tables" / "explanation_sanity.notes.md").unlink(missing_ok=True)
     timings = []
     cases = []
+    figs: dict[str, Any] = {}  # name -> matplotlib Figure, also written as figures/<name>.png
     train_feats = penultimate_features(model_kt, ds.cv.images[tr_idx], device=cfg["device"])
     test_feats = penultimate_features(model_kt, t.images, device=cfg["device"])
     glcm_df = glcm_feature_table(t.images)
@@ -556,9 +388,9 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
         expl.to_json(rd / "explanations" / f"{ids[te_idx][c]}.json")
         lesion, background = lesion_background(roi, background_rule=rule)
         kind = "benign" if labels[c] == 0 else "malignant"
-        save_figure(figures.fig5_lesion_background(roi, lesion, background, expl, mask=mask, true_label=kind,
-                                                   background_rule=rule),
-                    f"fig5_lesion_background_{kind}", rd)
+        figs[f"fig5_lesion_background_{kind}"] = fig5 = figures.fig5_lesion_background(
+            roi, lesion, background, expl, mask=mask, true_label=kind, background_rule=rule)
+        save_figure(fig5, f"fig5_lesion_background_{kind}", rd)
         # At norm5 (pytorch-grad-cam's usual DenseNet layer) Grad-CAM and HiResCAM differ; after the
         # final ReLU they coincide for global-average-pooling + one linear layer.
         cam = cam_map(model_kt, roi[None], method="gradcam", target_layer="norm5", device=cfg["device"])[0]
@@ -568,6 +400,7 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
         knn_rois = ds.cv.images[tr_idx][knn["train_index"].to_numpy()]
         fig = figures.fig8_panels(roi, cam, corr_by_class.get(int(labels[c]), corr), knn, knn_rois, expl, mask=mask,
                                   hirescam=hires, true_label=kind)
+        figs[f"fig8_panels_{kind}"] = fig
         save_figure(fig, f"fig8_panels_{kind}", rd)
         ft_map = group4_maps(model_ft, roi[None], device=cfg["device"])[0]
         kt_map = group4_maps(model_kt, roi[None], device=cfg["device"])[0]
@@ -576,17 +409,19 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
                       "background": background, "kind": kind})
     # Fig. 9: the framework drawn from one real case (the malignant one), and the explanation grid.
     f9 = cases[-1]
-    save_figure(figures.fig9_framework(f9["roi"], f9["lesion"], f9["background"], f9["explanation"], mask=f9["mask"],
-                                       true_label=f9["kind"], background_rule=rule), "fig9_framework", rd)
-    save_figure(figures.explanation_grid(cases, labels=("fine-tune", "knowledge transfer"),
-                                         title="DDSM-initialised models, fold 0 (explanations of the knowledge-"
-                                               "transfer model)"), "explanation_grid", rd)
+    figs["fig9_framework"] = figures.fig9_framework(f9["roi"], f9["lesion"], f9["background"], f9["explanation"],
+                                                    mask=f9["mask"], true_label=f9["kind"], background_rule=rule)
+    save_figure(figs["fig9_framework"], "fig9_framework", rd)
+    figs["explanation_grid"] = figures.explanation_grid(cases, labels=("fine-tune", "knowledge transfer"),
+                                                        title="DDSM-initialised models, fold 0 (explanations of "
+                                                              "the knowledge-transfer model)")
+    save_figure(figs["explanation_grid"], "explanation_grid", rd)
     timing = pd.DataFrame(timings)
     write_table(timing, "explain_timing", rd)
     agreement = explanation_agreement(cfg, t, n=int(ex.get("n_agreement", 40)), background_rule=rule)
     write_table(agreement, "explanation_agreement", rd)
     return {"timing": timing, "cases": cases, "correlation": corr, "agreement": agreement, "sanity": sanity,
-            "rule": rule}
+            "rule": rule, "figures": figs}
 
 
 def explanation_agreement(cfg: Config, test: Any, *, n: int = 40, background_rule: str | None = None) -> pd.DataFrame:

@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import sys
-import uuid
 import warnings
 import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed

@@ -7,7 +7,6 @@ an :class:`Exclusion` with its reason in the :class:`LoadResult`.
 from __future__ import annotations
 
 import csv
-import os
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -93,7 +93,8 @@ def imagenet_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 def ddsm_trunk(cfg: Config, *, progress: bool = True, parallel: Any = None) -> dict[str, Any]:
     """The ``ddsm`` initialisation: all layers trained on the pre-training set from ``imagenet``
     (``parallel``: several processes under torchrun, see :mod:`mammo_lib.distributed`)."""
-    from .pipeline import roi_sets, run_dir, train_config
+    from .datasets import roi_sets
+    from .pipeline import run_dir, train_config
     from .protocol import pretrain
 
     ds = roi_sets(cfg, progress=progress)
@@ -114,8 +115,8 @@ def ddsm_trunk(cfg: Config, *, progress: bool = True, parallel: Any = None) -> d
 
 def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Notebook 03: both trunks, their own test accuracy and the gate (Fig. 6 distances included)."""
+    from .datasets import roi_sets
     from .model import build_model
-    from .pipeline import roi_sets
     from .stand_in import trunk_gate
 
     ds = roi_sets(cfg, progress=progress)
@@ -166,9 +167,10 @@ def conditions(cfg: Config):
 def instrument_data(cfg: Config, *, progress: bool = True):
     """Trunk caches for both initialisations, every rendering the conditions use, and the
     mask-only cache (read back from ``work_dir`` when made with the same settings and code)."""
+    from .datasets import roi_sets
     from .instrument import CODE, InstrumentData
     from .model import build_model
-    from .pipeline import roi_sets, run_dir, train_config
+    from .pipeline import run_dir, train_config
     from .trunk_cache import FLIPS, TrunkCache, build_cache
 
     ds = roi_sets(cfg, progress=progress)
@@ -329,7 +331,8 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                                       "beta per fold": r["beta per fold"]})
     controls = pd.DataFrame(ctrl_rows)
     write_table(controls, "table2_controls", rd)
-    save_figure(figures.dose_response(dose), "table2_dose_response", rd)
+    figs = {"table2_dose_response": figures.dose_response(dose)}  # also written as figures/<name>.png
+    save_figure(figs["table2_dose_response"], "table2_dose_response", rd)
     main = res.conditions[-1].name
     s = summaries[main].set_index("spec")
     fig4 = pd.DataFrame([
@@ -340,19 +343,21 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     ])
     write_table(fig4, "fig4b", rd)
     cvr = res.cv_result(main)
-    save_figure(figures.confusion_matrices({spec_label(sp, trunks): cvr.confusion(sp) for sp in TABLE2_SPECS},
-                                           title=f"Table 2, condition {main} (test: {res.conditions[-1].primary} "
-                                                 f"rendering): confusion matrices summed over folds"),
-                "table2_confusion", rd)
-    save_figure(figures.confusion_matrices({"mask only": cvr.confusion("mask_only"),
-                                            f"ROI only ({spec_label('imagenet_finetune', trunks)})":
-                                                cvr.confusion("imagenet_finetune")},
-                                           title=f"Fig. 4(b), condition {main}"), "fig4b_confusion", rd)
+    figs["table2_confusion"] = figures.confusion_matrices(
+        {spec_label(sp, trunks): cvr.confusion(sp) for sp in TABLE2_SPECS},
+        title=f"Table 2, condition {main} (test: {res.conditions[-1].primary} rendering): confusion matrices "
+              f"summed over folds")
+    figs["fig4b_confusion"] = figures.confusion_matrices(
+        {"mask only": cvr.confusion("mask_only"),
+         f"ROI only ({spec_label('imagenet_finetune', trunks)})": cvr.confusion("imagenet_finetune")},
+        title=f"Fig. 4(b), condition {main}")
+    for name in ("table2_confusion", "fig4b_confusion"):
+        save_figure(figs[name], name, rd)
     verdict = verdict_lines(cfg, res, gate, summaries, trunks)
     from .io import write_text
     write_text(rd / "tables" / "summary.notes.md", "\n".join(verdict) + "\n")
     return {"result": res, "gate": gate, "dose": dose, "comparison": comp, "controls": controls, "fig4b": fig4,
-            "summaries": summaries, "verdict": verdict, "gate_passes": {i: gate_passes(gate, i) for i in trunks}
+            "summaries": summaries, "verdict": verdict, "figures": figs, "gate_passes": {i: gate_passes(gate, i) for i in trunks}
             if len(gate) else {}}
 
 
@@ -444,8 +449,6 @@ def step_significance(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
 def fold_model(cfg: Config, spec: str, fold: int, condition: str | None = None):
     """The model selected on the inner validation split for ``spec`` (e.g. ``"ddsm_transfer"``) and
     ``fold`` in ``condition`` (default: the profile's last condition, B on the phantom)."""
-    import json
-
     from .instrument import load_head
 
     res, trunks = run(cfg, progress=False)

@@ -129,10 +129,10 @@ def _full_cfg(real_root: Path, tmp_path: Path):
 
 
 def test_full_profile_reads_real_layouts(real_root: Path, tmp_path: Path):
-    from mammo_lib import pipeline
+    from mammo_lib import datasets
 
     cfg = _full_cfg(real_root, tmp_path)
-    ds = pipeline.roi_sets(cfg, progress=False)
+    ds = datasets.roi_sets(cfg, progress=False)
     assert len(ds.cv) == 6 + 6                       # all of D01 + the balanced F01 draw
     assert ds.cv.index["case_id"].str.startswith("bcdrD01_").sum() == 6
     assert ds.cv_test is None                          # real data: test folds are the same ROIs
@@ -144,13 +144,13 @@ def test_full_profile_reads_real_layouts(real_root: Path, tmp_path: Path):
 
 
 def test_verify_data_names_missing_files(real_root: Path, tmp_path: Path):
-    from mammo_lib import pipeline
+    from mammo_lib import datasets
     from mammo_lib.records import DataError
 
     cfg = _full_cfg(real_root, tmp_path)
     # The fake CBIS-DDSM CSVs differ from the real ones: the manifest says they are altered.
     with pytest.raises(DataError, match="altered"):
-        pipeline.verify_data(cfg)
+        datasets.verify_data(cfg)
     table = pd.read_csv(tmp_path / "r" / "tables" / "data_verification.csv")
     assert set(table.loc[table["dataset"] == "CBIS-DDSM", "status"]) == {"altered"}
     assert "missing" in set(table.loc[table["dataset"] == "BCDR-D01", "status"])  # bcdr_d01_img.csv
