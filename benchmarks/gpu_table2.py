@@ -72,8 +72,12 @@ def base_overrides(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 "phantom": {"image_shape": [384, 320], "bcdr_like": {"n_benign": 12, "n_malignant": 12},
                             "ddsm_like": {"n_train": 24, "n_test": 12}},
                 "cv": {"conditions": [CONDITION], "n_splits": 2}}
-    return {**common, "arch": "densenet121", "roi_size": 224, "workers": args.workers,
+    full = {**common, "arch": "densenet121", "roi_size": 224, "workers": args.workers,
             "train": {"epochs": 50}, "pretrain": {"epochs": 30}}
+    if args.pretrain_epochs is not None:  # a head-training timing run: the trunks' quality does not matter
+        full["pretrain"] = {"epochs": args.pretrain_epochs}
+        full["generic_pretrain"] = {"epochs": args.pretrain_epochs}
+    return full
 
 
 def variant_config(overrides: dict[str, Any], flags: dict[str, Any]):
@@ -286,6 +290,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--fp32-factor", type=float, default=1.5,
                     help="reserve for the fp32 variant while bf16 adds folds: this x bf16's stage times")
     ap.add_argument("--max-folds", type=int, default=None, help="run at most this many outer folds per variant")
+    ap.add_argument("--pretrain-epochs", type=int, default=None,
+                    help="override both pre-trainings' epochs (timing the Table 2 head trainings alone; "
+                         "accuracies are then not the protocol's)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     args.device = args.device or ("cuda" if (torch.cuda.is_available() or not args.tiny) else "cpu")

@@ -44,8 +44,9 @@ class ConfigError(ValueError):
 
 # ------------------------------------------------------------------------------ code digests
 def code_digest(*modules: str, root: Path | None = None) -> str:
-    """Digest of the source of ``mammo_lib`` modules (``"training"`` -> ``mammo_lib/training.py``):
-    part of every cache key, so a change of the code that makes an artefact makes a new one.
+    """Digest of the source of ``mammo_lib`` modules (``"training"`` -> ``mammo_lib/training.py``;
+    a package such as ``"phantom"`` -> every ``.py`` file under ``mammo_lib/phantom/``): part of
+    every cache key, so a change of the code that makes an artefact makes a new one.
 
     >>> len(code_digest("config"))
     12
@@ -54,7 +55,11 @@ def code_digest(*modules: str, root: Path | None = None) -> str:
     base = root or Path(__file__).resolve().parent
     for m in modules:
         h.update(m.encode() + b"\0")
-        h.update((base / f"{m}.py").read_bytes())
+        pkg = base / m
+        files = sorted(pkg.rglob("*.py")) if pkg.is_dir() else [base / f"{m}.py"]
+        for f in files:
+            h.update(f.relative_to(base).as_posix().encode() + b"\0")
+            h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
 
