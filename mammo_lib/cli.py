@@ -140,7 +140,7 @@ def _load_dataset(a: argparse.Namespace) -> tuple[LoadResult, str]:
     from .bcdr import load_bcdr
     from .cbis_ddsm import load_cbis_ddsm
     from .generic import load_generic
-    from .manifest import canonical_dataset, dataset_folder
+    from .manifest import canonical_dataset, data_layout, dataset_folder
 
     if a.csv:
         return load_generic(a.csv, on_error="skip"), str(a.csv)
@@ -154,14 +154,15 @@ def _load_dataset(a: argparse.Namespace) -> tuple[LoadResult, str]:
                             f"mass_case_description_test_set.csv) in {folder}", root)
         return load_cbis_ddsm(csvs, folder, on_error="skip"), f"CBIS-DDSM in {folder}"
     result, used, absent = LoadResult(), [], []
+    layout = data_layout()
     for sub in TRAIN_DATASETS[name]:
         folder = dataset_folder(root, sub)
         outlines = folder / f"bcdr_{sub[-3:].lower()}_outlines.csv"
         if outlines.is_file():
             result.extend(load_bcdr(outlines, folder, subset=sub[-3:], on_error="skip"))
             used.append(f"{sub} in {folder}")
-        else:
-            absent.append(f"{sub} missing at {outlines}")
+        else:  # name the place the README's layout puts it
+            absent.append(f"{sub} missing at {root / layout[sub] / outlines.name}")
     if not used:
         raise DataError("; ".join(absent), root)
     for line in absent:
