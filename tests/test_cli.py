@@ -231,6 +231,14 @@ def test_verify_data_from_the_data_root_any_spelling(world, tmp_path, spelling):
     assert "ok: every file listed is present and unaltered" in got.stdout and "VerifyReport(" not in got.stdout
 
 
+def test_verify_data_table_names_where_a_missing_dataset_belongs(world):
+    got = cli("verify-data", "--root", str(world["vroot"]))
+    assert got.returncode == 1
+    text = " ".join(got.stdout.split())
+    assert f"BCDR-D01 {world['vroot'] / 'BCDR' / 'BCDR-D01_dataset'} 0 2 0 0" in text
+    assert "BCDR-F01 bcdr_f01_outlines.csv missing" in text and "VerifyReport(" not in text
+
+
 def test_default_manifest_absent_is_a_clear_error(tmp_path, monkeypatch):
     from mammo_lib import manifest
     from mammo_lib.records import DataError
