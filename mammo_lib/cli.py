@@ -368,7 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
 def describe_error(err: BaseException) -> tuple[int, str]:
     """Exit status and one-line message for an error reaching :func:`main`: 2 for bad input (the
     library's :class:`DataError`/ValueError, a missing file or weights), 1 for a failure while
-    running (a folder that cannot be written, a failed notebook, anything unexpected)."""
+    running (a folder that cannot be written, a failed notebook, anything unexpected).
+
+    >>> describe_error(PermissionError(13, "Permission denied", "/data/out"))
+    (1, 'Permission denied: /data/out')
+    """
     from .model import WeightsUnavailableError
 
     if isinstance(err, FileNotFoundError) and err.filename is not None:

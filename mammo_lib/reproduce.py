@@ -137,7 +137,11 @@ def check_real_data(cfg: Any) -> None:
     """Before any work: every dataset the profile reads must be under its data root. Otherwise a
     :class:`~mammo_lib.records.DataError` names each missing dataset with the first missing path and
     says what could run on what is present (Table 2 needs BCDR D01 + F01, the DDSM pre-training
-    needs CBIS-DDSM; README "Real data"). The phantom profiles need nothing."""
+    needs CBIS-DDSM; README "Real data"). The phantom profiles need nothing.
+
+    >>> check_real_data(load_config("full", {"data_root": "/data/mammo"}))  # doctest: +SKIP
+    DataError: BCDR-D01 missing at /data/mammo/BCDR/BCDR-D01_dataset/bcdr_d01_outlines.csv; ...
+    """
     from .records import DataError
 
     if cfg.uses_phantom:
