@@ -1,57 +1,223 @@
 """``mammo-kt``: the command line.
 
     mammo-kt reproduce [--profile demo|smoke|full] [--data-root DIR] [--device cpu|cuda]
-    mammo-kt verify-data --root DIR [--dataset cbis-ddsm] [--manifest data_manifest.csv]
-    mammo-kt pin-data --root DIR --dataset NAME --source TEXT --licence TEXT --out my_manifest.csv
-    mammo-kt train --csv cases.csv --out runs/mine [--method transfer] [--arch densenet121] ...
+    mammo-kt verify-data --root DATA_ROOT [--dataset cbis-ddsm] [--manifest data_manifest.csv]
+    mammo-kt pin-data --root DATA_ROOT --dataset NAME --source TEXT --licence TEXT --out my_manifest.csv
+    mammo-kt train (--csv cases.csv | --dataset cbis-ddsm|bcdr --root DATA_ROOT) --out runs/mine
+                   [--method transfer] [--arch densenet121] [--weights auto|imagenet|none|FILE] ...
     mammo-kt explain --checkpoint best.pt --image mammogram.dcm --mask mask.png --out explanation/
                      [--background-rule soft|otsu|subtract_clip]
+
+DATA_ROOT is laid out as the README's "Real data" says (CBIS-DDSM/..., BCDR/BCDR-D01_dataset/...).
+An error is one line on stderr, ``mammo-kt: error: ...``, with exit status 2 for bad input (options,
+files, data) and 1 for a failure while running (a folder that cannot be written, a failed notebook);
+``--debug`` (anywhere on the line) shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from .records import DataError
+from .records import DataError, Exclusion, LoadResult
+
+#: ``train --dataset`` names (any case; ``-``/``_`` alike) and the manifest datasets each reads.
+TRAIN_DATASETS = {"CBIS-DDSM": ("CBIS-DDSM",), "BCDR": ("BCDR-D01", "BCDR-F01"), "BCDR-D01": ("BCDR-D01",),
+                  "BCDR-F01": ("BCDR-F01",)}
+EXCLUSIONS_COLUMNS = ["stage", "file", "row", "reason", "case_id"]
+
+
+def _writable_dir(path: str | Path, option: str = "--out") -> Path:
+    """Create ``path`` and check a file can be written in it, before any work (OSError naming it)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write to {option} {path}: {err.strerror or err}") from err
+    return path
+
+
+def _data_root(root: str | Path) -> Path:
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError("data root folder not found (--root)", root)
+    return root
 
 
 def _verify(a: argparse.Namespace) -> int:
-    from .manifest import verify_manifest
+    import pandas as pd
 
-    report = verify_manifest(a.manifest, a.root, dataset=a.dataset)
-    print(report.to_frame().to_string(index=False) if hasattr(report, "to_frame") else report)
-    report.raise_if_bad()
-    print("ok: every file listed is present and unaltered")
+    from .manifest import (canonical_dataset, data_layout, dataset_folder, default_manifest_path, read_manifest,
+                           verify_manifest)
+
+    manifest = Path(a.manifest) if a.manifest else default_manifest_path()
+    df = read_manifest(manifest)
+    root = _data_root(a.root)
+    layout = data_layout()
+    if a.dataset:
+        names = [canonical_dataset(a.dataset, sorted(set(df["dataset"])))]
+    else:
+        names = list(dict.fromkeys(df.loc[df["relative_path"] != "", "dataset"]))
+    summary, problems = [], []
+    for name in names:
+        folder = dataset_folder(root, name)
+        rep = verify_manifest(manifest, folder, dataset=name, progress=int((df["dataset"] == name).sum()) > 50)
+        if not (rep.ok or rep.altered or rep.unchecked) and name in layout:
+            folder = root / layout[name]  # nothing found: say where the README's layout expects it
+        summary.append({"dataset": name, "folder": str(folder), "ok": len(rep.ok), "missing": len(rep.missing),
+                        "altered": len(rep.altered), "unchecked (no sha256)": len(rep.unchecked)})
+        table = rep.to_frame()
+        problems += [{"dataset": name, **r} for r in table[table["status"] != "ok"].to_dict("records")]
+    print(f"manifest {manifest}, data root {root}")
+    print(pd.DataFrame(summary).to_string(index=False))
+    if problems:
+        print()
+        print(pd.DataFrame(problems, columns=["dataset", "file", "status", "reason"]).to_string(index=False))
+    n_missing = sum(s["missing"] for s in summary)
+    n_altered = sum(s["altered"] for s in summary)
+    if n_missing or n_altered:
+        print(f"mammo-kt: error: {n_missing} file(s) missing and {n_altered} altered under {root} "
+              f"(listed above)", file=sys.stderr)
+        return 1
+    n_unchecked = sum(s["unchecked (no sha256)"] for s in summary)
+    print("ok: every file listed is present and unaltered"
+          + (f" ({n_unchecked} present but without a pinned sha256: pin-data your copy)" if n_unchecked else ""))
     return 0
 
 
 def _pin(a: argparse.Namespace) -> int:
-    from .manifest import generate_manifest
+    from .manifest import canonical_dataset, data_layout, dataset_folder, generate_manifest
 
-    df = generate_manifest(a.root, a.dataset, a.source, a.licence, out_csv=a.out)
-    print(f"pinned {len(df)} files of {a.root} in {a.out}")
+    root = _data_root(a.root)
+    name = a.dataset
+    try:
+        name = canonical_dataset(name, list(data_layout()))
+    except ValueError:
+        pass  # a lab's own dataset: its name as given, its files under --root
+    folder = dataset_folder(root, name)
+    df = generate_manifest(folder, name, a.source, a.licence, out_csv=a.out)
+    print(f"pinned {len(df)} files of {name} in {folder} (size, sha256) in {a.out}")
     return 0
 
 
-def _train(a: argparse.Namespace) -> int:
+def resolve_weights(arch: str, weights: str) -> str:
+    """The initialisation ``train --weights`` names, checked before any work (docs/DECISIONS.md).
+
+    ``auto`` is ImageNet for ``densenet121`` (the paper's, Sec. 4.1) and ``none`` for the small
+    test net, which has no ImageNet weights. ImageNet weights are never downloaded: when absent
+    from the torch hub cache the error says where to put them and names ``--weights``.
+
+    >>> resolve_weights("small", "auto")
+    'none'
+    """
+    from .model import WeightsUnavailableError, build_model, imagenet_weights_path
+
+    key = weights.strip().lower()
+    if key == "auto":
+        key = "imagenet" if arch == "densenet121" else "none"
+    if key == "none":
+        return "none"
+    if key == "imagenet":
+        if arch != "densenet121":
+            raise ValueError(f"--weights imagenet: torchvision has ImageNet weights for --arch densenet121 only, "
+                             f"not {arch!r}; use --weights none (the default for {arch!r}) or --weights FILE")
+        path = imagenet_weights_path()
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"ImageNet weights for DenseNet121 not found at {path} (nothing is downloaded): copy torchvision's "
+                f"{path.name} there (or set TORCH_HOME to a folder holding hub/checkpoints/{path.name}), or pass "
+                f"--weights FILE (that file or one of our checkpoints) or --weights none (random initialisation)")
+        return "imagenet"
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights file not found: {path} (--weights takes auto, imagenet, none or a file)")
+    build_model(arch, weights=path)  # a file that does not fit the net fails here, naming its keys
+    return str(path)
+
+
+def _load_dataset(a: argparse.Namespace) -> tuple[LoadResult, str]:
+    """Records of ``--csv`` or of ``--dataset`` under the data root ``--root`` (exclusions recorded)."""
+    from .bcdr import load_bcdr
+    from .cbis_ddsm import load_cbis_ddsm
     from .generic import load_generic
+    from .manifest import canonical_dataset, data_layout, dataset_folder
+
+    if a.csv:
+        return load_generic(a.csv, on_error="skip"), str(a.csv)
+    name = canonical_dataset(a.dataset, list(TRAIN_DATASETS))
+    root = _data_root(a.root)
+    if name == "CBIS-DDSM":
+        folder = dataset_folder(root, name)
+        csvs = sorted(folder.glob("mass_case_description_*_set.csv"))
+        if not csvs:
+            raise DataError(f"no CBIS-DDSM mass description CSV (mass_case_description_train_set.csv, "
+                            f"mass_case_description_test_set.csv) in {folder}", root)
+        return load_cbis_ddsm(csvs, folder, on_error="skip"), f"CBIS-DDSM in {folder}"
+    result, used, absent = LoadResult(), [], []
+    layout = data_layout()
+    for sub in TRAIN_DATASETS[name]:
+        folder = dataset_folder(root, sub)
+        outlines = folder / f"bcdr_{sub[-3:].lower()}_outlines.csv"
+        if outlines.is_file():
+            result.extend(load_bcdr(outlines, folder, subset=sub[-3:], on_error="skip"))
+            used.append(f"{sub} in {folder}")
+        else:  # name the place the README's layout puts it
+            absent.append(f"{sub} missing at {root / layout[sub] / outlines.name}")
+    if not used:
+        raise DataError("; ".join(absent), root)
+    for line in absent:
+        print(f"note: {line}; training on {', '.join(used)}")
+    return result, ", ".join(used)
+
+
+def _exclusion_rows(exclusions: Sequence[Exclusion]) -> list[dict]:
+    return [{"stage": e.stage, "file": e.source_file, "row": e.source_row, "reason": e.reason,
+             "case_id": e.case_id} for e in exclusions]
+
+
+def _train(a: argparse.Namespace) -> int:
+    import pandas as pd
+
     from .io import write_csv
     from .preprocess import preprocess
     from .protocol import RunSpec, run_cv
     from .training import TrainConfig
 
-    out = Path(a.out)
-    res = load_generic(a.csv, on_error="skip")
-    if res.exclusions:
-        print(f"{len(res.exclusions)} rows excluded (see {out / 'exclusions.csv'})")
-    write_csv(out / "exclusions.csv", res.exclusions_frame())
-    rois = preprocess(res.records, out / "cache", size=a.size, intensity=a.intensity, on_error="skip",
-                      workers=a.workers)
+    if bool(a.csv) == bool(a.dataset):
+        raise ValueError("give exactly one of --csv FILE (your own cases) or --dataset cbis-ddsm|bcdr with --root")
+    if a.dataset and not a.root:
+        raise ValueError(f"--dataset {a.dataset} needs --root DATA_ROOT (the folder holding CBIS-DDSM/, BCDR/)")
+    if a.root and not a.dataset:
+        raise ValueError("--root is the data root of --dataset; a --csv names its files itself")
+    weights = resolve_weights(a.arch, a.weights)
+    out = _writable_dir(a.out)
+    res, source = _load_dataset(a)
+    n_rows = len(res.records) + len(res.exclusions)
+    print(f"{len(res.records)} cases read from {source}")
+    rows = _exclusion_rows(res.exclusions)
+    rois = None
+    if res.records:
+        rois = preprocess(res.records, out / "cache", size=a.size, intensity=a.intensity, on_error="skip",
+                          workers=a.workers)
+        rows += [{"stage": r["stage"], "file": r["source_file"], "row": r["source_row"], "reason": r["reason"],
+                  "case_id": r["case_id"]} for r in rois.exclusions.to_dict("records")]
+    excl = pd.DataFrame(rows, columns=EXCLUSIONS_COLUMNS).astype({"row": "Int64"})
+    write_csv(out / "exclusions.csv", excl)
+    if rows:
+        by_stage = excl["stage"].value_counts(sort=False)
+        print(f"{len(rows)} of {n_rows} rows excluded: "
+              + ", ".join(f"{n} at stage {stage!r}" for stage, n in by_stage.items())
+              + f" (each with its file, row and reason in {out / 'exclusions.csv'})")
+    if rois is None or len(rois.index) == 0:
+        raise DataError(f"no usable case left ({len(rows)} of {n_rows} excluded; see {out / 'exclusions.csv'})")
+    print(f"training on {len(rois.index)} cases")
     cfg = TrainConfig(method=a.method, epochs=a.epochs, beta=a.beta, batch_size=a.batch_size, lr=a.lr,
                       device=a.device, seed=a.seed)
-    spec = RunSpec(a.method, a.weights, cfg)
+    spec = RunSpec(a.method, weights, cfg)
     result = run_cv(rois, [spec], out, arch=a.arch, n_splits=a.folds, seed=a.seed,
                     imagenet_fallback="error")
     print(result.summary().to_string(index=False))
@@ -64,11 +230,9 @@ def _explain(a: argparse.Namespace) -> int:
 
     from .explain import explain_roi
     from .imageio import DEFAULT_INTENSITY, read_image, to_unit_float
-    from .model import build_model
-    from .report import save_figure
+    from .io import save_figure
+    from .model import build_model, checkpoint_meta
     from .roi import extract_roi
-
-    from .model import checkpoint_meta
 
     if not Path(a.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {a.checkpoint}")
@@ -87,13 +251,23 @@ def _explain(a: argparse.Namespace) -> int:
     a.intensity = a.intensity or recorded["intensity"] or DEFAULT_INTENSITY
     used = "recorded in the checkpoint" if spec else "defaults (the checkpoint records no ROI spec)"
     print(f"ROI spec: arch {a.arch}, size {a.size} px, intensity {a.intensity} ({used})")
+    out = _writable_dir(a.out)
     model = build_model(a.arch, weights=a.checkpoint)
     image = to_unit_float(read_image(a.image), a.intensity)
     if a.mask:
-        mask = (read_image(a.mask) > 0).astype(np.uint8)
+        try:
+            mask = (read_image(a.mask) > 0).astype(np.uint8)
+        except DataError as err:
+            raise DataError(f"--mask cannot be used: {err.reason}", a.mask) from err
         if mask.shape != image.shape:
-            raise DataError(f"mask shape {mask.shape} differs from the image's {image.shape}", a.mask)
-        cut = extract_roi(image, mask, size=a.size)
+            raise DataError(f"mask shape {mask.shape} differs from the shape {image.shape} of the image {a.image}",
+                            a.mask)
+        if not mask.any():
+            raise DataError("empty mask: no pixel > 0, so there is no mass to centre the ROI on", a.mask)
+        try:
+            cut = extract_roi(image, mask, size=a.size)
+        except ValueError as err:
+            raise DataError(f"no ROI from this mask: {err}", a.mask) from err
         roi, mask_roi = cut.image, cut.mask
     else:
         from skimage.transform import resize
@@ -101,9 +275,9 @@ def _explain(a: argparse.Namespace) -> int:
         roi = resize(image, (a.size, a.size), order=3, anti_aliasing=True).astype(np.float32).clip(0, 1)
         mask_roi = None
     expl = explain_roi(model, roi, device=a.device, background_rule=a.background_rule)
-    out = Path(a.out)
     expl.to_json(out / "explanation.json")  # params["background_rule"], sanity["pixel_change_agreement"]
-    save_figure(expl.plot(roi, mask=mask_roi), "explanation", out.parent if out.name == "figures" else out)
+    # atomic, with the mode a plain open() would give (io.default_file_mode)
+    save_figure(expl.plot(roi, mask=mask_roi), out / "explanation.png")
     names = ["benign", "malignant"]
     lesion = float(np.mean(np.asarray(expl.cell_labels) == "Lesion"))
     print(f"prediction: {names[expl.prediction]} (p = {float(np.max(expl.probabilities)):.3f}); "
@@ -112,7 +286,7 @@ def _explain(a: argparse.Namespace) -> int:
     agreement = expl.sanity.get("pixel_change_agreement", float("nan"))
     print(f"pixel-change agreement: {100 * agreement:.0f}% of the cells are labelled as the replacement "
           f"that changes fewer pixels would predict (near 100% means the labels say little about the model)")
-    print(f"wrote {out / 'explanation.json'} and the figure")
+    print(f"wrote {out / 'explanation.json'} and {out / 'explanation.png'}")
     return 0
 
 
@@ -123,29 +297,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     ap = argparse.ArgumentParser(prog="mammo-kt", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error (any position)")
     sub = ap.add_subparsers(dest="command", required=True)
     sub.add_parser("reproduce", help="run all notebooks (see: mammo-kt reproduce --help)", add_help=False)
 
-    v = sub.add_parser("verify-data", help="check a local copy of a dataset against data_manifest.csv")
-    v.add_argument("--root", required=True)
-    v.add_argument("--manifest", default="data_manifest.csv")
-    v.add_argument("--dataset", default=None)
+    v = sub.add_parser("verify-data", help="check a local copy of the datasets against data_manifest.csv")
+    v.add_argument("--root", required=True,
+                   help="the data root (CBIS-DDSM/, BCDR/BCDR-D01_dataset/, ... as in the README), "
+                        "or one dataset's own folder")
+    v.add_argument("--manifest", default=None,
+                   help="default: data_manifest.csv of the project folder this package lives in")
+    v.add_argument("--dataset", default=None,
+                   help="only this dataset, e.g. cbis-ddsm, bcdr-d01, bcdr-f01 (any case, - or _); default: all")
     v.set_defaults(func=_verify)
 
-    p = sub.add_parser("pin-data", help="write a manifest (sizes, sha256) of a lab's own copy")
-    p.add_argument("--root", required=True)
-    p.add_argument("--dataset", required=True)
+    p = sub.add_parser("pin-data", help="write a manifest (size, sha256 of every file, DICOMs included) "
+                                        "of a lab's own copy")
+    p.add_argument("--root", required=True, help="the data root (or the dataset's own folder)")
+    p.add_argument("--dataset", required=True,
+                   help="cbis-ddsm, bcdr-d01, bcdr-f01 (pins its folder under the data root) or your own name")
     p.add_argument("--source", default="")
     p.add_argument("--licence", default="")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_pin)
 
-    t = sub.add_parser("train", help="k-fold train/evaluate the method on a generic CSV of your own data")
-    t.add_argument("--csv", required=True, help="columns image_path, mask_path, label, patient_id")
+    t = sub.add_parser("train", help="k-fold train/evaluate the method on your CSV or on CBIS-DDSM/BCDR")
+    t.add_argument("--csv", default=None, help="your own cases: columns image_path, mask_path, label, patient_id")
+    t.add_argument("--dataset", default=None,
+                   help="a public dataset under --root: cbis-ddsm, bcdr (D01 + F01), bcdr-d01 or bcdr-f01")
+    t.add_argument("--root", default=None, help="data root of --dataset (CBIS-DDSM/, BCDR/ as in the README)")
     t.add_argument("--out", required=True)
     t.add_argument("--method", choices=("transfer", "finetune"), default="transfer")
     t.add_argument("--arch", choices=("densenet121", "small"), default="densenet121")
-    t.add_argument("--weights", default="imagenet", help="imagenet | none | path to a .pth checkpoint")
+    t.add_argument("--weights", default="auto",
+                   help="auto (default: imagenet for densenet121, none for small, which has no ImageNet weights) "
+                        "| imagenet (torchvision's file in the torch hub cache; never downloaded) | none | "
+                        "path to a .pth/.pt file")
     t.add_argument("--size", type=int, default=224)
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--batch-size", type=int, default=16)
@@ -179,19 +366,61 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns 2 with a one-line error for bad input (file and row named)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "reproduce":
-        from .reproduce import main as reproduce_main
+def describe_error(err: BaseException) -> tuple[int, str]:
+    """Exit status and one-line message for an error reaching :func:`main`: 2 for bad input (the
+    library's :class:`DataError`/ValueError, a missing file or weights), 1 for a failure while
+    running (a folder that cannot be written, a failed notebook, anything unexpected).
 
-        return reproduce_main(argv[1:])
-    a = build_parser().parse_args(argv)
+    >>> describe_error(PermissionError(13, "Permission denied", "/data/out"))
+    (1, 'Permission denied: /data/out')
+    """
+    from .model import WeightsUnavailableError
+
+    if isinstance(err, FileNotFoundError) and err.filename is not None:
+        status, msg = 2, f"file not found: {err.filename}"
+    elif isinstance(err, OSError) and err.strerror is not None:
+        where = "" if err.filename is None else f": {err.filename}"
+        status, msg = 1, f"{err.strerror}{where}"
+    elif isinstance(err, (ValueError, FileNotFoundError, WeightsUnavailableError, KeyError)):
+        status, msg = 2, str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    elif isinstance(err, MemoryError):
+        status, msg = 1, "out of memory (try a smaller --batch-size or --workers)"
+    else:
+        from .reproduce import NotebookFailed
+
+        expected = isinstance(err, (NotebookFailed, OSError))
+        status, msg = 1, str(err) if expected else (f"{type(err).__name__}: {err} (unexpected; run again with "
+                                                    f"--debug for the traceback)")
+    return status, " ".join(msg.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: exit status 0, or one line ``mammo-kt: error: ...`` on stderr with status 2
+    (bad input: file and row named) or 1 (failure while running); ``--debug`` re-raises.
+
+    >>> main(["verify-data", "--root", "tests/fixtures/cbis_ddsm", "--dataset", "cbis-ddsm"])  # doctest: +SKIP
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [x for x in argv if x != "--debug"]
     try:
+        if argv and argv[0] == "reproduce":
+            from .reproduce import main as reproduce_main
+
+            return reproduce_main(argv[1:])
+        a = build_parser().parse_args(argv)
         return a.func(a)
-    except (DataError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("mammo-kt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the front door: one line, the traceback with --debug
+        if debug:
+            raise
+        status, msg = describe_error(err)
+        print(f"mammo-kt: error: {msg}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import pandas as pd
 
@@ -19,8 +19,8 @@ from .progress import tqdm
 from .io import write_csv
 from .records import DataError
 
-__all__ = ["MANIFEST_COLUMNS", "VerifyReport", "generate_manifest", "read_manifest", "sha256_file",
-           "verify_manifest"]
+__all__ = ["MANIFEST_COLUMNS", "VerifyReport", "canonical_dataset", "data_layout", "dataset_folder",
+           "default_manifest_path", "generate_manifest", "read_manifest", "sha256_file", "verify_manifest"]
 
 MANIFEST_COLUMNS = ["dataset", "relative_path", "size_bytes", "sha256", "source", "licence", "notes"]
 
@@ -32,6 +32,59 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
         for block in iter(lambda: fh.read(chunk_size), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def default_manifest_path() -> Path:
+    """``data_manifest.csv`` of the project folder the package lives in (``<project>/mammo_lib/..``).
+
+    An installed package (site-packages) has no project folder beside it: :class:`DataError`
+    naming the expected path and ``--manifest``.
+    """
+    path = Path(__file__).resolve().parent.parent / "data_manifest.csv"
+    if not path.is_file():
+        raise DataError("no data_manifest.csv beside the mammo_lib package (installed without the project "
+                        "folder?): pass --manifest with the project's data_manifest.csv or your own", path)
+    return path
+
+
+def data_layout() -> dict[str, Path]:
+    """Folder of each real dataset relative to the data root, as the full profile reads it
+    (``real_data`` of ``mammo_lib/profiles/full.yaml``; README "Real data")."""
+    import yaml
+
+    from .config import profile_path
+
+    rd = yaml.safe_load(profile_path("full").read_text())["real_data"]
+    return {"CBIS-DDSM": Path(rd["cbis_ddsm"]["dicom_root"]),
+            "BCDR-D01": Path(rd["bcdr_d01"]["outlines"]).parent,
+            "BCDR-F01": Path(rd["bcdr_f01"]["outlines"]).parent}
+
+
+def _key(name: str) -> str:
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
+
+
+def canonical_dataset(name: str, known: Sequence[str]) -> str:
+    """The entry of ``known`` that ``name`` spells, ignoring case, ``-``, ``_`` and spaces
+    (``cbis-ddsm``, ``cbis_ddsm`` and ``CBIS-DDSM`` are one name); ValueError listing ``known``.
+
+    >>> canonical_dataset("cbis_ddsm", ["BCDR-D01", "CBIS-DDSM"])
+    'CBIS-DDSM'
+    """
+    hits = [k for k in known if _key(k) == _key(name)]
+    if not hits:
+        raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(sorted(known))}")
+    return hits[0]
+
+
+def dataset_folder(root: str | Path, dataset: str) -> Path:
+    """Where ``dataset`` lies under the data root ``root``: its layout folder (:func:`data_layout`,
+    e.g. ``root/BCDR/BCDR-D01_dataset``) when that exists, else ``root`` itself (a dataset's own
+    folder, or a lab's dataset of another name)."""
+    root = Path(root)
+    layout = data_layout()
+    sub = layout.get(canonical_dataset(dataset, list(layout))) if _key(dataset) in map(_key, layout) else None
+    return root / sub if sub is not None and (root / sub).is_dir() else root
 
 
 def read_manifest(manifest_csv: str | Path) -> pd.DataFrame:
@@ -86,6 +139,12 @@ class VerifyReport:
     unchecked: list[str] = field(default_factory=list)
     reasons: dict[str, str] = field(default_factory=dict)
 
+    def to_frame(self) -> pd.DataFrame:
+        """One row per file: ``file, status, reason`` (status ok, missing, altered or unchecked)."""
+        rows = [{"file": f, "status": status, "reason": self.reasons.get(f, "")}
+                for status in ("ok", "missing", "altered", "unchecked") for f in getattr(self, status)]
+        return pd.DataFrame(rows, columns=["file", "status", "reason"])
+
     @property
     def is_ok(self) -> bool:
         """No file missing or altered (unchecked files do not count against it)."""
@@ -111,12 +170,14 @@ def verify_manifest(manifest_csv: str | Path, root: str | Path, dataset: Optiona
     A file is *missing* when absent, *altered* when its size or SHA-256 differs, *unchecked*
     when present but the manifest has no SHA-256 for it (its size is still compared when
     known), else *ok*. Note rows (empty ``relative_path``) are skipped. An unknown ``dataset``
-    raises ValueError.
+    raises ValueError; its spelling may differ in case, ``-`` and ``_`` (:func:`canonical_dataset`).
     """
     df = read_manifest(manifest_csv)
     if dataset is not None:
-        if dataset not in set(df["dataset"]):
-            raise ValueError(f"dataset {dataset!r} not in {manifest_csv} (has {sorted(set(df['dataset']))})")
+        known = sorted(set(df["dataset"]))
+        if _key(dataset) not in map(_key, known):
+            raise ValueError(f"dataset {dataset!r} not in {manifest_csv} (has {known})")
+        dataset = canonical_dataset(dataset, known)
         df = df[df["dataset"] == dataset]
     root = Path(root)
     report = VerifyReport(manifest=str(manifest_csv), root=str(root))

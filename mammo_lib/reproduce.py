@@ -133,6 +133,44 @@ def fresh_start(cfg: Any) -> list[Path]:
     return removed
 
 
+def check_real_data(cfg: Any) -> None:
+    """Before any work: every dataset the profile reads must be under its data root. Otherwise a
+    :class:`~mammo_lib.records.DataError` names each missing dataset with the first missing path and
+    says what could run on what is present (Table 2 needs BCDR D01 + F01, the DDSM pre-training
+    needs CBIS-DDSM; README "Real data"). The phantom profiles need nothing.
+
+    >>> check_real_data(load_config("full", {"data_root": "/data/mammo"}))  # doctest: +SKIP
+    DataError: BCDR-D01 missing at /data/mammo/BCDR/BCDR-D01_dataset/bcdr_d01_outlines.csv; ...
+    """
+    from .records import DataError
+
+    if cfg.uses_phantom:
+        return
+    root = cfg.data_root
+    if not root.is_dir():
+        raise DataError("data root folder not found (--data-root)", root)
+    rd = cfg.section("real_data")
+    cb, d01, f01 = rd["cbis_ddsm"], rd["bcdr_d01"], rd["bcdr_f01"]
+    csvs = [cb["csv"]] if isinstance(cb["csv"], str) else list(cb["csv"])
+    needed = {"CBIS-DDSM": [root / p for p in csvs] + [root / cb["dicom_root"]],
+              "BCDR-D01": [root / d01["outlines"], root / d01["images"]],
+              "BCDR-F01": [root / f01["outlines"], root / f01["images"]]}
+    missing = {name: next(p for p in paths if not p.exists()) for name, paths in needed.items()
+               if not all(p.exists() for p in paths)}
+    if not missing:
+        return
+    said = "; ".join(f"{name} missing at {path}" for name, path in missing.items())
+    bcdr_ok = not {"BCDR-D01", "BCDR-F01"} & set(missing)
+    if "CBIS-DDSM" not in missing:
+        could = "CBIS-DDSM present: only pre-training could run"
+    elif bcdr_ok:
+        could = "BCDR present: only the ImageNet-initialised rows of Table 2 could run"
+    else:
+        could = "nothing of the full profile can run on what is present"
+    need = "Table 2 needs BCDR-D01 and BCDR-F01" if not bcdr_ok else "the DDSM pre-training needs CBIS-DDSM"
+    raise DataError(f"{said}: {need}; {could} (expected layout under the data root: README, \"Real data\")")
+
+
 def run_all(profile: str = "demo", *, data_root: str = "", device: str = "", force: bool = False,
             fresh: bool = False, only: Sequence[str] | None = None, root: Path | None = None,
             progress: bool = True) -> dict[str, Any]:
@@ -144,6 +182,7 @@ def run_all(profile: str = "demo", *, data_root: str = "", device: str = "", for
     root = root or find_project_root()
     cfg = load_config(profile, {"data_root": data_root or None, "device": device or None}, root=root,
                       honour_env=False)
+    check_real_data(cfg)  # before any work: which dataset is missing, what could run
     old_timings = cfg.work_dir / "executed" / "timings.json"
     known = _expected_times(cfg, json.loads(old_timings.read_text()) if old_timings.exists() else {})
     if fresh:
@@ -211,7 +250,8 @@ def run_all(profile: str = "demo", *, data_root: str = "", device: str = "", for
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line of the reproduction; exit status 1 names the failing notebook and cell."""
+    """Command line of the reproduction; exit status 1 names the failing notebook and cell. Other
+    errors (e.g. a missing dataset, :func:`check_real_data`) reach :func:`mammo_lib.cli.main`."""
     ap = argparse.ArgumentParser(prog="mammo-kt reproduce", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="demo", help="smoke | demo | full | path to a YAML profile (default: demo)")
@@ -228,10 +268,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_all(a.profile, data_root=a.data_root, device=a.device, force=a.force, fresh=a.fresh, only=a.only,
                 progress=not a.no_progress)
     except NotebookFailed as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"mammo-kt: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
+
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from .cli import main as cli_main  # the command line's one-line errors and --debug
+
+    sys.exit(cli_main(["reproduce", *sys.argv[1:]]))

@@ -62,7 +62,7 @@ def test_cli_explain_writes_json_and_figure(phantom_dir: Path, tmp_path: Path):
     assert rc == 0
     d = json.loads((out / "explanation.json").read_text())
     assert d["grid"] == 2 and np.asarray(d["dis_lesion"]).shape == (2, 2)
-    assert (out / "figures" / "explanation.png").exists()
+    assert (out / "explanation.png").exists()
 
 
 def test_cli_verify_data_on_the_fixtures(capsys):
