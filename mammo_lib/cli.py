@@ -182,6 +182,11 @@ def _exclusion_rows(exclusions: Sequence[Exclusion]) -> list[dict]:
 def _train(a: argparse.Namespace) -> int:
     import pandas as pd
 
+    if a.spec is not None or a.fold is not None or a.profile is not None:
+        return _train_job(a)
+    if not a.out:
+        raise ValueError("--out is required (or --profile P --spec S --fold K for one Table 2 job)")
+    a.device = a.device or "cpu"
     from .io import write_csv
     from .preprocess import preprocess
     from .protocol import RunSpec, run_cv
@@ -223,6 +228,26 @@ def _train(a: argparse.Namespace) -> int:
     print(result.summary().to_string(index=False))
     print(f"per-fold checkpoints: {out / a.method}/fold_*/best.pt")
     return 0
+
+
+def _train_job(a: argparse.Namespace) -> int:
+    """``train --profile P --spec S --fold K``: one Table 2 job (:func:`mammo_lib.jobs.run_job`)."""
+    from .jobs import cli_run_job
+
+    if a.profile is None or a.spec is None or a.fold is None:
+        raise ValueError("one Table 2 job needs all of --profile P --spec S --fold K (see: mammo-kt collect)")
+    clash = [f"--{k.replace('_', '-')}" for k in ("csv", "dataset", "root", "out") if getattr(a, k)]
+    if clash:
+        raise ValueError(f"{', '.join(clash)}: not used by a Table 2 job (its data and folders come from "
+                         f"--profile {a.profile})")
+    return cli_run_job(a)
+
+
+def _collect(a: argparse.Namespace) -> int:
+    """``collect --profile P``: merge the finished Table 2 jobs, name the missing ones."""
+    from .jobs import cli_collect
+
+    return cli_collect(a)
 
 
 def _explain(a: argparse.Namespace) -> int:
@@ -326,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default=None,
                    help="a public dataset under --root: cbis-ddsm, bcdr (D01 + F01), bcdr-d01 or bcdr-f01")
     t.add_argument("--root", default=None, help="data root of --dataset (CBIS-DDSM/, BCDR/ as in the README)")
-    t.add_argument("--out", required=True)
+    t.add_argument("--out", default=None, help="output folder (required unless running one Table 2 job)")
     t.add_argument("--method", choices=("transfer", "finetune"), default="transfer")
     t.add_argument("--arch", choices=("densenet121", "small"), default="densenet121")
     t.add_argument("--weights", default="auto",
@@ -341,9 +366,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--folds", type=int, default=5)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--workers", type=int, default=None)
-    t.add_argument("--device", default="cpu")
+    t.add_argument("--device", default=None, help="cpu (default) | cuda; a Table 2 job: the profile's")
     t.add_argument("--intensity", choices=INTENSITY_MODES, default=DEFAULT_INTENSITY)
+    j = t.add_argument_group("one Table 2 job (README: spreading Table 2 over GPUs or a cluster)")
+    j.add_argument("--profile", default=None, help="profile of the reproduction (demo, full, or a YAML file)")
+    j.add_argument("--spec", default=None,
+                   help="imagenet_finetune | imagenet_transfer | ddsm_finetune | ddsm_transfer | mask_only")
+    j.add_argument("--fold", type=int, default=None, help="outer fold, 0 .. cv.n_splits - 1")
+    j.add_argument("--data-root", default=None, help="real data root (full profile)")
+    j.add_argument("--no-wait", action="store_true",
+                   help="exit with status 3 instead of waiting when another process holds a run's lock")
     t.set_defaults(func=_train)
+
+    c = sub.add_parser("collect", help="merge the finished Table 2 jobs of a profile and name the missing ones")
+    c.add_argument("--profile", required=True)
+    c.add_argument("--data-root", default=None)
+    c.add_argument("--device", default=None)
+    c.set_defaults(func=_collect)
 
     e = sub.add_parser("explain", help="Lesion/Background explanation (Eq. 6) of one ROI")
     e.add_argument("--checkpoint", required=True)

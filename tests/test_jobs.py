@@ -230,7 +230,7 @@ def test_submit_auto_executor_parameters(cfg, tmp_path):
 def test_cli_helpers(cfg, tmp_path, capsys):
     _clean(cfg)
     prof = tmp_path / "tiny.yaml"
-    prof.write_text(yaml.safe_dump(cfg.values))
+    prof.write_text(yaml.safe_dump(cfg.raw))
     assert jobs.cli_collect(Namespace(profile=str(prof))) == 1
     assert "0 of 10 Table 2 jobs are done; 10 missing: imagenet_finetune fold 0," in capsys.readouterr().out
     assert jobs.cli_run_job(Namespace(profile=str(prof), spec="mask_only", fold="0")) == 0
@@ -238,3 +238,40 @@ def test_cli_helpers(cfg, tmp_path, capsys):
     with FileLock(str(cfg.work_dir / "prepare") + ".lock"):
         assert jobs.cli_run_job(Namespace(profile=str(prof), spec="mask_only", fold=1, no_wait=True)) == 3
     assert "mask_only fold 1: busy (0 runs trained here, 0 rows)" in capsys.readouterr().out
+
+
+# mammo-kt's front door to the jobs: (argv after "train"/"collect", exit status, message fragment)
+CLI_JOB_CASES = [
+    (["train", "--profile", "smoke", "--spec", "bogus", "--fold", "0"], 2, "unknown Table 2 spec 'bogus'"),
+    (["train", "--profile", "smoke", "--spec", "mask_only", "--fold", "7"], 2, "fold 7"),
+    (["train", "--profile", "smoke", "--spec", "mask_only"], 2, "needs all of --profile P --spec S --fold K"),
+    (["train", "--profile", "smoke", "--spec", "mask_only", "--fold", "0", "--out", "x"], 2,
+     "--out: not used by a Table 2 job"),
+    (["train", "--csv", "cases.csv"], 2, "--out is required"),
+]
+
+
+@pytest.mark.parametrize("argv, status, msg", CLI_JOB_CASES)
+def test_cli_job_arguments_checked_before_any_work(tmp_path, argv, status, msg):
+    p = subprocess.run([sys.executable, "-m", "mammo_lib.cli", *argv], cwd=tmp_path, env=_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == status, p.stderr
+    assert msg in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_train_job_then_collect(cfg, tmp_path):
+    """``mammo-kt train --profile P --spec S --fold K`` runs one job; ``collect`` names the rest."""
+    _clean(cfg)
+    prof = tmp_path / "tiny.yaml"
+    prof.write_text(yaml.safe_dump(cfg.raw))
+    run = [sys.executable, "-m", "mammo_lib.cli"]
+    p = subprocess.run([*run, "train", "--profile", str(prof), "--spec", "mask_only", "--fold", "1"],
+                       env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "mask_only fold 1: ran (2 runs trained here, 2 rows)" in p.stdout
+    p = subprocess.run([*run, "collect", "--profile", str(prof)], env=_env(), capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 1, p.stderr
+    assert "1 of 10 Table 2 jobs are done; 9 missing: imagenet_finetune fold 0," in p.stdout
+    assert "mask_only fold 1" not in p.stdout.split("missing:")[1]
