@@ -407,6 +407,11 @@ class Config:
             self.raw = copy.deepcopy(self.values)
         self._typed: BaseModel | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the parsed model's classes are built at run time (profile_model): pickle (submitit,
+        # multiprocessing) carries the profile itself and the copy parses it again on first use
+        return {**self.__dict__, "_typed": None}
+
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
 

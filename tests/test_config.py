@@ -349,3 +349,14 @@ def test_every_stage_module_exists_and_data_code_keys_the_model_stages():
         assert not missing, (stage, missing)
         if stage != "generic":
             assert {"roi", "preprocess", "training"} <= set(spec["code"]), stage
+
+
+def test_config_pickles_after_its_typed_model_was_used():
+    """Jobs cross process boundaries (submitit, multiprocessing) with their Config."""
+    import pickle
+
+    cfg = load_config("smoke", {"train": {"epochs": 1}}, honour_env=False)
+    assert cfg.typed.train.epochs == 1
+    back = pickle.loads(pickle.dumps(cfg))
+    assert back.values == cfg.values and back.raw == cfg.raw and back.digest() == cfg.digest()
+    assert back.typed.train.epochs == 1 and back.typed.roi.roi_size == 64
