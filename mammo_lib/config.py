@@ -227,6 +227,7 @@ def profile_model() -> type[BaseModel]:
         device: str = tc["device"]
         seed: StrictInt = tc["seed"]
         workers: StrictInt = Field(2, ge=1)
+        threads: Optional[StrictInt] = Field(None, ge=1)  # torch CPU threads (pipeline.pin_threads); None: torch's
         arch: Literal[tuple(ARCHS)] = "small"  # type: ignore[valid-type]
         imagenet_weights: str = "imagenet"
         imagenet_fallback: Literal["error", "generic", "none"] = "error"

@@ -259,6 +259,9 @@ def cli_collect(args: Any) -> int:
 
 def _worker(cfg: Config, spec: str, fold: int, wait: bool = True) -> dict[str, Any]:
     """What a submitted job runs (in the worker process): :func:`run_job`, a small summary back."""
+    from .pipeline import pin_threads
+
+    pin_threads(cfg)  # a job process computes at the profile's thread count, as the notebooks do
     out = run_job(cfg, spec, fold, wait=wait, progress=False)
     return {"spec": out.spec, "fold": out.fold, "status": out.status, "trained": out.trained,
             "rows": len(out.runs), "message": out.message}

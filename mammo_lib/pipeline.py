@@ -50,6 +50,29 @@ def step_data(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
+# Runtime
+# --------------------------------------------------------------------------------------------
+def pin_threads(cfg: Config) -> int:
+    """Set torch's CPU threads to the profile's ``threads`` (when set) and return the count in use.
+
+    CPU kernels sum in an order that depends on the thread count, so the same seed gives the
+    same numbers only at the same count: the demo and smoke profiles pin 2, which makes their
+    results the same on any machine (``docs/DECISIONS.md``, "Same numbers on every CPU"). Each
+    notebook calls it once after loading the profile.
+
+    >>> from mammo_lib.config import load_config
+    >>> pin_threads(load_config("smoke", honour_env=False))
+    2
+    """
+    import torch
+
+    n = cfg.get("threads")
+    if n:
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()
+
+
+# --------------------------------------------------------------------------------------------
 # Training configurations
 # --------------------------------------------------------------------------------------------
 def train_config(cfg: Config, **overrides: Any):

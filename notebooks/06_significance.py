@@ -31,7 +31,9 @@ from mammo_lib import pipeline
 from mammo_lib.config import load_config
 
 cfg = load_config(profile, {"data_root": data_root or None, "device": device or None})
-print(f"profile: {cfg.name}  arch: {cfg['arch']}  ROI size: {cfg['roi_size']}  device: {cfg['device']}")
+threads = pipeline.pin_threads(cfg)  # same numbers on any CPU at the profile's thread count
+print(f"profile: {cfg.name}  arch: {cfg['arch']}  ROI size: {cfg['roi_size']}  device: {cfg['device']}  "
+      f"CPU threads: {threads}")
 print(f"results: {cfg.results_dir}")
 
 # %% [markdown]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mammo_lib.config import PROFILE_NAMES, ConfigError, load_config, profile_path
+from mammo_lib.config import PROFILE_NAMES, Config, ConfigError, load_config, profile_path
 
 # (profile, overrides, expected exception, message fragment)
 FAILING = [
@@ -250,12 +250,13 @@ def test_intensity_default_is_one_constant():
 
 
 def test_digest_is_of_the_profile_as_written(monkeypatch):
-    """Filling defaults does not change digest(): the hash is of the keys as written (stable keys
-    for unchanged profiles; these values were computed before the typed profile existed)."""
+    """Filling defaults does not change digest(): the hash is of the keys as written. The values pin
+    the shipped profiles' keys (the train digests were computed before the typed profile existed;
+    the whole-profile ones changed when `threads` was added): a change rebuilds every cache."""
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     demo, smoke = load_config("demo"), load_config("smoke")
-    assert (demo.digest(), demo.digest("train")) == ("030005e544699000", "ca192d1bd56905bf")
-    assert (smoke.digest(), smoke.digest("train")) == ("c0bf1ca803b936e6", "fc53afaed3674be7")
+    assert (demo.digest(), demo.digest("train")) == ("e0f28c872a1ad570", "ca192d1bd56905bf")
+    assert (smoke.digest(), smoke.digest("train")) == ("9babcc25f25fb733", "fc53afaed3674be7")
 
 
 def test_explicit_profile_path_beats_the_environment(tmp_path, monkeypatch):
@@ -360,3 +361,18 @@ def test_config_pickles_after_its_typed_model_was_used():
     back = pickle.loads(pickle.dumps(cfg))
     assert back.values == cfg.values and back.raw == cfg.raw and back.digest() == cfg.digest()
     assert back.typed.train.epochs == 1 and back.typed.roi.roi_size == 64
+
+
+def test_pin_threads_sets_the_profiles_count_and_leaves_it_when_unset():
+    import torch
+
+    from mammo_lib.pipeline import pin_threads
+
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert pin_threads(load_config("smoke", honour_env=False)) == 2 == torch.get_num_threads()
+        torch.set_num_threads(1)
+        assert pin_threads(Config(values={"threads": None})) == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(old)
