@@ -72,6 +72,25 @@ def pin_threads(cfg: Config) -> int:
     return torch.get_num_threads()
 
 
+def open_profile(profile: str = "", *, data_root: str = "", device: str = "") -> Config:
+    """What each notebook's setup cell does: load the profile (``""``: ``$MAMMO_PROFILE``, else
+    demo; ``data_root`` / ``device`` override it when not empty), pin the CPU threads
+    (:func:`pin_threads`) and print what will run where.
+
+    >>> cfg = open_profile("smoke")  # doctest: +ELLIPSIS
+    profile: smoke  arch: small  ROI size: 64  device: cpu  CPU threads: 2
+    results: ...
+    """
+    from .config import load_config
+
+    cfg = load_config(profile, {"data_root": data_root or None, "device": device or None})
+    threads = pin_threads(cfg)
+    print(f"profile: {cfg.name}  arch: {cfg['arch']}  ROI size: {cfg['roi_size']}  device: {cfg['device']}  "
+          f"CPU threads: {threads}")
+    print(f"results: {cfg.results_dir}")
+    return cfg
+
+
 # --------------------------------------------------------------------------------------------
 # Training configurations
 # --------------------------------------------------------------------------------------------

@@ -29,13 +29,8 @@ progress: bool = True  # show progress bars for long steps
 from IPython.display import Markdown, display
 
 from mammo_lib import pipeline
-from mammo_lib.config import load_config
 
-cfg = load_config(profile, {"data_root": data_root or None, "device": device or None})
-threads = pipeline.pin_threads(cfg)  # same numbers on any CPU at the profile's thread count
-print(f"profile: {cfg.name}  arch: {cfg['arch']}  ROI size: {cfg['roi_size']}  device: {cfg['device']}  "
-      f"CPU threads: {threads}")
-print(f"results: {cfg.results_dir}")
+cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
 
 # %% [markdown]
 # ## Step 1: how much of the activation falls on the mass
