@@ -191,7 +191,7 @@ def run_all(profile: str = "demo", *, data_root: str = "", device: str = "", for
     out_dir = cfg.work_dir / "executed"
     out_dir.mkdir(parents=True, exist_ok=True)
     # The notebooks' bars go to a file (not into the executed notebooks) that a watcher shows live.
-    params = {"profile": profile, "data_root": data_root, "device": device, "progress": progress}
+    params = {"profile": profile or "demo", "data_root": data_root, "device": device, "progress": progress}
     progress_file = out_dir / "progress.log"
     upstream = _digest(cfg.to_dict(), _library_digest(root))
     timings: dict[str, Any] = {}
