@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from mammo_lib import jobs, table2
 from mammo_lib.config import load_config
+from mammo_lib.pipeline import pin_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,9 +78,15 @@ def _tables(res) -> tuple[pd.DataFrame, ...]:
 
 
 def _reference(cfg):
-    """Table 2 in one process (``table2.run`` -> ``run_instrument``), then an empty folder again."""
+    """Table 2 in one process (``table2.run`` -> ``run_instrument``), then an empty folder again;
+    at the profile's thread count, as the job processes compute (``pipeline.pin_threads``)."""
     _clean(cfg)
-    res, _ = table2.run(cfg, progress=False)
+    old = torch.get_num_threads()
+    try:
+        pin_threads(cfg)
+        res, _ = table2.run(cfg, progress=False)
+    finally:
+        torch.set_num_threads(old)
     out = _tables(res)
     _clean(cfg)
     return out
