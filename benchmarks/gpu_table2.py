@@ -25,7 +25,6 @@ Writes ``OUT/gpu_table2.json`` atomically after every stage.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import subprocess
 import sys
@@ -35,7 +34,6 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]

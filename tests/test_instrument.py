@@ -176,7 +176,6 @@ def _result(kt_acc, ft_in=0.9, flip=0.4):
     """A synthetic instrument result: 5 folds x 10 cases, condition B, ImageNet rows."""
     from mammo_lib.instrument import PHANTOM_CONDITIONS, InstrumentResult
 
-    rng = np.random.default_rng(0)
     runs, preds = [], []
     accs = {"imagenet_finetune": [0.60, 0.62, 0.58, 0.61, 0.59], "imagenet_transfer": kt_acc,
             "imagenet_shuffled": [0.60, 0.61, 0.59, 0.60, 0.60], "mask_only": [0.9] * 5}
