@@ -240,10 +240,6 @@ def _train_job(a: argparse.Namespace) -> int:
     if clash:
         raise ValueError(f"{', '.join(clash)}: not used by a Table 2 job (its data and folders come from "
                          f"--profile {a.profile})")
-    from .config import load_config
-    from .pipeline import pin_threads
-
-    pin_threads(load_config(a.profile, honour_env=False))  # same numbers as the notebooks' run
     return cli_run_job(a)
 
 

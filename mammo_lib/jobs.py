@@ -243,7 +243,11 @@ def cli_run_job(args: Any) -> int:
     """``mammo-kt train --profile P --spec S --fold K [--no-wait]``: ``args`` has ``profile``,
     ``spec``, ``fold`` and optionally ``data_root``, ``device``, ``no_wait``. Prints the outcome;
     exit code 0 (ran or done) or 3 (busy)."""
-    out = run_job(_cli_config(args), args.spec, int(args.fold), wait=not getattr(args, "no_wait", False))
+    from .pipeline import pin_threads
+
+    cfg = _cli_config(args)
+    pin_threads(cfg)  # a job process computes at the profile's thread count, as the notebooks do
+    out = run_job(cfg, args.spec, int(args.fold), wait=not getattr(args, "no_wait", False))
     print(f"{out.spec} fold {out.fold}: {out.status} ({out.trained} runs trained here, {len(out.runs)} rows)"
           + (f"; {out.message}" if out.message else ""))
     return 3 if out.status == "busy" else 0

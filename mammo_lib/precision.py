@@ -16,7 +16,7 @@ torch.float32
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager, Optional, TypeVar
+from typing import Any, ContextManager, Iterator, Optional, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -77,6 +77,23 @@ def undo_channels_last(model: nn.Module, flag: bool, device: str | torch.device)
     if flag and _is_cuda(device):
         model.to(memory_format=torch.contiguous_format)
     return model
+
+
+@contextlib.contextmanager
+def channels_last_while(model: nn.Module, flag: bool, device: str | torch.device) -> Iterator[nn.Module]:
+    """:func:`maybe_channels_last` on ``model`` inside the block, :func:`undo_channels_last` on exit
+    (also after an error); a no-op on the CPU or when ``flag`` is off.
+
+    >>> m = nn.Linear(2, 2)
+    >>> with channels_last_while(m, True, "cpu") as same:
+    ...     same is m
+    True
+    """
+    maybe_channels_last(model, flag, device)
+    try:
+        yield model
+    finally:
+        undo_channels_last(model, flag, device)
 
 
 def grad_scaler(device: str | torch.device, amp: str) -> Optional[torch.amp.GradScaler]:

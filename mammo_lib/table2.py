@@ -76,15 +76,12 @@ def imagenet_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     if fallback == "generic" or w == "generic":
         from .pipeline import run_dir
 
-        g, t = cfg.section("generic_pretrain"), cfg.section("train")
+        g, t = cfg.typed.generic_pretrain, cfg.typed.train  # defaults filled in by the profile schema
         out = run_dir(cfg, "generic")
         with lock_for(out):
-            m = pretrain_generic(out, arch=cfg["arch"], n_train=int(g.get("n_train", 800)),
-                                 n_test=int(g.get("n_test", 200)), size=int(cfg["roi_size"]),
-                                 epochs=int(g.get("epochs", 20)), batch_size=int(g.get("batch_size", 32)),
-                                 lr=float(g.get("lr", 3e-3)), seed=int(cfg["seed"]), device=cfg["device"],
-                                 amp=t.get("amp", "off"), channels_last=bool(t.get("channels_last", False)),
-                                 progress=progress)
+            m = pretrain_generic(out, arch=cfg["arch"], n_train=g.n_train, n_test=g.n_test, size=int(cfg["roi_size"]),
+                                 epochs=g.epochs, batch_size=g.batch_size, lr=g.lr, seed=int(cfg["seed"]),
+                                 device=cfg["device"], amp=t.amp, channels_last=t.channels_last, progress=progress)
         return {"weights": m["checkpoint"], "note": GENERIC_INIT_NOTE, "test_accuracy": m["test_accuracy"],
                 "metrics": m}
     return {"weights": None, "note": "random (ImageNet unavailable; not a fair stand-in)", "test_accuracy": None}

@@ -42,7 +42,7 @@ from .io import save_torch
 from .progress import tqdm
 from .records import DamagedCacheError
 from .activation import activation_distance, activation_map
-from .precision import autocast_for, backward_step, grad_scaler, maybe_channels_last, undo_channels_last
+from .precision import autocast_for, backward_step, channels_last_while, grad_scaler, maybe_channels_last
 from .model import eval_mode, mask_to_model_input, on_device, preserve_mode, set_trainable, to_model_input
 from .training import TORCH_LOAD_ERRORS, TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
 
@@ -183,31 +183,24 @@ def build_cache(model: nn.Module, images: np.ndarray, masks: np.ndarray, *,
     device = torch.device(device)
     teacher = model if teacher is None else teacher
     feats, tmaps, omaps = [], [], []
-    homes = [(m, next(m.parameters()).device) for m in {id(model): model, id(teacher): teacher}.values()]
-    try:
-        for m, _ in homes:
-            m.to(device)
-            maybe_channels_last(m, channels_last, device)
-        with eval_mode(model), eval_mode(teacher), autocast_for(device, amp):
-            for s in tqdm(range(0, n, batch_size), disable=not progress, desc="trunk cache"):
-                x = torch.from_numpy(images[s:s + batch_size]).to(device)
-                mk = torch.from_numpy(masks[s:s + batch_size].astype(np.uint8)).to(device)
-                f_b, t_b, o_b = [], [], []
-                for c in codes:
-                    t = trunk_forward(model, maybe_channels_last(to_model_input(_flip(x, c)), channels_last, device))
-                    mt = maybe_channels_last(mask_to_model_input(_flip(mk, c)), channels_last, device)
-                    a_mask = group4_activation(teacher, trunk_forward(teacher, mt))
-                    f_b.append(t.float().contiguous().cpu())
-                    t_b.append(activation_map(a_mask.float()).cpu())
-                    g = a_mask.shape[-1]
-                    o_b.append(F.adaptive_avg_pool2d(_flip(mk, c).float()[:, None], g)[:, 0].cpu())
-                feats.append(torch.stack(f_b, 1))
-                tmaps.append(torch.stack(t_b, 1))
-                omaps.append(torch.stack(o_b, 1))
-    finally:
-        for m, home in homes:
-            undo_channels_last(m, channels_last, device)
-            m.to(home)
+    with (on_device(model, device), on_device(teacher, device),  # the teacher may be the model: moved once
+          channels_last_while(model, channels_last, device), channels_last_while(teacher, channels_last, device),
+          eval_mode(model), eval_mode(teacher), autocast_for(device, amp)):
+        for s in tqdm(range(0, n, batch_size), disable=not progress, desc="trunk cache"):
+            x = torch.from_numpy(images[s:s + batch_size]).to(device)
+            mk = torch.from_numpy(masks[s:s + batch_size].astype(np.uint8)).to(device)
+            f_b, t_b, o_b = [], [], []
+            for c in codes:
+                t = trunk_forward(model, maybe_channels_last(to_model_input(_flip(x, c)), channels_last, device))
+                mt = maybe_channels_last(mask_to_model_input(_flip(mk, c)), channels_last, device)
+                a_mask = group4_activation(teacher, trunk_forward(teacher, mt))
+                f_b.append(t.float().contiguous().cpu())
+                t_b.append(activation_map(a_mask.float()).cpu())
+                g = a_mask.shape[-1]
+                o_b.append(F.adaptive_avg_pool2d(_flip(mk, c).float()[:, None], g)[:, 0].cpu())
+            feats.append(torch.stack(f_b, 1))
+            tmaps.append(torch.stack(t_b, 1))
+            omaps.append(torch.stack(o_b, 1))
     return TrunkCache(torch.cat(feats), torch.cat(tmaps), torch.cat(omaps), labels, ids, tuple(flips))
 
 
@@ -327,62 +320,59 @@ def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainC
         raise ValueError(f"need >= 2 training and >= 1 validation cases, got {len(train)} and {len(val)}")
     t0 = time.perf_counter()
     device = torch.device(cfg.device)
-    home = next(model.parameters()).device
-    model.to(device)
-    maybe_channels_last(model, cfg.channels_last, device)
-    set_trainable(model, "group4+classifier")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(params, cfg)
-    scaler = grad_scaler(device, cfg.amp)
-    weight = _class_weights(train.labels, device) if cfg.class_weighting else None
-    use_kt = cfg.method == "transfer" and cfg.beta > 0
-    perm = derangement(len(train), shuffle_seed) if (use_kt and target == "shuffled") else None
-    y_all = torch.from_numpy(train.labels)
-    history, best_key, best_state, best_epoch, since = [], None, None, -1, 0
-    head_modules = (model.features.denseblock4, model.features.norm5, model.classifier)
-    with preserve_mode(model):
-        model.eval()
-        for epoch in tqdm(range(cfg.epochs), disable=not progress, desc=f"head ({cfg.method})"):
-            e0 = time.perf_counter()
-            gen = epoch_generator(cfg.seed, epoch)
-            order = torch.randperm(len(train), generator=gen)
-            codes_all = _flip_codes(cfg.augment, len(train), gen, train.features.shape[1])
-            chunks = list(order.split(cfg.batch_size))
-            if len(chunks) > 1 and len(chunks[-1]) == 1:
-                last = chunks.pop()
-                chunks[-1] = torch.cat([chunks[-1], last])
-            for m in head_modules:
-                m.train()
-            sums: dict[str, float] = {}
-            for idx in chunks:
-                codes = codes_all[idx]
-                t = train.features[idx, codes].to(device)
-                tm = _target_maps(train, idx, codes, target, perm).to(device) if use_kt else None
-                loss, parts = head_loss(model, t, y_all[idx].to(device), tm, cfg, weight)
-                optimizer.zero_grad(set_to_none=True)
-                backward_step(loss, optimizer, scaler)
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v * len(idx)
-            for m in head_modules:
-                m.eval()
-            p = predict_cached(model, val, device=device, amp=cfg.amp, channels_last=cfg.channels_last)
-            yv = val.labels
-            val_loss = float(-np.log(np.clip(p[np.arange(len(yv)), yv], 1e-12, None)).mean())
-            val_acc = float((p.argmax(1) == yv).mean())
-            row = {"epoch": epoch, "train_loss": sums["total"] / len(train), "train_ce": sums["ce"] / len(train),
-                   "train_d4": sums["d4"] / len(train) if "d4" in sums else float("nan"),
-                   "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - e0}
-            history.append(row)
-            if _better(val_acc, val_loss, best_key, cfg.selection_metric):
-                best_key, best_epoch, since = (val_acc, val_loss), epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                since += 1
-            if cfg.patience is not None and since >= cfg.patience:
-                break
-    model.load_state_dict(best_state)
-    undo_channels_last(model, cfg.channels_last, device)
-    model.to(home)
+    # back where and as the caller had it, also after an error
+    with on_device(model, device), channels_last_while(model, cfg.channels_last, device):
+        set_trainable(model, "group4+classifier")
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = _make_optimizer(params, cfg)
+        scaler = grad_scaler(device, cfg.amp)
+        weight = _class_weights(train.labels, device) if cfg.class_weighting else None
+        use_kt = cfg.method == "transfer" and cfg.beta > 0
+        perm = derangement(len(train), shuffle_seed) if (use_kt and target == "shuffled") else None
+        y_all = torch.from_numpy(train.labels)
+        history, best_key, best_state, best_epoch, since = [], None, None, -1, 0
+        head_modules = (model.features.denseblock4, model.features.norm5, model.classifier)
+        with preserve_mode(model):
+            model.eval()
+            for epoch in tqdm(range(cfg.epochs), disable=not progress, desc=f"head ({cfg.method})"):
+                e0 = time.perf_counter()
+                gen = epoch_generator(cfg.seed, epoch)
+                order = torch.randperm(len(train), generator=gen)
+                codes_all = _flip_codes(cfg.augment, len(train), gen, train.features.shape[1])
+                chunks = list(order.split(cfg.batch_size))
+                if len(chunks) > 1 and len(chunks[-1]) == 1:
+                    last = chunks.pop()
+                    chunks[-1] = torch.cat([chunks[-1], last])
+                for m in head_modules:
+                    m.train()
+                sums: dict[str, float] = {}
+                for idx in chunks:
+                    codes = codes_all[idx]
+                    t = train.features[idx, codes].to(device)
+                    tm = _target_maps(train, idx, codes, target, perm).to(device) if use_kt else None
+                    loss, parts = head_loss(model, t, y_all[idx].to(device), tm, cfg, weight)
+                    optimizer.zero_grad(set_to_none=True)
+                    backward_step(loss, optimizer, scaler)
+                    for k, v in parts.items():
+                        sums[k] = sums.get(k, 0.0) + v * len(idx)
+                for m in head_modules:
+                    m.eval()
+                p = predict_cached(model, val, device=device, amp=cfg.amp, channels_last=cfg.channels_last)
+                yv = val.labels
+                val_loss = float(-np.log(np.clip(p[np.arange(len(yv)), yv], 1e-12, None)).mean())
+                val_acc = float((p.argmax(1) == yv).mean())
+                row = {"epoch": epoch, "train_loss": sums["total"] / len(train), "train_ce": sums["ce"] / len(train),
+                       "train_d4": sums["d4"] / len(train) if "d4" in sums else float("nan"),
+                       "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - e0}
+                history.append(row)
+                if _better(val_acc, val_loss, best_key, cfg.selection_metric):
+                    best_key, best_epoch, since = (val_acc, val_loss), epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                else:
+                    since += 1
+                if cfg.patience is not None and since >= cfg.patience:
+                    break
+        model.load_state_dict(best_state)
     hist = pd.DataFrame(history)
     best = hist.loc[hist["epoch"] == best_epoch].iloc[0]
     return HeadResult(model, hist, best_epoch, float(best["val_accuracy"]), float(best["val_loss"]),
