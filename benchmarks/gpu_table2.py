@@ -5,7 +5,8 @@ What runs is what ``table2.run(cfg)`` does, preceded by what it needs: the demo 
 DenseNet121 at 224 px on CUDA, the BCDR-sized phantom (274 lesions, 144 benign / 130 malignant),
 5 outer folds, both initialisations (the generic synthetic stand-in as "ImageNet": no download is
 possible on the GPU box; and the DDSM-like pre-trained trunk), the full beta grid, the shuffled /
-oracle controls and the mask-only model, with the full profile's epochs (train 50, pretrain 30).
+oracle controls and the mask-only model, with the full profile's epochs (train 50, pretrain 30);
+the beta grid and the controls of a fold train together (``trunk_cache.train_heads``).
 On phantom data only condition B (the calcification shortcut) is run. Variants: ``bf16`` (amp
 bf16 + channels-last) first, then ``fp32`` (both off). Stages are timed separately
 (``torch.cuda.synchronize`` around each): data (shared, once), generic pre-training, DDSM
@@ -17,7 +18,7 @@ variant; for the first variant's instrument folds, the time of its previous fold
 for the second variant) would pass the budget; the instrument runs whole folds only, so both
 variants' accuracies can be compared on the folds both ran (``common_folds``).
 
-    PYTHONPATH=. python benchmarks/gpu_table2.py --out OUT [--work DIR] [--budget-s 520]
+    PYTHONPATH=. python benchmarks/gpu_table2.py --out OUT [--work DIR] [--budget-s 520] [--variants bf16]
     PYTHONPATH=. python benchmarks/gpu_table2.py --out OUT --tiny --device cpu   # minute-long check
 
 Writes ``OUT/gpu_table2.json`` atomically after every stage.
@@ -71,7 +72,7 @@ def base_overrides(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                             "ddsm_like": {"n_train": 24, "n_test": 12}},
                 "cv": {"conditions": [CONDITION], "n_splits": 2}}
     full = {**common, "arch": "densenet121", "roi_size": 224, "workers": args.workers,
-            "train": {"epochs": 50}, "pretrain": {"epochs": 30}}
+            "train": {"epochs": 50, "prefetch_threads": 4}, "pretrain": {"epochs": 30}}
     if args.pretrain_epochs is not None:  # a head-training timing run: the trunks' quality does not matter
         full["pretrain"] = {"epochs": args.pretrain_epochs}
         full["generic_pretrain"] = {"epochs": args.pretrain_epochs}
@@ -288,10 +289,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--fp32-factor", type=float, default=1.5,
                     help="reserve for the fp32 variant while bf16 adds folds: this x bf16's stage times")
     ap.add_argument("--max-folds", type=int, default=None, help="run at most this many outer folds per variant")
+    ap.add_argument("--variants", default="bf16,fp32",
+                    help="comma-separated variants to run, in this order (bf16, fp32); one variant fits a "
+                         "15-minute device session better")
     ap.add_argument("--pretrain-epochs", type=int, default=None,
                     help="override both pre-trainings' epochs (timing the Table 2 head trainings alone; "
                          "accuracies are then not the protocol's)")
     args = ap.parse_args(argv)
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not names or any(v not in VARIANTS for v in names) or len(set(names)) != len(names):
+        print(f"--variants must be distinct names from {list(VARIANTS)}, got {args.variants!r}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     args.device = args.device or ("cuda" if (torch.cuda.is_available() or not args.tiny) else "cpu")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -316,14 +324,14 @@ def main(argv: Optional[list[str]] = None) -> int:
                   "fallback generic): no ImageNet download on this machine",
                   "instrument = run_instrument as table2.run calls it, one outer fold at a time (folds_to_run)",
                   "seed_everything not called: cuDNN autotuning and determinism at torch's defaults"],
-        "data": {}, "variants": {n: {"flags": f, "stages": {}} for n, f in VARIANTS.items()},
+        "data": {}, "variants": {n: {"flags": VARIANTS[n], "stages": {}} for n in names},
     }
     rec = Recorder(args.out / "gpu_table2.json", doc, t0)
     print(f"[{rec.elapsed():7.1f}s] device {doc['device_name']}, torch {doc['torch']}, work {work}", flush=True)
 
     cfgs: dict[str, Any] = {}
     try:
-        cfgs = {n: variant_config(overrides, f) for n, f in VARIANTS.items()}
+        cfgs = {n: variant_config(overrides, VARIANTS[n]) for n in names}
     except Exception as err:
         doc["error"] = {"type": type(err).__name__, "message": str(err)}
         rec.save()
@@ -331,7 +339,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
 
     def data() -> dict[str, Any]:
-        ds = roi_sets(cfgs["bf16"], progress=False)
+        ds = roi_sets(cfgs[names[0]], progress=False)
         return {"cv_lesions": len(ds.cv), "cv_benign": int((ds.cv.labels == 0).sum()),
                 "cv_malignant": int((ds.cv.labels == 1).sum()), "pretrain_train": len(ds.pre_train),
                 "pretrain_test": len(ds.pre_test), "roi_size": int(ds.cv.images.shape[-1])}
@@ -340,13 +348,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
 
     def reserve() -> float:
-        st = doc["variants"]["bf16"]["stages"]
+        """Time kept for the second variant while the first adds folds (none with one variant)."""
+        if len(names) < 2:
+            return 0.0
+        st = doc["variants"][names[0]]["stages"]
         tot = sum(float(st[s]["seconds"]) for s in STAGES[:3] if "seconds" in st.get(s, {}))
         first = st.get("instrument", {}).get("fold_seconds", {}).get("0")
         return args.fp32_factor * (tot + float(first or 0.0))
 
     prev = None
-    for name in VARIANTS:
+    for name in names:
         try:
             run_variant(rec, name, cfgs[name], prev, args.budget_s, reserve, args.max_folds, args.tiny)
         except Exception as err:  # anything outside a stage: recorded, next variant
@@ -356,12 +367,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"[{rec.elapsed():7.1f}s] {name}: FAILED {type(err).__name__}: {err}", flush=True)
         prev = doc["variants"][name]
 
-    # accuracies on the folds both variants ran
-    a, b = (doc["variants"][n]["stages"].get("instrument", {}) for n in VARIANTS)
-    common = sorted(set(a.get("folds_run", [])) & set(b.get("folds_run", [])))
+    # accuracies on the folds every variant ran
+    runs = [set(doc["variants"][n]["stages"].get("instrument", {}).get("folds_run", [])) for n in names]
+    common = sorted(set.intersection(*runs)) if runs else []
     doc["common_folds"] = common
     doc["accuracy_on_common_folds"] = {n: accuracies(doc["variants"][n]["stages"]["instrument"].get("rows", []), common)
-                                       for n in VARIANTS if common}
+                                       for n in names if common}
     doc["total_s"] = round(rec.elapsed(), 2)
     rec.save()
     print(f"[{rec.elapsed():7.1f}s] done; wrote {rec.path}", flush=True)

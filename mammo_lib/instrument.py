@@ -9,11 +9,13 @@ DDSM-like set) and every outer fold k:
 1. the training part is split 80:20 (Sec. 3.1) into train / inner validation;
 2. group 4 + classifier train from the cached frozen trunk (:mod:`mammo_lib.trunk_cache`) for
    every beta of the grid (``("paper", 0)`` is fine-tuning; Eq. 4 form at 2, 8, 32, 128 and the
-   attention-transfer reference form at 1000);
+   attention-transfer reference form at 1000), all of them together on the same batches
+   (:func:`~mammo_lib.trunk_cache.train_heads`: one grouped step for the whole grid);
 3. knowledge transfer's beta is the one with the best inner-validation accuracy (ties: lower
    validation loss, then smaller beta): chosen inside the fold, never from another fold;
 4. the controls, a shuffled teacher (another case's mask map) and an oracle target (the mask
-   pooled to the grid), train at knowledge transfer's beta (the best non-zero one when that is 0);
+   pooled to the grid), train together at knowledge transfer's beta (the best non-zero one when
+   that is 0);
 5. every model predicts the test fold under every rendering of the condition.
 
 The calibration gate (:func:`calibration_gate`) asks whether the instrument can show an effect at
@@ -45,7 +47,7 @@ from .metrics import classification_metrics
 from .stand_in import energy_share
 from .io import save_torch, to_jsonable, write_json
 from .training import TrainConfig
-from .trunk_cache import TrunkCache, group4_maps_cached, predict_cached, train_head
+from .trunk_cache import TrunkCache, group4_maps_cached, predict_cached, train_heads
 
 #: Gate thresholds (``docs/DECISIONS.md``).
 GATE_FT_IN_DISTRIBUTION = 0.85
@@ -301,63 +303,79 @@ class Instrument:
         """The folder of one run (``result.json``, ``head.pt``; its lock is ``<folder>.lock``)."""
         return self.out / cond.name / init / f"fold_{k}" / run.replace(":", "_")
 
-    def _fit(self, out: UnitRows, cond: Condition, init: str, k: int, run: str, tcfg: TrainConfig, target: str,
-             factory: Callable[[int], torch.nn.Module], cache: Mapping[str, TrunkCache], score_cond: Condition,
-             spec: str, *, mode: str, wait: bool, bar: Any) -> Optional[dict[str, Any]]:
-        """Read back one run with the same key, or (``mode="train"``) train it under its lock."""
+    def _fit(self, out: UnitRows, cond: Condition, init: str, k: int, members: Sequence[tuple[str, TrainConfig, str, str]],
+             factory: Callable[[int], torch.nn.Module], cache: Mapping[str, TrunkCache], score_cond: Condition, *,
+             group: Optional[str], mode: str, wait: bool, bar: Any) -> list[Optional[dict[str, Any]]]:
+        """Read back runs ``members`` (``(run, cfg, target, spec)``) with the same keys, or
+        (``mode="train"``) train those not done, together (:func:`~mammo_lib.trunk_cache.train_heads`),
+        under one lock: ``<run folder>.lock`` for a single run, ``<fold folder>/<group>.lock`` for a
+        group (the beta grid, the controls). A run's key names the runs it trained with, so its
+        numbers never depend on which job trained it."""
         data = self.data
         tr, va, te = self.splits[k]
-        d = self.run_path(cond, init, k, run)
-        key = {"cfg": tcfg.to_dict(), "target": target, "condition": cond.name, "init": init, "fold": k,
-               "test": [data.ids[i] for i in te], "val": [data.ids[i] for i in va], "seed": self.seed,
-               "shuffle_seed": self.shuffle_seed, "code": CODE, "cache": _cache_digest(cache, tr)}
-        want = to_jsonable(key)
-        done = d / "result.json"
+        names = [m[0] for m in members]
+        dirs = [self.run_path(cond, init, k, run) for run in names]
+        wants, keys = [], []
+        for (run, tcfg, target, _), d in zip(members, dirs):
+            key = {"cfg": tcfg.to_dict(), "target": target, "condition": cond.name, "init": init, "fold": k,
+                   "test": [data.ids[i] for i in te], "val": [data.ids[i] for i in va], "seed": self.seed,
+                   "shuffle_seed": self.shuffle_seed, "code": CODE, "cache": _cache_digest(cache, tr),
+                   "trained_with": names}
+            keys.append(key)
+            wants.append(to_jsonable(key))
 
-        def read_back() -> Optional[dict[str, Any]]:
+        def read_back(i: int) -> Optional[dict[str, Any]]:
+            done = dirs[i] / "result.json"
             if done.exists():
                 saved = json.loads(done.read_text())
-                if saved.get("key") == want:
-                    if bar is not None:
-                        bar.update(1)
+                if saved.get("key") == wants[i]:
                     return saved
             return None
 
-        saved = read_back()
-        if saved is not None or mode == "read":
-            if saved is None:
-                out.missing.append(run)
+        def finish(saved: list[Optional[dict[str, Any]]]) -> list[Optional[dict[str, Any]]]:
+            if bar is not None:
+                bar.update(sum(sv is not None for sv in saved))
             return saved
-        d.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(d) + ".lock")
+
+        saved = [read_back(i) for i in range(len(members))]
+        if all(sv is not None for sv in saved) or mode == "read":
+            out.missing += [n for n, sv in zip(names, saved) if sv is None]
+            return finish(saved)
+        lock_path = dirs[0] if group is None else dirs[0].parent / group
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(lock_path) + ".lock")
         try:
             lock.acquire(timeout=-1 if wait else 0)
         except Timeout as err:
-            raise RunBusy(f"{d}: being trained by another process (lock {lock.lock_file})") from err
+            raise RunBusy(f"{lock_path}: being trained by another process (lock {lock.lock_file})") from err
         try:
-            saved = read_back()  # another process may have finished it while this one waited
-            if saved is not None:
-                return saved
-            model = factory(tcfg.seed)
-            res = train_head(model, cache[score_cond.train].subset(tr), cache[score_cond.train].subset(va), tcfg,
-                             target=target, shuffle_seed=self.shuffle_seed)
-            scores, probs = _score(res.model, cache, data.labels, data.masks, score_cond, te, tcfg)
-            row = {"condition": cond.name, "init": init, "fold": k, "run": run, "spec": spec, "target": target,
-                   "form": tcfg.distance_form, "beta": tcfg.beta if tcfg.method == "transfer" else 0.0,
-                   "val_accuracy": res.best_val_accuracy, "val_loss": res.best_val_loss,
-                   "best_epoch": res.best_epoch, "epochs": len(res.history), "wall_s": res.wall_s,
-                   "n_train": len(tr), "n_val": len(va), "n_test": len(te), **scores,
-                   **_metrics_row(probs[score_cond.primary], data.labels[te])}
-            pred = {name: p[:, 1].tolist() for name, p in probs.items()}
-            head = {k2: v for k2, v in res.model.state_dict().items()
-                    if k2.startswith(("features.denseblock4.", "features.norm5.", "classifier."))}
-            save_torch(head, d / "head.pt")
-            saved = {"key": key, "row": row, "prob_malignant": pred}
-            write_json(done, saved)
-            out.trained += 1
-            if bar is not None:
-                bar.update(1)
-            return to_jsonable(saved)
+            saved = [read_back(i) for i in range(len(members))]  # another process may have finished them
+            todo = [i for i, sv in enumerate(saved) if sv is None]
+            if not todo:
+                return finish(saved)
+            models = [factory(m[1].seed) for m in members]
+            results = train_heads(models, cache[score_cond.train].subset(tr), cache[score_cond.train].subset(va),
+                                  [m[1] for m in members], targets=[m[2] for m in members],
+                                  shuffle_seed=self.shuffle_seed)
+            for i in todo:  # runs already done (an interrupted group) were trained the same way: kept
+                run, tcfg, target, spec = members[i]
+                res = results[i]
+                scores, probs = _score(res.model, cache, data.labels, data.masks, score_cond, te, tcfg)
+                row = {"condition": cond.name, "init": init, "fold": k, "run": run, "spec": spec, "target": target,
+                       "form": tcfg.distance_form, "beta": tcfg.beta if tcfg.method == "transfer" else 0.0,
+                       "val_accuracy": res.best_val_accuracy, "val_loss": res.best_val_loss,
+                       "best_epoch": res.best_epoch, "epochs": len(res.history), "wall_s": res.wall_s / len(members),
+                       "n_train": len(tr), "n_val": len(va), "n_test": len(te), **scores,
+                       **_metrics_row(probs[score_cond.primary], data.labels[te])}
+                pred = {name: p[:, 1].tolist() for name, p in probs.items()}
+                head = {k2: v for k2, v in res.model.state_dict().items()
+                        if k2.startswith(("features.denseblock4.", "features.norm5.", "classifier."))}
+                save_torch(head, dirs[i] / "head.pt")
+                sv = {"key": keys[i], "row": row, "prob_malignant": pred}
+                write_json(dirs[i] / "result.json", sv)
+                out.trained += 1
+                saved[i] = to_jsonable(sv)
+            return finish(saved)
         finally:
             lock.release()
 
@@ -377,23 +395,24 @@ class Instrument:
     def unit(self, cond: Condition, init: str, k: int, *, finetune_only: bool = False, mode: str = "train",
              wait: bool = True, bar: Any = None) -> UnitRows:
         """One (condition, init, fold): the beta grid, knowledge transfer's choice and the controls
-        (module docstring, steps 1-5); ``finetune_only``: the beta = 0 grid point alone.
-        ``mode="read"`` trains nothing: runs not done are listed in ``missing``."""
+        (module docstring, steps 1-5); ``finetune_only``: the grid only, and only its beta = 0
+        point recorded (the grid always trains together, so beta = 0 has the same numbers whichever
+        job trained it). ``mode="read"`` trains nothing: runs not done are listed in ``missing``."""
         if mode not in ("train", "read"):
             raise ValueError(f"mode must be 'train' or 'read', got {mode!r}")
         data, out = self.data, UnitRows()
         tr, va, te = self.splits[k]
         base = self.cfg.replace(seed=self.cfg.seed + k, omega=(4,), trainable="group4+classifier", input="roi")
         grid_saved = {}
-        for pt in self.grid:
-            if finetune_only and not pt.is_finetune:
-                continue
+        members = []
+        for pt in self.grid:  # the whole grid trains together, also for a fine-tune-only job
             tcfg = base.replace(method="finetune" if pt.is_finetune else "transfer", beta=pt.beta,
                                 distance_form=pt.form)
-            saved = self._fit(out, cond, init, k, f"grid:{pt.name}", tcfg, "teacher", data.inits[init],
-                              data.caches[init], cond, f"{init}_finetune" if pt.is_finetune else "",
-                              mode=mode, wait=wait, bar=bar)
-            if saved is None:
+            members.append((f"grid:{pt.name}", tcfg, "teacher", f"{init}_finetune" if pt.is_finetune else ""))
+        saved_all = self._fit(out, cond, init, k, members, data.inits[init], data.caches[init], cond,
+                              group="grid", mode=mode, wait=wait, bar=bar)
+        for pt, saved in zip(self.grid, saved_all):
+            if saved is None or (finetune_only and not pt.is_finetune):
                 continue
             self._record(out, saved, cond, te)
             grid_saved[saved["row"]["run"]] = saved
@@ -405,18 +424,21 @@ class Instrument:
         best = _choose(g)
         nz = g[g["beta"] > 0]
         ctrl = best if best["beta"] > 0 or nz.empty else _choose(nz)
+        tcfg = base.replace(method="transfer", beta=float(ctrl["beta"]), distance_form=str(ctrl["form"]))
+        members = [(f"control:{target}:{ctrl['run'].split(':')[1]}", tcfg, target, f"{init}_{target}")
+                   for target in ("shuffled", "oracle")]
+        controls = self._fit(out, cond, init, k, members, data.inits[init], data.caches[init], cond,
+                             group="controls", mode=mode, wait=wait, bar=bar)
+        if any(sv is None for sv in controls):  # read back without its controls: the transfer job is not done
+            out.missing.append("transfer")
+            return out
         out.choices.append({"condition": cond.name, "init": init, "fold": k, "form": best["form"],
                             "beta": best["beta"], "val_accuracy": best["val_accuracy"],
                             "control_form": ctrl["form"], "control_beta": ctrl["beta"]})
         # knowledge transfer = the chosen grid point, filed again under the Table 2 spec name
         self._record(out, grid_saved[best["run"]], cond, te, spec=f"{init}_transfer", run=f"transfer({best['run']})")
-        for target in ("shuffled", "oracle"):
-            tcfg = base.replace(method="transfer", beta=float(ctrl["beta"]), distance_form=str(ctrl["form"]))
-            saved = self._fit(out, cond, init, k, f"control:{target}:{ctrl['run'].split(':')[1]}", tcfg, target,
-                              data.inits[init], data.caches[init], cond, f"{init}_{target}",
-                              mode=mode, wait=wait, bar=bar)
-            if saved is not None:
-                self._record(out, saved, cond, te)
+        for saved in controls:
+            self._record(out, saved, cond, te)
         return out
 
     def mask_unit(self, cond: Condition, k: int, *, mode: str = "train", wait: bool = True, bar: Any = None) -> UnitRows:
@@ -429,8 +451,8 @@ class Instrument:
         tr, va, te = self.splits[k]
         mcond = Condition(cond.name, "mask only", train="mask", tests={cond.primary: "mask"}, primary=cond.primary)
         tcfg = self.cfg.replace(seed=self.cfg.seed + k, method="finetune", beta=0.0, omega=(4,))
-        saved = self._fit(out, cond, "mask", k, "mask_only", tcfg, "teacher", self.data.mask_init,
-                          {"mask": self.data.mask_cache}, mcond, "mask_only", mode=mode, wait=wait, bar=bar)
+        saved = self._fit(out, cond, "mask", k, [("mask_only", tcfg, "teacher", "mask_only")], self.data.mask_init,
+                          {"mask": self.data.mask_cache}, mcond, group=None, mode=mode, wait=wait, bar=bar)[0]
         if saved is not None:
             self._record(out, saved, mcond, te)
         return out

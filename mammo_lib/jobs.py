@@ -5,14 +5,16 @@ process, on any GPU or cluster node, in any order; :func:`collect` merges what i
 A job's spec is a Table 2 row name (:data:`JOB_SPECS`). The instrument's unit is (condition,
 initialisation, fold), so every spec maps to the runs it needs, in every condition of the profile:
 
-- ``<init>_finetune``: the beta = 0 grid point of ``<init>`` (fine-tuning);
+- ``<init>_finetune``: the beta = 0 grid point of ``<init>`` (fine-tuning; the grid trains together,
+  so this job trains the whole grid and records its beta = 0 point);
 - ``<init>_transfer``: the whole beta grid of ``<init>`` (beta = 0 included: the choice is made over
   the grid on the fold's inner split), the choice, and the two controls (``<init>_shuffled``,
   ``<init>_oracle``);
 - ``mask_only``: the mask-only model.
 
-A run needed by two jobs (beta = 0: ``<init>_finetune`` and ``<init>_transfer``) is trained once:
-each run folder is guarded by a lock and ``result.json`` is re-read once the lock is held. The
+Runs needed by two jobs (the grid: ``<init>_finetune`` and ``<init>_transfer``) are trained once:
+each group of runs trained together (the grid, the controls) and each single run is guarded by a
+lock, and ``result.json`` is re-read once the lock is held. The
 shared preconditions (phantom, ROI caches, generic and DDSM pre-training, trunk caches) are built
 under a lock too, by the first job to need them.
 

@@ -105,35 +105,61 @@ def _shape_mask(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return m
 
 
-def shape_task(n: int, size: int = 224, seed: int = 0) -> ShapeTask:
+def shape_task(n: int, size: int = 224, seed: int = 0, *, workers: int = 1) -> ShapeTask:
     """``n`` images of the generic task, classes balanced (``i % 4``), each from its own generator
     ``default_rng([seed, i])``: a shape of contrast 0.12-0.30 on 1/f texture, and in half of the
-    images (drawn independently of the class) a cluster of bright dots away from the shape."""
+    images (drawn independently of the class) a cluster of bright dots away from the shape.
+    ``workers`` processes draw blocks of images; each image depends on ``(seed, i)`` only, so the
+    task is the same for any number of workers."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 32:
         raise ValueError(f"size must be an int >= 32, got {size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    labels = np.arange(n) % len(SHAPES)
+    blocks = [(s, min(n, s + _TASK_BLOCK)) for s in range(0, n, _TASK_BLOCK)]
+    if workers == 1 or len(blocks) == 1:
+        parts = [_task_block(seed, size, a, b) for a, b in blocks]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        from .preprocess import _worker_init
+
+        with ProcessPoolExecutor(max_workers=min(workers, len(blocks)), initializer=_worker_init) as pool:
+            parts = list(pool.map(_task_block, [seed] * len(blocks), [size] * len(blocks),
+                                  [a for a, _ in blocks], [b for _, b in blocks]))
+    images, masks, dots = (np.concatenate([p[j] for p in parts]) for j in range(3))
+    return ShapeTask(images, masks, labels.astype(np.int64), dots)
+
+
+#: Images per block of :func:`shape_task` (a unit of work for one process).
+_TASK_BLOCK = 64
+
+
+def _task_block(seed: int, size: int, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images ``start..stop-1`` of :func:`shape_task`: images, masks and dot flags."""
+    n = stop - start
     images = np.empty((n, size, size), np.float32)
     masks = np.empty((n, size, size), np.uint8)
-    labels = np.arange(n) % len(SHAPES)
     dots = np.zeros(n, bool)
     yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
+    for j, i in enumerate(range(start, stop)):
         rng = np.random.default_rng([seed, i])
-        m = _shape_mask(int(labels[i]), size, rng)
+        m = _shape_mask(int(i % len(SHAPES)), size, rng)
         img = 0.35 + 0.07 * _texture(size, rng)
         img += rng.uniform(0.12, 0.30) * m
         if rng.random() < 0.5:
-            dots[i] = True
+            dots[j] = True
             far = np.argwhere(m == 0)
             cy, cx = far[rng.integers(len(far))]
             for _ in range(int(rng.integers(5, 12))):
                 y, x = cy + rng.normal(0, size * 0.04), cx + rng.normal(0, size * 0.04)
                 img += rng.uniform(0.25, 0.45) * (np.hypot(yy - y, xx - x) <= rng.uniform(1.0, 2.5))
         img += 0.01 * rng.standard_normal((size, size))
-        images[i] = np.clip(img, 0, 1)
-        masks[i] = m
-    return ShapeTask(images, masks, labels.astype(np.int64), dots)
+        images[j] = np.clip(img, 0, 1)
+        masks[j] = m
+    return images, masks, dots
 
 
 def _flip_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -145,7 +171,7 @@ def _flip_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int = 800, n_test: int = 200,
                      size: int = 224, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3,
                      seed: int = 0, device: str = "cpu", amp: str = "off", channels_last: bool = False,
-                     progress: bool = True) -> dict[str, Any]:
+                     workers: int = 1, progress: bool = True) -> dict[str, Any]:
     """Train ``arch`` on all layers on :func:`shape_task` (8 classes: shape x dots, flips; Adam
     with a one-cycle learning-rate schedule peaking at ``lr``), keep the epoch with
     the best accuracy on a held-out 20 % of the training images, report the test accuracy.
@@ -154,7 +180,8 @@ def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int =
     features and starts a new 2-class head) and ``out_dir/generic_metrics.json``; both are reused
     when they exist for the same settings. Returns the metrics dict (``checkpoint`` included).
     ``amp`` and ``channels_last`` are :class:`~mammo_lib.training.TrainConfig`'s speed settings
-    (CUDA only; the cross-entropy is computed in float32).
+    (CUDA only; the cross-entropy is computed in float32). ``workers``: processes drawing the task
+    images (:func:`shape_task`; the same images for any number).
     """
     out = Path(out_dir)
     ckpt, meta = out / "generic_pretrained.pt", out / "generic_metrics.json"
@@ -168,8 +195,8 @@ def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int =
         if saved.get("key") == key:
             return saved["metrics"]
     t0 = time.perf_counter()
-    train = shape_task(n_train, size, seed=seed)
-    test = shape_task(n_test, size, seed=seed + 10_000)
+    train = shape_task(n_train, size, seed=seed, workers=workers)
+    test = shape_task(n_test, size, seed=seed + 10_000, workers=workers)
     n_val = max(len(SHAPES), n_train // 5)
     xv, yv = train.images[-n_val:], train.targets[-n_val:]
     xt, yt = train.images[:-n_val], train.targets[:-n_val]

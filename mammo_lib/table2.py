@@ -81,7 +81,8 @@ def imagenet_trunk(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         with lock_for(out):
             m = pretrain_generic(out, arch=cfg["arch"], n_train=g.n_train, n_test=g.n_test, size=int(cfg["roi_size"]),
                                  epochs=g.epochs, batch_size=g.batch_size, lr=g.lr, seed=int(cfg["seed"]),
-                                 device=cfg["device"], amp=t.amp, channels_last=t.channels_last, progress=progress)
+                                 device=cfg["device"], amp=t.amp, channels_last=t.channels_last,
+                                 workers=int(cfg.get("workers", 1) or 1), progress=progress)
         return {"weights": m["checkpoint"], "note": GENERIC_INIT_NOTE, "test_accuracy": m["test_accuracy"],
                 "metrics": m}
     return {"weights": None, "note": "random (ImageNet unavailable; not a fair stand-in)", "test_accuracy": None}

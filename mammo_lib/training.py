@@ -21,7 +21,7 @@ import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from .progress import tqdm
 from .io import save_torch, write_json
 from .activation import DISTANCE_FORMS, GROUP_LAYERS, GroupActivations, activation_map
-from .augment import AUGMENTATIONS, JointAugment
+from .augment import AUGMENTATIONS, AugmentParams, JointAugment
 from .precision import autocast_for, backward_step, check_amp, grad_scaler, maybe_channels_last, undo_channels_last
 from .model import (TRAINABLE_SETS, apply_train_mode, eval_mode, mask_to_model_input, on_device, preserve_mode,
                     set_trainable, to_model_input)
@@ -48,9 +48,9 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_ce", "val_loss", "val_accuracy"
 
 #: Fields that may differ between a checkpoint and the resuming run (they do not change results
 #: on a given device; resuming on another device continues the run but numbers may differ slightly).
-_RESUME_IGNORED = ("device",)
+_RESUME_IGNORED = ("device", "prefetch_threads")
 #: Speed settings left out of :meth:`TrainConfig.to_dict` at these (default) values.
-_SPEED_DEFAULTS = {"amp": "off", "channels_last": False}
+_SPEED_DEFAULTS = {"amp": "off", "channels_last": False, "prefetch_threads": 0}
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
@@ -110,6 +110,10 @@ class TrainConfig:
             passes autocast, Eq. 4 distances and losses in float32 (:mod:`mammo_lib.precision`).
         channels_last: channels-last memory format for model and inputs on CUDA.
             Both are no-ops on the CPU (same numbers as off).
+        prefetch_threads: threads that assemble and augment the next training batches while the
+            current step runs (uncached training, :func:`train_model`); 0 assembles each batch
+            when it is needed. The numbers are the same either way: every random draw of the epoch
+            is made first, in the same order.
     """
 
     method: Literal["finetune", "transfer"] = "finetune"
@@ -134,6 +138,7 @@ class TrainConfig:
     class_weighting: bool = False
     amp: str = "off"
     channels_last: bool = False
+    prefetch_threads: int = 0
 
     def __post_init__(self) -> None:
         self.omega = tuple(int(j) for j in self.omega)
@@ -144,10 +149,12 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size", "seed"):
+        for name in ("epochs", "batch_size", "seed", "prefetch_threads"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"TrainConfig.{name} must be an int, got {v!r}")
+        if self.prefetch_threads < 0:
+            raise ValueError(f"TrainConfig.prefetch_threads must be >= 0, got {self.prefetch_threads}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"TrainConfig needs epochs >= 1 and batch_size >= 2 (BatchNorm), "
                              f"got epochs={self.epochs}, batch_size={self.batch_size}")
@@ -443,8 +450,10 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
             gen = epoch_generator(cfg.seed, epoch)
             apply_train_mode(model)
             sums: dict[str, float] = {}
-            for step, idx in enumerate(_batches(len(train), cfg.batch_size, gen)):
-                x, m, y = _training_batch(train, idx.numpy(), augment, gen)
+            batches = _batches(len(train), cfg.batch_size, gen)
+            draws = _augment_draws(augment, batches, gen)  # all of the epoch's draws, in one-by-one order
+            for step, (idx, (x, m, y)) in enumerate(zip(batches, _prefetched(train, batches, augment, draws,
+                                                                             cfg.prefetch_threads))):
                 scale = 1.0
                 if parallel is not None:  # this process's share of the global batch
                     x, m, y, scale = parallel.shard(x, m, y)
@@ -520,16 +529,61 @@ def _check_resume(ck: dict[str, Any], cfg: TrainConfig, data_fp: str, init_fp: s
                          f"checkpoint_dir")
 
 
+def _augment_draws(augment: Optional[JointAugment], batches: Sequence[Tensor],
+                   gen: torch.Generator) -> list[Optional[list[AugmentParams]]]:
+    """Every sample's augmentation parameters of an epoch, drawn batch by batch and sample by
+    sample from ``gen``: the draws :class:`JointAugment` would make applied one by one."""
+    if augment is None:
+        return [None] * len(batches)
+    return [[augment.sample(gen) for _ in range(len(idx))] for idx in batches]
+
+
 def _training_batch(data: TensorData, idx: np.ndarray, augment: Optional[JointAugment],
-                    gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """Images (B,S,S), masks (B,S,S) uint8 and labels of ``idx``, jointly augmented per sample."""
+                    params: Optional[Sequence[AugmentParams]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Images (B,S,S), masks (B,S,S) uint8 and labels of ``idx``, jointly augmented per sample
+    with ``params`` (one per sample)."""
     x = torch.from_numpy(data.images[idx])
     m = torch.from_numpy(data.masks[idx])
-    if augment is not None:
-        pairs = [augment(x[i:i + 1], m[i:i + 1], generator=gen) for i in range(len(idx))]
+    if augment is not None and params is not None:
+        pairs = [augment.apply(x[i:i + 1], m[i:i + 1], p) for i, p in enumerate(params)]
         x = torch.cat([p[0] for p in pairs]).clamp_(0.0, 1.0)
         m = torch.cat([p[1] for p in pairs])
     return x, m, torch.from_numpy(data.labels[idx])
+
+
+def _prefetched(data: TensorData, batches: Sequence[Tensor], augment: Optional[JointAugment],
+                draws: Sequence[Optional[Sequence[AugmentParams]]], threads: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """The epoch's training batches in order; with ``threads`` > 0 up to ``threads + 1`` of them are
+    assembled ahead in a thread pool (augmentation is deterministic given its draws, so the
+    batches are the same)."""
+    if threads == 0:
+        for idx, params in zip(batches, draws):
+            yield _training_batch(data, idx.numpy(), augment, params)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    from itertools import islice
+
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mammo-kt-batches")
+    pending: deque = deque()
+    jobs = iter(zip(batches, draws))
+
+    def submit(job: tuple[Tensor, Any]) -> None:
+        pending.append(pool.submit(_training_batch, data, job[0].numpy(), augment, job[1]))
+
+    try:
+        for job in islice(jobs, threads + 1):
+            submit(job)
+        while pending:
+            out = pending.popleft().result()
+            job = next(jobs, None)
+            if job is not None:
+                submit(job)
+            yield out
+    finally:  # also when the training step fails: no thread outlives the epoch
+        for f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _step_loss(model: nn.Module, x: Tensor, m: Tensor, y: Tensor, cfg: TrainConfig, device: torch.device,

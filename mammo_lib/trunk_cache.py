@@ -30,7 +30,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,7 @@ from .progress import tqdm
 from .records import DamagedCacheError
 from .activation import activation_distance, activation_map
 from .precision import autocast_for, backward_step, channels_last_while, grad_scaler, maybe_channels_last
-from .model import eval_mode, mask_to_model_input, on_device, preserve_mode, set_trainable, to_model_input
+from .model import eval_mode, mask_to_model_input, on_device, to_model_input
 from .training import TORCH_LOAD_ERRORS, TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
 
 #: Flip codes of the cache: index 0 identity, 1 horizontal, 2 vertical, 3 both.
@@ -78,9 +78,13 @@ def group4_activation(model: nn.Module, t: Tensor) -> Tensor:
 def head_logits(model: nn.Module, a: Tensor) -> Tensor:
     """Logits from group 4's activation: global average pooling + the linear classifier
     (``head="gap"``, torchvision's), or the flattened map (``head="flatten"``)."""
-    if getattr(model, "head", "gap") == "flatten":
-        return model.classifier(torch.flatten(a, 1))
-    return model.classifier(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1))
+    return _classify(model.classifier, getattr(model, "head", "gap"), a)
+
+
+def _classify(classifier: nn.Module, head: str, a: Tensor) -> Tensor:
+    if head == "flatten":
+        return classifier(torch.flatten(a, 1))
+    return classifier(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1))
 
 
 @dataclass
@@ -236,12 +240,13 @@ def _flip_codes(augment: Sequence[str], n: int, gen: torch.Generator, n_flips: i
     return h + 2 * v
 
 
-def _target_maps(cache: TrunkCache, idx: Tensor, codes: Tensor, target: str,
-                 perm: Optional[np.ndarray]) -> Tensor:
+def _target_maps(teacher: Tensor, oracle: Tensor, idx: Tensor, codes: Tensor, target: str,
+                 perm: Optional[Tensor]) -> Tensor:
+    """The Eq. 4 targets of a batch: the teacher's maps of the cases' own masks, another case's
+    (``perm``, the shuffled control) or the pooled masks (the oracle control)."""
     if target == "oracle":
-        return cache.oracle_maps[idx, codes]
-    src = idx if target == "teacher" else torch.as_tensor(perm)[idx]
-    return cache.teacher_maps[src, codes]
+        return oracle[idx, codes]
+    return teacher[idx if target == "teacher" else perm[idx], codes]
 
 
 @torch.no_grad()
@@ -298,16 +303,127 @@ def head_loss(model: nn.Module, t: Tensor, y: Tensor, target_maps: Optional[Tens
     return total, parts
 
 
-def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainConfig, *,
-               target: Target = "teacher", shuffle_seed: int = 0, progress: bool = False) -> HeadResult:
-    """Train group 4 + classifier of ``model`` (in place) from cached trunk features, select the
-    epoch on ``val`` (accuracy, ties -> lower loss, as :func:`mammo_lib.training.train_model`).
+def _stack_bn(bns: Sequence[nn.Module]) -> nn.BatchNorm2d:
+    """One BatchNorm over the channels of several (per channel, so the same arithmetic)."""
+    b0 = bns[0]
+    out = nn.BatchNorm2d(sum(b.num_features for b in bns), eps=b0.eps, momentum=b0.momentum, affine=b0.affine,
+                         track_running_stats=b0.track_running_stats)
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            if getattr(out, name) is not None:
+                getattr(out, name).copy_(torch.cat([getattr(b, name).detach().float().cpu() for b in bns]))
+        if out.num_batches_tracked is not None:
+            out.num_batches_tracked.copy_(bns[0].num_batches_tracked.cpu())
+    return out
 
-    ``cfg.method == "transfer"`` adds Eq. 4-5 against ``target`` maps; ``"finetune"`` is plain
-    cross-entropy. Batches and flips come from :func:`~mammo_lib.training.epoch_generator`
-    ``(cfg.seed, epoch)``, so a run is reproducible. ``cfg.omega`` must be ``(4,)``; rotation in
-    ``cfg.augment`` is ignored (the cache holds flips only).
+
+def _stack_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    """One grouped convolution (``groups=G``) holding G convolutions side by side."""
+    c0 = convs[0]
+    if c0.groups != 1:
+        raise ValueError("only ungrouped convolutions can be stacked")
+    out = nn.Conv2d(c0.in_channels * len(convs), c0.out_channels * len(convs), c0.kernel_size, stride=c0.stride,
+                    padding=c0.padding, dilation=c0.dilation, groups=len(convs), bias=c0.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(torch.cat([c.weight.detach().float().cpu() for c in convs]))
+        if out.bias is not None:
+            out.bias.copy_(torch.cat([c.bias.detach().float().cpu() for c in convs]))
+    return out
+
+
+class _StackedDenseLayer(nn.Module):
+    """torchvision's ``_DenseLayer`` (BN-ReLU-conv1x1-BN-ReLU-conv3x3) for G networks at once."""
+
+    def __init__(self, layers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if any(float(getattr(lay, "drop_rate", 0.0)) > 0 for lay in layers):
+            raise ValueError("dense layers with dropout cannot be trained together (their random draws differ)")
+        self.norm1 = _stack_bn([lay.norm1 for lay in layers])
+        self.conv1 = _stack_conv([lay.conv1 for lay in layers])
+        self.norm2 = _stack_bn([lay.norm2 for lay in layers])
+        self.conv2 = _stack_conv([lay.conv2 for lay in layers])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(x))))))
+
+
+class StackedHead(nn.Module):
+    """Group 4 + classifier (Sec. 3.3) of G networks as one module, to train them together.
+
+    Every BatchNorm of group 4 becomes one BatchNorm over the G networks' channels and every
+    convolution one grouped convolution (``groups=G``): per network it is the arithmetic of its own
+    group 4 (for G = 1 the very same operations), but a training step is one pass of a few hundred
+    small kernels instead of G of them, which is what keeps a GPU busy on batches of 16 7x7 maps.
+    The classifiers stay G linear layers. :meth:`state_of` gives network g's weights back under its
+    own state-dict names (``features.denseblock4.*``, ``features.norm5.*``, ``classifier.*``).
+
+    >>> from mammo_lib.model import build_model
+    >>> nets = [build_model("small", seed=s) for s in (0, 1, 2)]
+    >>> stacked = StackedHead(nets)
+    >>> a = stacked(torch.zeros(4, nets[0].features.denseblock4.denselayer1.norm1.num_features, 7, 7))
+    >>> tuple(a.shape[:2]), len(stacked.logits(a))
+    ((4, 3), 3)
     """
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        models = list(models)
+        if not models:
+            raise ValueError("StackedHead needs at least one network")
+        heads = {getattr(m, "head", "gap") for m in models}
+        if len(heads) != 1:
+            raise ValueError(f"networks trained together need one head type, got {sorted(heads)}")
+        self.head = heads.pop()
+        shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items() if k.startswith(_HEAD_PREFIXES)} for m in models]
+        if any(sh != shapes[0] for sh in shapes[1:]):
+            raise ValueError("networks trained together need the same architecture (group 4 and classifier differ)")
+        self.n = len(models)
+        blocks = [m.features.denseblock4 for m in models]
+        self.layers = nn.ModuleDict({name: _StackedDenseLayer([getattr(b, name) for b in blocks])
+                                     for name, _ in blocks[0].named_children()})
+        self.norm5 = _stack_bn([m.features.norm5 for m in models])
+        self.classifiers = nn.ModuleList()
+        for m in models:
+            c = nn.Linear(m.classifier.in_features, m.classifier.out_features)
+            c.load_state_dict({k: v.detach().float().cpu() for k, v in m.classifier.state_dict().items()})
+            self.classifiers.append(c)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """Group 4's activation ``(B, G, C, g, g)`` from trunk outputs ``t``: ``(B, C0, g, g)``, one
+        input for every network, or ``(B, G, C0, g, g)``, one each."""
+        x = t[:, None].expand(-1, self.n, -1, -1, -1) if t.ndim == 4 else t
+        if x.ndim != 5 or x.shape[1] != self.n:
+            raise ValueError(f"expected trunk outputs (B,C,g,g) or (B,{self.n},C,g,g), got {tuple(t.shape)}")
+        feats = [x]
+        for layer in self.layers.values():
+            feats.append(layer(torch.cat(feats, 2).flatten(1, 2)).unflatten(1, (self.n, -1)))
+        return F.relu(self.norm5(torch.cat(feats, 2).flatten(1, 2))).unflatten(1, (self.n, -1))
+
+    def logits(self, a: Tensor) -> list[Tensor]:
+        """Each network's logits ``(B, classes)`` from the stacked activation ``a``."""
+        return [_classify(c, self.head, a[:, g]) for g, c in enumerate(self.classifiers)]
+
+    def state_of(self, g: int, state: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
+        """Network ``g``'s group 4 + classifier state under its own names (copies), from this
+        module or from ``state``, a state dict of it."""
+        if not 0 <= g < self.n:
+            raise IndexError(f"network {g} of {self.n}")
+        out = {}
+        for k, v in (self.state_dict() if state is None else state).items():
+            if k.startswith("classifiers."):
+                i, rest = k[len("classifiers."):].split(".", 1)
+                if int(i) == g:
+                    out[f"classifier.{rest}"] = v.detach().clone()
+                continue
+            name = ("features.denseblock4." + k[len("layers."):]) if k.startswith("layers.") else "features." + k
+            out[name] = v.detach().clone() if v.ndim == 0 else v.detach().chunk(self.n, 0)[g].clone()
+        return out
+
+
+_HEAD_PREFIXES = ("features.denseblock4.", "features.norm5.", "classifier.")
+
+
+def _check_head_cfg(cfg: TrainConfig, target: str) -> None:
     if tuple(cfg.omega) != (4,):
         raise ValueError(f"cached training supports omega=(4,) only (groups 1-3 are frozen), got {cfg.omega}")
     if target not in TARGETS:
@@ -316,69 +432,177 @@ def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainC
         raise ValueError(f"cached training trains group4+classifier only, got trainable={cfg.trainable!r}")
     if cfg.input != "roi":
         raise ValueError("cached training takes ROI input; a mask-only model is a cache of masks as images")
+
+
+#: TrainConfig fields that may differ between networks trained together (:func:`train_heads`).
+PER_NETWORK_FIELDS = ("method", "beta", "distance_form")
+
+
+def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainConfig, *,
+               target: Target = "teacher", shuffle_seed: int = 0, progress: bool = False) -> HeadResult:
+    """Train group 4 + classifier of ``model`` (in place) from cached trunk features, select the
+    epoch on ``val`` (accuracy, ties -> lower loss, as :func:`mammo_lib.training.train_model`).
+
+    ``cfg.method == "transfer"`` adds Eq. 4-5 against ``target`` maps; ``"finetune"`` is plain
+    cross-entropy. Batches and flips come from :func:`~mammo_lib.training.epoch_generator`
+    ``(cfg.seed, epoch)``, so a run is reproducible. ``cfg.omega`` must be ``(4,)``; rotation in
+    ``cfg.augment`` is ignored (the cache holds flips only). One network of :func:`train_heads`.
+    """
+    return train_heads([model], train, val, [cfg], targets=[target], shuffle_seed=shuffle_seed,
+                       progress=progress)[0]
+
+
+def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache, cfgs: Sequence[TrainConfig], *,
+                targets: Optional[Sequence[Target]] = None, shuffle_seed: int = 0,
+                progress: bool = False) -> list[HeadResult]:
+    """Train group 4 + classifier of several networks together (in place), e.g. the beta grid of
+    one fold: the same batches and flips for all, one :class:`StackedHead` step for all.
+
+    Network g minimises its own Eq. 5 loss ``CE + (beta_g/2) d^4`` (``cfgs[g]``, target
+    ``targets[g]``, default ``"teacher"``); the summed loss has independent gradients and Adam/SGD
+    update every weight on its own, so each network trains as :func:`train_head` would train it
+    alone, up to the rounding of a grouped convolution. The configurations may differ only in
+    :data:`PER_NETWORK_FIELDS`. Each network keeps its own selected epoch and, with
+    ``cfg.patience``, stops on its own. Trained in float32 or ``cfg.amp`` autocast (one loss scale
+    for all with fp16); the head ignores ``channels_last`` (7x7 maps). ``wall_s`` of every result
+    is the time of the whole group.
+
+    >>> from mammo_lib.model import build_model
+    >>> from mammo_lib.training import TrainConfig
+    >>> rois = np.random.default_rng(0).random((8, 64, 64), dtype=np.float32)
+    >>> masks = np.zeros((8, 64, 64), np.uint8); masks[:, 20:40, 20:40] = 1
+    >>> c = build_cache(build_model("small", seed=0), rois, masks, labels=np.arange(8) % 2, progress=False)
+    >>> cfgs = [TrainConfig(epochs=2, batch_size=4, method=m, beta=b) for m, b in (("finetune", 0), ("transfer", 8))]
+    >>> res = train_heads([build_model("small", seed=0) for _ in cfgs], c.subset(range(6)), c.subset([6, 7]), cfgs)
+    >>> [len(r.history) for r in res]
+    [2, 2]
+    """
+    models, cfgs = list(models), list(cfgs)
+    targets = ["teacher"] * len(models) if targets is None else list(targets)
+    if not models or len(cfgs) != len(models) or len(targets) != len(models):
+        raise ValueError(f"need one config and one target per network, got {len(models)} networks, "
+                         f"{len(cfgs)} configs and {len(targets)} targets")
+    for cfg, target in zip(cfgs, targets):
+        _check_head_cfg(cfg, target)
+    common = [{k: v for k, v in c.to_dict().items() if k not in PER_NETWORK_FIELDS} for c in cfgs]
+    diff = sorted({k for c in common[1:] for k in c if c[k] != common[0][k]})
+    if diff:
+        raise ValueError(f"networks trained together may differ only in {PER_NETWORK_FIELDS}; they differ in {diff}")
     if len(train) < 2 or len(val) < 1:
         raise ValueError(f"need >= 2 training and >= 1 validation cases, got {len(train)} and {len(val)}")
     t0 = time.perf_counter()
+    cfg, n_nets = cfgs[0], len(models)
     device = torch.device(cfg.device)
-    # back where and as the caller had it, also after an error
-    with on_device(model, device), channels_last_while(model, cfg.channels_last, device):
-        set_trainable(model, "group4+classifier")
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = _make_optimizer(params, cfg)
-        scaler = grad_scaler(device, cfg.amp)
-        weight = _class_weights(train.labels, device) if cfg.class_weighting else None
-        use_kt = cfg.method == "transfer" and cfg.beta > 0
-        perm = derangement(len(train), shuffle_seed) if (use_kt and target == "shuffled") else None
-        y_all = torch.from_numpy(train.labels)
-        history, best_key, best_state, best_epoch, since = [], None, None, -1, 0
-        head_modules = (model.features.denseblock4, model.features.norm5, model.classifier)
-        with preserve_mode(model):
-            model.eval()
-            for epoch in tqdm(range(cfg.epochs), disable=not progress, desc=f"head ({cfg.method})"):
-                e0 = time.perf_counter()
-                gen = epoch_generator(cfg.seed, epoch)
-                order = torch.randperm(len(train), generator=gen)
-                codes_all = _flip_codes(cfg.augment, len(train), gen, train.features.shape[1])
-                chunks = list(order.split(cfg.batch_size))
-                if len(chunks) > 1 and len(chunks[-1]) == 1:
-                    last = chunks.pop()
-                    chunks[-1] = torch.cat([chunks[-1], last])
-                for m in head_modules:
-                    m.train()
-                sums: dict[str, float] = {}
-                for idx in chunks:
-                    codes = codes_all[idx]
-                    t = train.features[idx, codes].to(device)
-                    tm = _target_maps(train, idx, codes, target, perm).to(device) if use_kt else None
-                    loss, parts = head_loss(model, t, y_all[idx].to(device), tm, cfg, weight)
-                    optimizer.zero_grad(set_to_none=True)
-                    backward_step(loss, optimizer, scaler)
-                    for k, v in parts.items():
-                        sums[k] = sums.get(k, 0.0) + v * len(idx)
-                for m in head_modules:
-                    m.eval()
-                p = predict_cached(model, val, device=device, amp=cfg.amp, channels_last=cfg.channels_last)
-                yv = val.labels
-                val_loss = float(-np.log(np.clip(p[np.arange(len(yv)), yv], 1e-12, None)).mean())
-                val_acc = float((p.argmax(1) == yv).mean())
-                row = {"epoch": epoch, "train_loss": sums["total"] / len(train), "train_ce": sums["ce"] / len(train),
-                       "train_d4": sums["d4"] / len(train) if "d4" in sums else float("nan"),
-                       "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - e0}
-                history.append(row)
-                if _better(val_acc, val_loss, best_key, cfg.selection_metric):
-                    best_key, best_epoch, since = (val_acc, val_loss), epoch, 0
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    head = StackedHead(models).to(device)
+    optimizer = _make_optimizer(list(head.parameters()), cfg)
+    scaler = grad_scaler(device, cfg.amp)
+    weight = _class_weights(train.labels, device) if cfg.class_weighting else None
+    use_kt = [c.method == "transfer" and c.beta > 0 for c in cfgs]
+    perm = derangement(len(train), shuffle_seed) if any(u and t == "shuffled" for u, t in zip(use_kt, targets)) else None
+    # the training cache lives on the device: one copy, then every batch is an index there
+    feats, val_feats = train.features.to(device), val.features[:, 0].to(device)
+    teacher, oracle = train.teacher_maps.to(device), train.oracle_maps.to(device)
+    perm_d = None if perm is None else torch.as_tensor(perm).to(device)
+    y_all = torch.from_numpy(train.labels).to(device)
+    maps = {t: None for u, t in zip(use_kt, targets) if u}
+    histories: list[list[dict[str, float]]] = [[] for _ in models]
+    best_key: list[Optional[tuple[float, float]]] = [None] * n_nets
+    best_state: list[Optional[dict[str, Tensor]]] = [None] * n_nets
+    best_epoch, since, active = [-1] * n_nets, [0] * n_nets, [True] * n_nets
+    for epoch in tqdm(range(cfg.epochs), disable=not progress, desc=f"heads ({n_nets} trained together)"):
+        if not any(active):
+            break
+        e0 = time.perf_counter()
+        gen = epoch_generator(cfg.seed, epoch)
+        order = torch.randperm(len(train), generator=gen)
+        codes_all = _flip_codes(cfg.augment, len(train), gen, train.features.shape[1])
+        chunks = list(order.split(cfg.batch_size))
+        if len(chunks) > 1 and len(chunks[-1]) == 1:
+            last = chunks.pop()
+            chunks[-1] = torch.cat([chunks[-1], last])
+        head.train()
+        sums: dict[str, Tensor] = {}  # per-network float64 sums on the device: no host sync per step
+        for idx in chunks:
+            idx_d, codes_d = idx.to(device), codes_all[idx].to(device)
+            t = feats[idx_d, codes_d]
+            for tg in maps:
+                maps[tg] = _target_maps(teacher, oracle, idx_d, codes_d, tg, perm_d)
+            y = y_all[idx_d]
+            with autocast_for(device, cfg.amp):
+                a = head(t)
+                logits = head.logits(a)
+            a = a.float()
+            losses, ces, ds = [], [], []
+            for g in range(n_nets):
+                ce = F.cross_entropy(logits[g].float(), y, weight=weight)
+                loss = ce
+                if use_kt[g]:
+                    d = activation_distance(maps[targets[g]], activation_map(a[:, g]), form=cfgs[g].distance_form).mean()
+                    loss = ce + (cfgs[g].beta / 2.0) * d
+                    ds.append(d)
                 else:
-                    since += 1
-                if cfg.patience is not None and since >= cfg.patience:
-                    break
-        model.load_state_dict(best_state)
-    hist = pd.DataFrame(history)
-    best = hist.loc[hist["epoch"] == best_epoch].iloc[0]
-    return HeadResult(model, hist, best_epoch, float(best["val_accuracy"]), float(best["val_loss"]),
-                      time.perf_counter() - t0)
+                    ds.append(torch.zeros_like(ce))
+                ces.append(ce)
+                losses.append(loss)
+            total = losses[0]
+            for loss in losses[1:]:
+                total = total + loss
+            for k, v in (("ce", ces), ("d4", ds), ("total", losses)):
+                v = torch.stack(v).detach().double() * len(idx)
+                sums[k] = v if k not in sums else sums[k] + v
+            optimizer.zero_grad(set_to_none=True)
+            backward_step(total, optimizer, scaler)
+        head.eval()
+        probs = _stacked_predict(head, val_feats, cfg.amp)
+        seconds = time.perf_counter() - e0
+        yv = val.labels
+        epoch_sums = {k: v.tolist() for k, v in sums.items()}  # one host transfer per epoch
+        snapshot = None  # the stacked state, copied once per epoch for all networks that improved
+        for g in range(n_nets):
+            if not active[g]:
+                continue
+            p = probs[g]
+            val_loss = float(-np.log(np.clip(p[np.arange(len(yv)), yv], 1e-12, None)).mean())
+            val_acc = float((p.argmax(1) == yv).mean())
+            histories[g].append({"epoch": epoch, "train_loss": epoch_sums["total"][g] / len(train),
+                                 "train_ce": epoch_sums["ce"][g] / len(train),
+                                 "train_d4": epoch_sums["d4"][g] / len(train) if use_kt[g] else float("nan"),
+                                 "val_loss": val_loss, "val_accuracy": val_acc, "seconds": seconds})
+            if _better(val_acc, val_loss, best_key[g], cfg.selection_metric):
+                best_key[g], best_epoch[g], since[g] = (val_acc, val_loss), epoch, 0
+                if snapshot is None:
+                    snapshot = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                best_state[g] = snapshot
+            else:
+                since[g] += 1
+            if cfg.patience is not None and since[g] >= cfg.patience:
+                active[g] = False
+    wall = time.perf_counter() - t0
+    out = []
+    for g, model in enumerate(models):
+        missing = model.load_state_dict(head.state_of(g, best_state[g]), strict=False)
+        if missing.unexpected_keys:
+            raise RuntimeError(f"stacked head state does not fit the network: {missing.unexpected_keys[:5]}")
+        hist = pd.DataFrame(histories[g])
+        best = hist.loc[hist["epoch"] == best_epoch[g]].iloc[0]
+        out.append(HeadResult(model, hist, best_epoch[g], float(best["val_accuracy"]), float(best["val_loss"]), wall))
+    return out
 
 
-__all__ = ["FLIPS", "TARGETS", "DamagedCacheError", "TrunkCache", "HeadResult", "build_cache", "train_head", "predict_cached",
+@torch.no_grad()
+def _stacked_predict(head: StackedHead, feats: Tensor, amp: str, batch_size: int = 256) -> list[np.ndarray]:
+    """Every network's softmax ``(N, 2)`` (float64), as :func:`predict_cached`: group 4 under
+    ``amp`` autocast, the classifier on its float32 cast."""
+    out: list[list[Tensor]] = [[] for _ in range(head.n)]
+    for s in range(0, len(feats), batch_size):
+        with autocast_for(feats.device, amp):
+            a = head(feats[s:s + batch_size])
+        for g, lg in enumerate(head.logits(a.float())):
+            out[g].append(torch.softmax(lg.double(), 1).cpu())
+    return [torch.cat(o).numpy() for o in out]
+
+
+__all__ = ["FLIPS", "TARGETS", "DamagedCacheError", "TrunkCache", "HeadResult", "build_cache", "train_head",
+           "train_heads", "StackedHead", "PER_NETWORK_FIELDS", "predict_cached",
            "group4_maps_cached", "trunk_forward", "group4_activation", "head_logits", "head_loss",
            "derangement"]

@@ -70,3 +70,25 @@ def test_gpu_table2_budget_exhausted_skips_and_keeps_json(tmp_path):
     doc = json.loads((tmp_path / "gpu_table2.json").read_text())
     assert doc["data"]["skipped"] == "budget"
     assert all(v["stages"] == {} for v in doc["variants"].values())
+
+
+def test_gpu_table2_rejects_unknown_variants(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_table2.py", "--out", str(tmp_path), "--tiny", "--device", "cpu",
+                           "--variants", "bf16,fp8"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2 and "--variants must be distinct names from ['bf16', 'fp32'], got 'bf16,fp8'" in proc.stderr
+    assert not (tmp_path / "gpu_table2.json").exists()
+
+
+def test_bench_heads_counts_fewer_operators_together(tmp_path):
+    """The beta-grid benchmark runs and finds what it is for: training six heads together
+    dispatches fewer operators per epoch than training them one by one."""
+    proc = subprocess.run([sys.executable, "benchmarks/bench_heads.py", "--repeats", "1", "--epochs", "1", "--n-train", "20",
+                           "--n-val", "6", "--archs", "small", "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "heads.json").read_text())
+    (r,) = doc["results"]
+    assert r["arch"] == "small" and r["heads"] == 6
+    assert r["aten_ops_per_epoch"]["together"] < r["aten_ops_per_epoch"]["one_by_one"]
+    assert (tmp_path / "heads.md").read_text().count("| small |") == 1

@@ -3,11 +3,13 @@ calibration gate, a tiny end-to-end instrument run (resumable, same numbers), th
 and the trunk gate's energy share computed by hand."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from mammo_lib.instrument import (BetaPoint, Condition, InstrumentData, _choose, beta_grid, calibration_gate,
+from mammo_lib.instrument import (BetaPoint, Condition, Instrument, InstrumentData, _choose, beta_grid, calibration_gate,
                                   gate_passes, run_instrument)
 from mammo_lib.model import build_model
 from mammo_lib.stand_in import SHAPES, energy_share, mass_cells, shape_task
@@ -103,10 +105,19 @@ def test_shape_task_balanced_and_deterministic():
     assert 0 < a.dots.mean() < 1
 
 
-@pytest.mark.parametrize("n,size", [(0, 64), (4, 16), (True, 64)])
-def test_shape_task_rejects(n, size):
+@pytest.mark.parametrize("n,size,workers", [(0, 64, 1), (4, 16, 1), (True, 64, 1), (4, 64, 0), (4, 64, 1.5)])
+def test_shape_task_rejects(n, size, workers):
     with pytest.raises(ValueError):
-        shape_task(n, size=size)
+        shape_task(n, size=size, workers=workers)
+
+
+def test_shape_task_same_images_with_worker_processes():
+    """Blocks of 64 images drawn in two processes: the same task as one process (image i depends on
+    (seed, i) only), across a block boundary."""
+    a, b = shape_task(70, size=32, seed=5), shape_task(70, size=32, seed=5, workers=2)
+    for x, y in ((a.images, b.images), (a.masks, b.masks), (a.labels, b.labels), (a.dots, b.dots)):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(shape_task(6, size=32, seed=5).images, a.images[:6])
 
 
 def _tiny_data(n=20, S=64):
@@ -151,6 +162,37 @@ def test_run_instrument_end_to_end_and_resume(tmp_path):
     # resume: same numbers, nothing retrained
     again = run_instrument(data, [cond], tmp_path, cfg, grid=grid, n_splits=2, seed=0, progress=False)
     pd.testing.assert_frame_equal(again.runs.drop(columns="wall_s"), res.runs.drop(columns="wall_s"))
+
+
+def test_interrupted_grid_retrains_the_group_and_writes_only_what_is_missing(tmp_path):
+    """A grid group interrupted after writing some of its runs: the next call trains the group
+    again (its runs' numbers depend on the group) and writes only the runs missing, with the same
+    numbers as before; a grid of other betas is another group and is trained afresh."""
+    data = _tiny_data()
+    cond = Condition("B", "test", train="r", tests={"in distribution": "r"}, primary="in distribution")
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, seed=0, augment=("hflip", "vflip"))
+    grid = [BetaPoint("paper", 0.0), BetaPoint("paper", 8.0), BetaPoint("at", 1000.0)]
+    inst = Instrument(data, [cond], tmp_path, cfg, grid=grid, n_splits=2, seed=0)
+    first = inst.unit(cond, "imagenet", 0)
+    assert first.trained == 3 + 2
+    runs = [inst.run_path(cond, "imagenet", 0, f"grid:{p.name}") / "result.json" for p in grid]
+    kept = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in runs[:2]}
+    def numbers(p):  # everything but the wall-clock time
+        d = json.loads(p.read_text())
+        d["row"].pop("wall_s")
+        return d
+
+    lost = numbers(runs[2])
+    runs[2].unlink()  # as if the process died before writing the last run of the group
+    again = inst.unit(cond, "imagenet", 0)
+    assert again.trained == 1 and numbers(runs[2]) == lost
+    for p, (b, t) in kept.items():
+        assert p.read_bytes() == b and p.stat().st_mtime_ns == t
+    assert json.loads(runs[0].read_text())["key"]["trained_with"] == ["grid:b0", "grid:b8", "grid:at1000"]
+    other = Instrument(data, [cond], tmp_path, cfg, grid=grid[:2], n_splits=2, seed=0).unit(cond, "imagenet", 0)
+    # b0 and b8 trained without at1000: new keys, trained; the controls (at the chosen beta 8, as
+    # before) do not depend on the grid and are read back
+    assert other.trained == 2 and other.choices[0]["control_beta"] == 8.0
 
 
 def test_run_instrument_folds_to_run(tmp_path):

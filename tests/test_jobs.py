@@ -44,7 +44,7 @@ PARTIAL_CASES = [
       ("ddsm_transfer", 0), ("ddsm_transfer", 1), ("mask_only", 0), ("mask_only", 1)]),
 ]
 # runs of one job in the smoke profile: 2 conditions x (grid b0, b8, at1000 + 2 controls), or x 1
-RUNS_PER_JOB = {"imagenet_transfer": 10, "imagenet_finetune": 2, "mask_only": 2}
+RUNS_PER_JOB = {"imagenet_transfer": 10, "imagenet_finetune": 6, "mask_only": 2}  # smoke: grid of 3 + 2 controls
 
 
 def _cfg(work: Path):

@@ -26,6 +26,8 @@ CONFIG_FAIL_CASES = [
     (dict(patience=0), ValueError, "patience"),
     (dict(trainable="group3"), ValueError, "trainable"),
     (dict(distance_form="l1"), ValueError, "distance_form"),
+    (dict(prefetch_threads=-1), ValueError, "prefetch_threads must be >= 0"),
+    (dict(prefetch_threads=1.5), TypeError, "prefetch_threads must be an int"),
 ]
 
 DATA_FAIL_CASES = [
@@ -328,3 +330,49 @@ def test_batches_never_leave_a_single_sample_batch(n, batch_size, expected_sizes
     chunks = _batches(n, batch_size, torch.Generator().manual_seed(0))
     assert [len(c) for c in chunks] == expected_sizes
     assert sorted(torch.cat(chunks).tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_prefetched_batches_give_the_same_training(threads):
+    """Batches assembled ahead in threads (rotation included) train to bit-identical weights."""
+    tr, va = _data(18, size=32), _data(6, size=32, seed=1, offset=100)
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-2, method="transfer", beta=4.0, seed=5,
+                      augment=("hflip", "vflip", "rotate"))
+    runs = [train_model(build_model("small", seed=2), tr, va, cfg.replace(prefetch_threads=t), progress=False)
+            for t in (0, threads)]
+    cols = ["train_loss", "train_ce", "train_d4", "val_loss", "val_accuracy"]
+    np.testing.assert_array_equal(runs[0].history[cols].to_numpy(), runs[1].history[cols].to_numpy())
+    for k, v in runs[0].model.state_dict().items():
+        assert torch.equal(v, runs[1].model.state_dict()[k]), k
+    assert "prefetch_threads" not in cfg.to_dict() and cfg.replace(prefetch_threads=2).to_dict()["prefetch_threads"] == 2
+
+
+def test_prefetch_threads_end_with_a_failed_step():
+    import threading
+
+    def boom(epoch, step, parts):
+        if step == 1:
+            raise RuntimeError("step failed")
+
+    with pytest.raises(RuntimeError, match="step failed"):
+        train_model(build_model("small", seed=0), _data(16), _data(4, seed=1, offset=50),
+                    TrainConfig(**FAST, prefetch_threads=2), on_step=boom, progress=False)
+    assert not [t for t in threading.enumerate() if t.name.startswith("mammo-kt-batches")]
+
+
+def test_resume_ignores_prefetch_threads(tmp_path):
+    """A run interrupted with one prefetch setting resumes with another (same numbers)."""
+    tr, va = _data(12), _data(4, seed=1, offset=50)
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, seed=1)
+    ref = train_model(build_model("small", seed=0), tr, va, cfg, progress=False)
+
+    def stop(epoch, step, parts):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(build_model("small", seed=0), tr, va, cfg, checkpoint_dir=tmp_path, on_step=stop, progress=False)
+    res = train_model(build_model("small", seed=0), tr, va, cfg.replace(prefetch_threads=2), checkpoint_dir=tmp_path,
+                      progress=False)
+    assert res.resumed_from == 1
+    np.testing.assert_array_equal(res.history["train_loss"].to_numpy(), ref.history["train_loss"].to_numpy())
