@@ -12,7 +12,7 @@ from mammo_lib.training import TrainConfig, _make_optimizer, epoch_generator
 from mammo_lib.trunk_cache import (StackedHead, _flip_codes, build_cache, group4_activation, head_logits, head_loss,
                                    train_head, train_heads)
 
-S = 64  # small DenseNet: 2x2 group-4 grid at 64 px
+from test_trunk_cache import S, data  # tiny ROIs and masks, small DenseNet: 2x2 group-4 grid at 64 px
 
 # name, what goes wrong, expected ValueError message
 JOINT_FAIL_CASES = [
@@ -25,16 +25,6 @@ JOINT_FAIL_CASES = [
     ("architectures differ", dict(archs=("small", "densenet121")), "need the same architecture"),
     ("heads differ", dict(heads=("gap", "flatten")), "need one head type"),
 ]
-
-
-def data(n=12, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.random((n, S, S), dtype=np.float32)
-    m = np.zeros((n, S, S), np.uint8)
-    for i in range(n):
-        r0, c0 = rng.integers(0, S - 24, 2)
-        m[i, r0:r0 + 20, c0:c0 + 16] = 1
-    return x, m, np.arange(n) % 2
 
 
 @pytest.fixture(scope="module")
