@@ -44,6 +44,7 @@ from .protocol import PER_FOLD_COLUMNS, PREDICTION_COLUMNS, CVResult, inner_spli
 from .activation import activation_distance
 from .config import code_digest
 from .metrics import classification_metrics
+from .model import _TRAINABLE_PREFIXES
 from .stand_in import energy_share
 from .io import save_torch, to_jsonable, write_json
 from .training import TrainConfig
@@ -315,11 +316,12 @@ class Instrument:
         tr, va, te = self.splits[k]
         names = [m[0] for m in members]
         dirs = [self.run_path(cond, init, k, run) for run in names]
+        cache_digest = _cache_digest(cache, tr)  # sums over the whole cache: once per group
         wants, keys = [], []
-        for (run, tcfg, target, _), d in zip(members, dirs):
+        for run, tcfg, target, _ in members:
             key = {"cfg": tcfg.to_dict(), "target": target, "condition": cond.name, "init": init, "fold": k,
                    "test": [data.ids[i] for i in te], "val": [data.ids[i] for i in va], "seed": self.seed,
-                   "shuffle_seed": self.shuffle_seed, "code": CODE, "cache": _cache_digest(cache, tr),
+                   "shuffle_seed": self.shuffle_seed, "code": CODE, "cache": cache_digest,
                    "trained_with": names}
             keys.append(key)
             wants.append(to_jsonable(key))
@@ -369,7 +371,7 @@ class Instrument:
                        **_metrics_row(probs[score_cond.primary], data.labels[te])}
                 pred = {name: p[:, 1].tolist() for name, p in probs.items()}
                 head = {k2: v for k2, v in res.model.state_dict().items()
-                        if k2.startswith(("features.denseblock4.", "features.norm5.", "classifier."))}
+                        if k2.startswith(_TRAINABLE_PREFIXES["group4+classifier"])}
                 save_torch(head, dirs[i] / "head.pt")
                 sv = {"key": keys[i], "row": row, "prob_malignant": pred}
                 write_json(dirs[i] / "result.json", sv)

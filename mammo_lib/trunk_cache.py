@@ -43,7 +43,7 @@ from .progress import tqdm
 from .records import DamagedCacheError
 from .activation import activation_distance, activation_map
 from .precision import autocast_for, backward_step, channels_last_while, grad_scaler, maybe_channels_last
-from .model import eval_mode, mask_to_model_input, on_device, to_model_input
+from .model import _TRAINABLE_PREFIXES, eval_mode, mask_to_model_input, on_device, to_model_input
 from .training import TORCH_LOAD_ERRORS, TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
 
 #: Flip codes of the cache: index 0 identity, 1 horizontal, 2 vertical, 3 both.
@@ -291,16 +291,23 @@ def head_loss(model: nn.Module, t: Tensor, y: Tensor, target_maps: Optional[Tens
     with autocast_for(t.device, cfg.amp):
         a = group4_activation(model, maybe_channels_last(t, cfg.channels_last, t.device))
         logits = head_logits(model, a)
-    a, logits = a.float(), logits.float()
-    ce = F.cross_entropy(logits, y, weight=weight)
+    total, ce, d = _eq5(logits.float(), a.float(), y, target_maps, cfg, weight)
     parts = {"ce": float(ce.detach())}
-    if target_maps is None:
-        parts["total"] = parts["ce"]
-        return ce, parts
-    d = activation_distance(target_maps, activation_map(a), form=cfg.distance_form).mean()
-    total = ce + (cfg.beta / 2.0) * d
-    parts.update(d4=float(d.detach()), total=float(total.detach()))
+    if d is not None:
+        parts["d4"] = float(d.detach())
+    parts["total"] = float(total.detach())
     return total, parts
+
+
+def _eq5(logits: Tensor, a: Tensor, y: Tensor, target_maps: Optional[Tensor], cfg: TrainConfig,
+         weight: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Eq. 5 from float32 logits and group-4 activation: ``(CE + (beta/2) d^4, CE, d^4)``, with
+    ``d^4`` (Eq. 4, mean over the batch) None when ``target_maps`` is None (CE only)."""
+    ce = F.cross_entropy(logits, y, weight=weight)
+    if target_maps is None:
+        return ce, ce, None
+    d = activation_distance(target_maps, activation_map(a), form=cfg.distance_form).mean()
+    return ce + (cfg.beta / 2.0) * d, ce, d
 
 
 def _stack_bn(bns: Sequence[nn.Module]) -> nn.BatchNorm2d:
@@ -374,7 +381,8 @@ class StackedHead(nn.Module):
         if len(heads) != 1:
             raise ValueError(f"networks trained together need one head type, got {sorted(heads)}")
         self.head = heads.pop()
-        shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items() if k.startswith(_HEAD_PREFIXES)} for m in models]
+        head = _TRAINABLE_PREFIXES["group4+classifier"]
+        shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items() if k.startswith(head)} for m in models]
         if any(sh != shapes[0] for sh in shapes[1:]):
             raise ValueError("networks trained together need the same architecture (group 4 and classifier differ)")
         self.n = len(models)
@@ -418,9 +426,6 @@ class StackedHead(nn.Module):
             name = ("features.denseblock4." + k[len("layers."):]) if k.startswith("layers.") else "features." + k
             out[name] = v.detach().clone() if v.ndim == 0 else v.detach().chunk(self.n, 0)[g].clone()
         return out
-
-
-_HEAD_PREFIXES = ("features.denseblock4.", "features.norm5.", "classifier.")
 
 
 def _check_head_cfg(cfg: TrainConfig, target: str) -> None:
@@ -534,16 +539,11 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
             a = a.float()
             losses, ces, ds = [], [], []
             for g in range(n_nets):
-                ce = F.cross_entropy(logits[g].float(), y, weight=weight)
-                loss = ce
-                if use_kt[g]:
-                    d = activation_distance(maps[targets[g]], activation_map(a[:, g]), form=cfgs[g].distance_form).mean()
-                    loss = ce + (cfgs[g].beta / 2.0) * d
-                    ds.append(d)
-                else:
-                    ds.append(torch.zeros_like(ce))
-                ces.append(ce)
+                loss, ce, d = _eq5(logits[g].float(), a[:, g], y, maps[targets[g]] if use_kt[g] else None,
+                                   cfgs[g], weight)
                 losses.append(loss)
+                ces.append(ce)
+                ds.append(torch.zeros_like(ce) if d is None else d)
             total = losses[0]
             for loss in losses[1:]:
                 total = total + loss
