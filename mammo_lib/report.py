@@ -73,7 +73,10 @@ def environment_info(device: str = "cpu") -> dict[str, Any]:
         dev = f"{device} ({torch.cuda.get_device_name(0)})"
     elif device == "cpu":
         dev = f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    from .numerics import describe
+
     return {"python": platform.python_version(), "platform": platform.platform(), "device": dev,
+            "numerics (CPU kernels; docs/DECISIONS.md)": describe(),
             "packages": pkgs, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
