@@ -359,6 +359,32 @@ def cluster_bootstrap_diff(correct_a: Any, correct_b: Any, clusters: Any, n_boot
             "n_clusters": k, "n_boot": int(n_boot), "seed": seed}
 
 
+def cohen_kappa(a: Any, b: Any) -> float:
+    """Cohen's kappa of two raters' labels of the same items (any hashable labels, any shape).
+
+    kappa = (p_o - p_e) / (1 - p_e), p_o = share of items with equal labels, p_e = sum over the
+    labels k of p_a(k) p_b(k) (agreement expected by chance from the two marginals). 1: perfect
+    agreement, 0: no better than chance, < 0: worse. NaN when p_e = 1 (both raters give one and
+    the same label to every item: agreement is then all chance). Raw agreement p_o ignores chance,
+    so the sanity table of the explanation (:mod:`mammo_lib.sanity`) reports both.
+    """
+    x = np.asarray(a)
+    y = np.asarray(b)
+    if x.shape != y.shape:
+        raise ValueError(f"cohen_kappa: the two label arrays must have one shape, got {x.shape} and {y.shape}")
+    if x.size == 0:
+        raise ValueError("cohen_kappa: no labels given")
+    x, y = x.ravel(), y.ravel()
+    p_o = float(np.mean(x == y))
+    cats, inv = np.unique(np.concatenate([x, y]), return_inverse=True)
+    ca = np.bincount(inv[:x.size], minlength=cats.size) / x.size
+    cb = np.bincount(inv[x.size:], minlength=cats.size) / x.size
+    p_e = float(ca @ cb)
+    if p_e >= 1.0:
+        return float("nan")
+    return (p_o - p_e) / (1.0 - p_e)
+
+
 def _spec_rows(df: pd.DataFrame, spec: str, what: str) -> pd.DataFrame:
     rows = df[df["spec"] == spec]
     if rows.empty:
@@ -422,5 +448,5 @@ def significance_table(cv_result: _CVLike, pairs: Iterable[tuple[str, str]], n_b
 
 __all__ = ["paired_tests", "mcnemar", "bootstrap_accuracy_diff", "compare", "significance_table",
            "wilcoxon_min_p", "paired_t", "corrected_resampled_t", "holm", "min_detectable_effect",
-           "trend_test", "cluster_bootstrap_diff"]
+           "trend_test", "cluster_bootstrap_diff", "cohen_kappa"]
 

@@ -353,3 +353,33 @@ def test_new_functions_reject(fn, args, kw, message):
     with pytest.raises(ValueError) as e:
         fn(*args, **kw)
     assert str(e.value) == message
+
+
+def test_cohen_kappa_by_hand():
+    from mammo_lib.stats import cohen_kappa
+    # 10 cells: a = 6 L / 4 B, b = 5 L / 5 B, agree on 4 L + 3 B = 7: p_o = 0.7,
+    # p_e = 0.6*0.5 + 0.4*0.5 = 0.5, kappa = (0.7 - 0.5) / 0.5 = 0.4
+    a = ["L"] * 6 + ["B"] * 4
+    b = ["L"] * 4 + ["B"] * 2 + ["B"] * 3 + ["L"]
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+    # 2-D grids are flattened; perfect agreement -> 1; swapped labels -> -1
+    g = np.array([["L", "B"], ["B", "L"]])
+    assert cohen_kappa(g, g) == 1.0
+    assert cohen_kappa(g, np.where(g == "L", "B", "L")) == -1.0
+    # high raw agreement, chance-level kappa: 9 of 10 cells L for both, disagree on the one B each:
+    # p_o = 0.8, p_e = 0.81 + 0.01 = 0.82, kappa = -0.02 / 0.18 = -1/9
+    a2 = ["L"] * 8 + ["B", "L"]
+    b2 = ["L"] * 8 + ["L", "B"]
+    assert cohen_kappa(a2, b2) == pytest.approx(-1 / 9)
+    assert math.isnan(cohen_kappa(["L"] * 3, ["L"] * 3))  # p_e = 1: undefined
+
+
+@pytest.mark.parametrize("a, b, message", [
+    (["L", "B"], ["L"], "cohen_kappa: the two label arrays must have one shape, got (2,) and (1,)"),
+    ([], [], "cohen_kappa: no labels given"),
+])
+def test_cohen_kappa_rejects(a, b, message):
+    from mammo_lib.stats import cohen_kappa
+    with pytest.raises(ValueError) as e:
+        cohen_kappa(a, b)
+    assert str(e.value) == message
