@@ -394,12 +394,21 @@ def _spec_rows(df: pd.DataFrame, spec: str, what: str) -> pd.DataFrame:
 
 
 def compare(cv_result: _CVLike, spec_a: str, spec_b: str, n_boot: int = 10000, seed: int = 0,
-            exact_mcnemar: bool = True) -> dict[str, Any]:
+            exact_mcnemar: bool = True, groups: Any = None) -> dict[str, Any]:
     """All significance tests of ``spec_a`` vs ``spec_b`` from a CV result.
 
     Fold-level tests (:func:`paired_tests`) pair ``per_fold.accuracy`` by fold; McNemar and
     the bootstrap use the pooled test predictions paired by ``case_id`` (each case is in
     exactly one test fold per spec). Differences are A - B.
+
+    Beside the plain paired t (the one comparable to the paper): the Nadeau-Bengio corrected t
+    over the J fold differences (:func:`corrected_resampled_t`; ``nb_t``, ``nb_t_p``) with
+    n_test = (cases predicted) / J and n_train = cases - n_test, and the minimum detectable
+    effect at 80 % power (:func:`min_detectable_effect` with the standard deviation of the fold
+    differences): ``mde`` for the corrected test (variance factor 1 + J n_test / n_train),
+    ``mde_plain`` for the plain one. ``groups`` (a mapping or Series ``case_id -> patient``) adds
+    the patient-cluster bootstrap (:func:`cluster_bootstrap_diff`; ``cluster_lo``,
+    ``cluster_hi``, ``n_clusters``).
     """
     pf = cv_result.per_fold
     fa = _spec_rows(pf, spec_a, "folds").set_index("fold")["accuracy"]
@@ -410,6 +419,7 @@ def compare(cv_result: _CVLike, spec_a: str, spec_b: str, n_boot: int = 10000, s
     folds = sorted(fa.index)
     out: dict[str, Any] = {"spec_a": spec_a, "spec_b": spec_b}
     out.update(paired_tests(fa.loc[folds].to_numpy(), fb.loc[folds].to_numpy()))
+    fold_diffs = fa.loc[folds].to_numpy(dtype=np.float64) - fb.loc[folds].to_numpy(dtype=np.float64)
 
     pr = cv_result.predictions
     pa = _spec_rows(pr, spec_a, "predictions")
@@ -433,13 +443,28 @@ def compare(cv_result: _CVLike, spec_a: str, spec_b: str, n_boot: int = 10000, s
                 "mcnemar_method": mc["method"], "pooled_acc_a": float(ca.mean()),
                 "pooled_acc_b": float(cb.mean()), "boot_diff": bs["diff"], "boot_lo": bs["lo"],
                 "boot_hi": bs["hi"], "boot_ci": bs["ci"], "boot_n": bs["n_boot"], "boot_seed": seed})
+    j = len(folds)
+    n_test = max(1, int(round(len(m) / j)))
+    n_train = max(1, len(m) - n_test)
+    nb = corrected_resampled_t(fold_diffs, n_train, n_test)
+    sd = float(np.std(fold_diffs, ddof=1))
+    out.update({"nb_t": nb["t"], "nb_t_p": nb["p"], "nb_n_train": n_train, "nb_n_test": n_test,
+                "mde": min_detectable_effect(sd, j, correction=1.0 + j * n_test / n_train),
+                "mde_plain": min_detectable_effect(sd, j)})
+    if groups is not None:
+        lookup = pd.Series(groups) if not isinstance(groups, pd.Series) else groups
+        clusters = m["case_id"].map(lookup)
+        if clusters.isna().any():
+            raise ValueError(f"groups has no patient for case {m['case_id'][clusters.isna()].iloc[0]!r}")
+        cl = cluster_bootstrap_diff(ca, cb, clusters.to_numpy(), n_boot=n_boot, seed=seed)
+        out.update({"cluster_lo": cl["lo"], "cluster_hi": cl["hi"], "n_clusters": cl["n_clusters"]})
     return out
 
 
 def significance_table(cv_result: _CVLike, pairs: Iterable[tuple[str, str]], n_boot: int = 10000,
-                       seed: int = 0, exact_mcnemar: bool = True) -> pd.DataFrame:
+                       seed: int = 0, exact_mcnemar: bool = True, groups: Any = None) -> pd.DataFrame:
     """One row of :func:`compare` per ``(spec_a, spec_b)`` pair, e.g. KT vs fine-tune."""
-    rows = [compare(cv_result, a, b, n_boot=n_boot, seed=seed, exact_mcnemar=exact_mcnemar)
+    rows = [compare(cv_result, a, b, n_boot=n_boot, seed=seed, exact_mcnemar=exact_mcnemar, groups=groups)
             for a, b in pairs]
     if not rows:
         raise ValueError("pairs is empty")

@@ -383,3 +383,28 @@ def test_cohen_kappa_rejects(a, b, message):
     with pytest.raises(ValueError) as e:
         cohen_kappa(a, b)
     assert str(e.value) == message
+
+
+def test_compare_adds_corrected_t_mde_and_cluster_ci():
+    # _CV: 3 folds of 2 test cases -> n_test 2, n_train 4; fold differences kt - ft = 0.5, 0, 1:
+    # mean 0.5, var 0.25; corrected variance factor 1/3 + 2/4 = 5/6 -> t = 0.5 / sqrt(0.25 * 5/6)
+    # = sqrt(6/5); df 2: p = 1 - t / sqrt(t^2 + 2)
+    r = compare(_CV(), "kt", "ft", n_boot=300)
+    t = math.sqrt(6 / 5)
+    assert (r["nb_n_train"], r["nb_n_test"]) == (4, 2)
+    assert r["nb_t"] == pytest.approx(t) and r["nb_t_p"] == pytest.approx(1 - t / math.sqrt(t * t + 2))
+    assert r["nb_t_p"] > r["t_p"]
+    # MDE: sd of the differences 0.5, J = 3, correction 1 + 3 * 2 / 4 = 2.5
+    assert r["mde_plain"] == pytest.approx(min_detectable_effect(0.5, 3))
+    assert r["mde"] == pytest.approx(math.sqrt(2.5) * r["mde_plain"])
+    assert "cluster_lo" not in r
+    # one patient per case: the cluster CI is the case bootstrap's
+    groups = {c: f"p_{c}" for c in "abcdef"}
+    rc = compare(_CV(), "kt", "ft", n_boot=300, groups=groups)
+    assert (rc["cluster_lo"], rc["cluster_hi"], rc["n_clusters"]) == (rc["boot_lo"], rc["boot_hi"], 6)
+    # all cases of one patient: no resampling variance
+    rone = significance_table(_CV(), [("kt", "ft")], n_boot=300, groups=pd.Series({c: "P" for c in "abcdef"}))
+    assert rone.loc[0, "cluster_lo"] == rone.loc[0, "cluster_hi"] == pytest.approx(0.5)
+    with pytest.raises(ValueError) as e:
+        compare(_CV(), "kt", "ft", n_boot=10, groups={"a": "P"})
+    assert str(e.value) == "groups has no patient for case 'f'"  # the first in kt's (reversed) order
