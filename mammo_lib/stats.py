@@ -15,6 +15,17 @@ the usual tests can give those numbers:
 plus a paired percentile bootstrap CI of the pooled accuracy difference
 (:func:`bootstrap_accuracy_diff`). :func:`compare` runs all of them on a
 :class:`mammo_lib.protocol.CVResult`.
+
+What those tests overstate, and the tools that say so (``docs/DECISIONS.md``):
+
+* cross-validation training sets overlap (75 % for 5 folds), so the fold differences are not
+  independent: :func:`corrected_resampled_t` (Nadeau & Bengio 2003) beside :func:`paired_t`; it
+  turns the paper's 0.0082 / 0.0069 into about 0.031 / 0.027;
+* with 5 folds "no effect" means "no effect larger than the test can see":
+  :func:`min_detectable_effect` (noncentral t, 80 % power);
+* masses are clustered in patients: :func:`cluster_bootstrap_diff`;
+* a table of many tests: :func:`holm`; a dose-response over beta (Eq. 4): :func:`trend_test`;
+* agreement of two label maps beyond chance (the explanation's baselines): :func:`cohen_kappa`.
 """
 from __future__ import annotations
 
