@@ -246,7 +246,10 @@ def holm(pvalues: Any) -> np.ndarray:
 
 
 def _t_power(delta: float, df: int, t_crit: float) -> float:
-    return float(sps.nct.sf(t_crit, df, delta) + sps.nct.cdf(-t_crit, df, delta))
+    """P(T' > t_crit) + P(T' < -t_crit) for T' ~ noncentral t(df, delta). The lower tail is taken
+    as P(-T' > t_crit) with -T' ~ t(df, -delta): ``scipy.stats.nct.cdf`` returns NaN far in that
+    tail (e.g. df 1, delta 8), ``nct.sf`` does not."""
+    return float(sps.nct.sf(t_crit, df, delta) + sps.nct.sf(t_crit, df, -delta))
 
 
 def min_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05, power: float = 0.8,
@@ -281,6 +284,8 @@ def min_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05, power: fl
         hi *= 2.0
     from scipy.optimize import brentq
     delta = float(brentq(lambda x: _t_power(x, df, t_crit) - power, 0.0, hi, xtol=1e-12, rtol=1e-12))
+    if not np.isfinite(delta):
+        raise ValueError(f"{fn}: no noncentrality reaches power {power} with n = {n}")
     return float(delta * float(sd_diff) * np.sqrt(correction / n))
 
 
