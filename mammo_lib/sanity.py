@@ -255,8 +255,8 @@ def explanation_sanity(model: nn.Module, rois: np.ndarray | Iterable[np.ndarray]
                        progress: bool = True, min_cover: float = 0.25, levels: int = 8,
                        window: int = 5, distance: int = 1, angle: float = 0.0,
                        mean: MeanForm = "paper", soft_percentile: float = DEFAULT_SOFT_PERCENTILE,
-                       initial_model: nn.Module | None = None, other_model: nn.Module | None = None
-                       ) -> pd.DataFrame:
+                       initial_model: nn.Module | None = None, other_model: nn.Module | None = None,
+                       baseline_rules: Sequence[str] | None = None) -> pd.DataFrame:
     """The sanity table of the Eq. 6 explanation: one row per ``background_rule``.
 
     For every ROI and rule, the Eq. 6 explanation (:func:`~mammo_lib.explain.explain_roi`, step-1
@@ -275,7 +275,8 @@ def explanation_sanity(model: nn.Module, rois: np.ndarray | Iterable[np.ndarray]
       ``initial_model`` (the network before group 4 was trained: the trunk-only read-out);
     - ``other_model_label_agreement`` / ``other_model_kappa``: against ``other_model`` (a second
       model trained on the same trunk, e.g. fine-tune beside knowledge transfer);
-      these four are NaN when the model is not given;
+      these four are NaN when the model is not given, and for rules outside ``baseline_rules``
+      (default: every rule; each baseline costs one Eq. 6 explanation per ROI and rule);
     - ``passes``: ``pixel_change_agreement <= PIXEL_CHANGE_AGREEMENT_MAX`` and
       ``random_net_label_agreement <= RANDOM_LABEL_AGREEMENT_MAX`` and ``mass_margin_minus_random > 0``;
     - ``default``: True for :data:`~mammo_lib.explain.DEFAULT_BACKGROUND_RULE` (``"soft"``) when it
@@ -315,6 +316,11 @@ def explanation_sanity(model: nn.Module, rois: np.ndarray | Iterable[np.ndarray]
         raise ValueError("no background rule given")
     if len(set(canon)) != len(canon):
         raise ValueError(f"rules repeat (after aliases): {canon}")
+    if isinstance(baseline_rules, str):
+        baseline_rules = (baseline_rules,)
+    with_baselines = set(canon) if baseline_rules is None else {canonical_background_rule(r) for r in baseline_rules}
+    if not with_baselines <= set(canon):
+        raise ValueError(f"baseline_rules {sorted(with_baselines - set(canon))} are not among the rules {canon}")
 
     random_model = randomize_group4(model, random_seed)
     per_rule: dict[str, list[dict[str, float]]] = {r: [] for r in canon}
@@ -327,7 +333,7 @@ def explanation_sanity(model: nn.Module, rois: np.ndarray | Iterable[np.ndarray]
         for m in [model] + [b for b in (initial_model, other_model) if b is not None]:
             stack.enter_context(on_device(m, device))
             stack.enter_context(preserve_mode(m))
-        _tabulate(model, baselines, roi_list, mask_list, canon, per_rule, labels, common, progress,
+        _tabulate(model, baselines, with_baselines, roi_list, mask_list, canon, per_rule, labels, common, progress,
                   min_cover, dict(levels=levels, window=window, distance=distance, angle=angle,
                                   mean=mean), soft_percentile)
 
@@ -360,7 +366,7 @@ def explanation_sanity(model: nn.Module, rois: np.ndarray | Iterable[np.ndarray]
     return table
 
 
-def _tabulate(model: nn.Module, baselines: dict[str, Any], roi_list: list[np.ndarray],
+def _tabulate(model: nn.Module, baselines: dict[str, Any], with_baselines: set[str], roi_list: list[np.ndarray],
               mask_list: list[np.ndarray], canon: list[str], per_rule: dict[str, list[dict[str, float]]],
               labels: dict[str, dict[str, list[np.ndarray]]], common: dict[str, Any], progress: bool,
               min_cover: float, glcm: dict[str, Any], soft_percentile: float) -> None:
@@ -375,7 +381,7 @@ def _tabulate(model: nn.Module, baselines: dict[str, Any], roi_list: list[np.nda
             labels[rule].setdefault("trained", []).append(np.asarray(e_t.cell_labels).ravel())
             e_r = explain_roi(baselines["randomised"], roi, lesion=lesion, background=background, **common)
             for which, m in baselines.items():
-                if m is None:
+                if m is None or (which != "randomised" and rule not in with_baselines):
                     continue
                 e_b = e_r if which == "randomised" else explain_roi(m, roi, lesion=lesion,
                                                                     background=background, **common)

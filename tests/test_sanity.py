@@ -393,3 +393,17 @@ def test_sanity_baseline_on_another_grid_is_rejected(small_model):
         explanation_sanity(small_model, ROIS[:1], _MASKS[:1], rules=("soft",), other_model=coarse, progress=False)
     assert str(e.value) == ("the other model's group-4 grid is 4x4, the trained model's 2x2: "
                             "not the same network")
+
+
+def test_sanity_baselines_only_for_the_given_rules(small_model):
+    other = randomize_group4(small_model, seed=2)
+    t = explanation_sanity(small_model, ROIS[:1], _MASKS[:1], rules=("soft", "otsu"), other_model=other,
+                           initial_model=small_model, baseline_rules=("soft",), progress=False)
+    soft, otsu = t.set_index("rule").loc["soft"], t.set_index("rule").loc["otsu"]
+    assert soft["trunk_label_agreement"] == 1.0 and not math.isnan(soft["other_model_label_agreement"])
+    for col in ("trunk_label_agreement", "trunk_kappa", "other_model_label_agreement", "other_model_kappa"):
+        assert math.isnan(otsu[col]), col
+    assert not math.isnan(otsu["random_net_label_agreement"])   # the randomisation check is never skipped
+    with pytest.raises(ValueError) as e:
+        explanation_sanity(small_model, ROIS[:1], _MASKS[:1], rules=("soft",), baseline_rules=("otsu",), progress=False)
+    assert str(e.value) == "baseline_rules ['otsu'] are not among the rules ['soft']"
