@@ -226,6 +226,47 @@ def pretrained_network(cfg: Config, *, progress: bool = True):
     return build_model(cfg["arch"], weights=t["weights"]), t["note"]
 
 
+def fig6_direction_sentence(summary: pd.DataFrame) -> str:
+    """One sentence comparing the direction of Fig. 6 with the paper's, from the ``fig6_summary``
+    table (columns ``group`` and ``50%``, the median of d^j per group j; Eq. 4).
+
+    The paper (Fig. 6 caption, Sec. 4.1) says the distance between the ROI's and the mask's
+    activation maps increases for subsequent groups. The sentence says whether our medians grow with
+    depth (the paper's direction), fall from the shallowest to the deepest group (opposite), or
+    neither, and gives the medians.
+
+    >>> t = pd.DataFrame({"group": [1, 2, 3, 4], "50%": [1.40, 1.41, 1.38, 0.99]})
+    >>> fig6_direction_sentence(t)[:46]
+    'Fig. 6 runs opposite to the paper: the paper s'
+
+    Raises:
+        ValueError: a missing column, fewer than 2 groups, a repeated group or a non-finite median.
+    """
+    missing = [c for c in ("group", "50%") if c not in summary.columns]
+    if missing:
+        raise ValueError(f"fig6_summary lacks column(s) {missing}; columns are {list(summary.columns)}")
+    if summary["group"].duplicated().any():
+        raise ValueError(f"fig6_summary repeats group {summary['group'][summary['group'].duplicated()].tolist()[0]!r}")
+    t = summary.sort_values("group")
+    if len(t) < 2:
+        raise ValueError(f"fig6_summary needs at least 2 groups to have a direction, got {len(t)}")
+    med = pd.to_numeric(t["50%"], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(med).all():
+        raise ValueError(f"fig6_summary: median (50%) of group {t['group'].tolist()[int(np.flatnonzero(~np.isfinite(med))[0])]!r} "
+                         f"is not a finite number")
+    groups = [int(g) for g in t["group"]]
+    listed = ", ".join(f"d^{g} {m:.2f}" for g, m in zip(groups, med))
+    shallow = ", ".join(f"d^{g}" for g in groups[:-1])
+    paper = "the paper shows the distance between ROI and mask activations growing with depth (Fig. 6 caption)"
+    if (np.diff(med) > 0).all():
+        return f"Fig. 6 runs in the paper's direction: the median distances grow with depth ({listed})."
+    if med[-1] < med[0]:
+        return (f"Fig. 6 runs opposite to the paper: {paper}; ours fall at depth, median {shallow} "
+                f"{med[:-1].min():.2f}-{med[:-1].max():.2f} against d^{groups[-1]} {med[-1]:.2f} ({listed}).")
+    return (f"Fig. 6 does not follow the paper's direction: {paper}; our medians do not grow steadily "
+            f"({listed}).")
+
+
 def step_distances(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Notebook 04: Eq. 4 distances d^j, j = 1..4, over the training set (Fig. 6) and the activation
     maps at several levels for one example (Fig. 4a)."""
@@ -244,6 +285,7 @@ def step_distances(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                .assign(network=used))
     rd = cfg.results_dir
     write_table(summary, "fig6_summary", rd)
+    write_text(rd / "tables" / "fig6_summary.notes.md", fig6_direction_sentence(summary) + "\n")
     fig6 = figures.fig6_distance_distribution(df)
     save_figure(fig6, "fig6_distances", rd)
     # Fig. 4(a): one example (the first malignant mass).
@@ -379,7 +421,6 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     from .glcm import glcm_feature_table
     from .knn import feature_correlation, knn_explain, penultimate_features
     from .protocol import make_folds
-    from .sanity import explanation_sanity
 
     ex = cfg.section("explain")
     ds = roi_sets(cfg, progress=progress)
@@ -394,19 +435,8 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     labels = t.labels
     chosen = [int(np.flatnonzero(labels == c)[0]) for c in (0, 1) if (labels == c).any()][: int(ex.get("n_cases", 2))]
     rd = cfg.results_dir
-    # The explanation's sanity checks decide its Background rule (docs/DECISIONS.md).
-    n_sanity = min(int(ex.get("n_sanity", ex.get("n_agreement", 40))), len(t))
-    sanity = explanation_sanity(model_kt, t.images[:n_sanity], t.masks[:n_sanity], random_seed=int(cfg["seed"]),
-                                batch_size=int(ex.get("batch_size", 33)), device=cfg["device"], progress=progress)
-    rule = str(sanity.attrs["chosen_rule"])
-    write_table(sanity, "explanation_sanity", rd)
-    if not sanity.attrs.get("any_passes", False):
-        write_text(rd / "tables" / "explanation_sanity.notes.md",
-                   f"**No Background rule passes the sanity checks** on these models: the Eq. 6 labels "
-                   f"are not shown to be evidence of what the model uses. `{rule}` is the least bad "
-                   f"and is used for the figures.\n")
-    else:
-        (rd / "tables" / "explanation_sanity.notes.md").unlink(missing_ok=True)
+    # The explanation's sanity table; the Background rule is the fixed default (docs/DECISIONS.md).
+    sanity, rule = explanation_sanity_step(cfg, t, model_kt, model_ft, progress=progress)
     timings = []
     cases = []
     figs: dict[str, Any] = {}  # name -> matplotlib Figure, also written as figures/<name>.png
@@ -464,6 +494,63 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     write_table(agreement, "explanation_agreement", rd)
     return {"timing": timing, "cases": cases, "correlation": corr, "agreement": agreement, "sanity": sanity,
             "rule": rule, "figures": figs}
+
+
+def initial_network(cfg: Config, spec: str):
+    """The network ``spec``'s runs start from (the pre-trained trunk, its group 4 not yet trained for
+    the task; the teacher of knowledge transfer), built as :func:`mammo_lib.table2.fold_model` builds
+    a run's model before loading its trained head."""
+    from .model import build_model
+
+    _, trunks = table2_run(cfg, progress=False)
+    init = "imagenet" if spec == "mask_only" else spec.split("_")[0]
+    return build_model(cfg["arch"], weights=trunks[init]["weights"], seed=int(cfg["seed"]),
+                       head=cfg.section("train").get("head", "gap"))
+
+
+def explanation_sanity_step(cfg: Config, test: Any, model_kt: Any, model_ft: Any, *,
+                            progress: bool = True) -> tuple[pd.DataFrame, str]:
+    """Notebook 08's sanity table of the Eq. 6 explanation (``tables/explanation_sanity``) over the
+    first ``explain.n_sanity`` test ROIs of fold 0: per Background rule the checks of
+    :func:`mammo_lib.sanity.explanation_sanity` on the DDSM knowledge-transfer model, with the
+    trunk-only read-out (its initial network, :func:`initial_network`) and the fine-tuned model of
+    the same fold and trunk as baselines (for the default rule only: each costs one explanation per
+    ROI and rule). Returns the table and the rule the figures use: the fixed
+    default :data:`mammo_lib.explain.DEFAULT_BACKGROUND_RULE` (``docs/DECISIONS.md``). Where no rule
+    passes, ``tables/explanation_sanity.notes.md`` says the explanation is not evidence."""
+    from .explain import DEFAULT_BACKGROUND_RULE
+    from .sanity import explanation_sanity
+
+    ex = cfg.section("explain")
+    rd = cfg.results_dir
+    n = min(int(ex.get("n_sanity", ex.get("n_agreement", 40))), len(test))
+    sanity = explanation_sanity(model_kt, test.images[:n], test.masks[:n], random_seed=int(cfg["seed"]),
+                                batch_size=int(ex.get("batch_size", 33)), device=cfg["device"], progress=progress,
+                                initial_model=initial_network(cfg, "ddsm_transfer"), other_model=model_ft,
+                                baseline_rules=(DEFAULT_BACKGROUND_RULE,))
+    rule = DEFAULT_BACKGROUND_RULE
+    write_table(sanity, "explanation_sanity", rd)
+    notes = rd / "tables" / "explanation_sanity.notes.md"
+    d = sanity[sanity["rule"] == rule]
+    base = ""
+    if len(d):
+        r = d.iloc[0]
+        base = (f" Baselines for `{rule}`: the trained model's labels agree {r['trunk_label_agreement']:.2f} "
+                f"(kappa {r['trunk_kappa']:.2f}) with its own initial network (group 4 not trained), "
+                f"{r['other_model_label_agreement']:.2f} (kappa {r['other_model_kappa']:.2f}) with the "
+                f"fine-tuned model on the same trunk, {r['random_net_label_agreement']:.2f} (kappa "
+                f"{r['random_net_kappa']:.2f}) with group 4 re-initialised.")
+    if not sanity.attrs.get("any_passes", False):
+        write_text(notes, f"**No Background rule passes the sanity checks** on these models, so the Eq. 6 "
+                          f"explanation is not evidence of what the model uses. The figures use "
+                          f"the default complementary split `{rule}`.{base}\n")
+    else:
+        passing = ", ".join(f"`{x}`" for x in sanity.loc[sanity["passes"], "rule"])
+        write_text(notes, f"Rules that pass the sanity checks: {passing}. The figures use the default "
+                          f"complementary split `{rule}`"
+                          + ("." if rule in set(sanity.loc[sanity["passes"], "rule"]) else
+                             ", which does not pass: its explanation is not evidence.") + f"{base}\n")
+    return sanity, rule
 
 
 def explanation_agreement(cfg: Config, test: Any, *, n: int = 40, background_rule: str | None = None) -> pd.DataFrame:

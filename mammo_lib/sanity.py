@@ -13,8 +13,21 @@ labels say little about the network:
   norm5) and the classifier; :func:`randomisation_check` compares the two explanations.
 
 :func:`mass_margin` measures whether *Lesion* cells lie on the mass (ground truth masks), and
-:func:`explanation_sanity` tabulates all of it per ``background_rule`` so that the default rule
-(:data:`mammo_lib.explain.DEFAULT_BACKGROUND_RULE`) is chosen by :func:`choose_default_rule`.
+:func:`explanation_sanity` tabulates all of it per ``background_rule``. Two baselines sit beside
+the trained model's labels, each as raw agreement and Cohen's kappa (:func:`mammo_lib.stats.cohen_kappa`;
+raw agreement ignores chance):
+
+- **trunk-only read-out**: Eq. 6 on the *initial* network (the pre-trained trunk with its own,
+  untrained-for-the-task group 4). Groups 1-3 are frozen and shared, so a high agreement says the
+  labels are set by the trunk, not by what group 4 learnt;
+- **between models**: Eq. 6 of a second model trained on the same trunk (fine-tune against
+  knowledge transfer). Agreement near the trunk-only one says the explanation cannot tell the two
+  training regimes apart.
+
+The default Background rule is the complementary ``"soft"`` split
+(:data:`mammo_lib.explain.DEFAULT_BACKGROUND_RULE`, ``docs/DECISIONS.md``), fixed in advance rather
+than picked from the table; :func:`choose_default_rule` names the rule the measurements favour
+(``table.attrs["best_rule"]``), and while no rule passes the explanation is not evidence.
 
 Quantus (Hedström et al.) is not used: its randomisation metrics (MPRT and relatives) expect a
 per-pixel attribution of the input's shape from an ``explain_func`` and randomise layers through
@@ -24,6 +37,7 @@ outweigh the few lines below.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Iterable, Sequence
@@ -36,11 +50,12 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .progress import tqdm
-from .explain import (DEFAULT_SOFT_PERCENTILE, Explanation, _split_roi,
+from .explain import (DEFAULT_BACKGROUND_RULE, DEFAULT_SOFT_PERCENTILE, Explanation, _split_roi,
                       canonical_background_rule, classify_cells, explain_roi, lesion_agreement,
                       window_grid)
 from .glcm import MeanForm, check_grey_image, glcm_variance_map
 from .model import on_device, preserve_mode
+from .stats import cohen_kappa
 
 #: ``passes`` needs ``pixel_change_agreement`` at most this (Eq. 6 labels must not be mostly
 #: "the replacement that changes fewer pixels").
@@ -55,9 +70,12 @@ GROUP4_PREFIXES = ("features.denseblock4", "features.norm5", "classifier")
 
 #: Columns of :func:`explanation_sanity`'s table, in order.
 SANITY_COLUMNS = ("rule", "n_rois", "pixel_change_agreement", "random_net_pixel_change_agreement",
-                  "random_net_label_agreement", "random_net_rank_correlation", "mass_margin_trained",
-                  "mass_margin_random", "mass_margin_minus_random", "lesion_fraction_trained",
-                  "lesion_fraction_random", "passes", "default")
+                  "random_net_label_agreement", "random_net_kappa", "random_net_rank_correlation",
+                  "mass_margin_trained", "mass_margin_random", "mass_margin_minus_random",
+                  "lesion_fraction_trained", "lesion_fraction_random", "trunk_label_agreement",
+                  "trunk_kappa", "other_model_label_agreement", "other_model_kappa", "passes", "default")
+#: Baseline columns (:func:`explanation_sanity`): label set compared with the trained model's.
+_BASELINES = {"random_net": "randomised", "trunk": "initial", "other_model": "other"}
 
 
 # --------------------------------------------------------------------------- pixel change
@@ -236,8 +254,9 @@ def explanation_sanity(model: nn.Module, rois: np.ndarray | Iterable[np.ndarray]
                        batch_size: int = 16, device: str | torch.device = "cpu",
                        progress: bool = True, min_cover: float = 0.25, levels: int = 8,
                        window: int = 5, distance: int = 1, angle: float = 0.0,
-                       mean: MeanForm = "paper", soft_percentile: float = DEFAULT_SOFT_PERCENTILE
-                       ) -> pd.DataFrame:
+                       mean: MeanForm = "paper", soft_percentile: float = DEFAULT_SOFT_PERCENTILE,
+                       initial_model: nn.Module | None = None, other_model: nn.Module | None = None,
+                       baseline_rules: Sequence[str] | None = None) -> pd.DataFrame:
     """The sanity table of the Eq. 6 explanation: one row per ``background_rule``.
 
     For every ROI and rule, the Eq. 6 explanation (:func:`~mammo_lib.explain.explain_roi`, step-1
@@ -248,15 +267,26 @@ def explanation_sanity(model: nn.Module, rois: np.ndarray | Iterable[np.ndarray]
     - ``pixel_change_agreement`` / ``random_net_pixel_change_agreement``: :func:`pixel_change_agreement`
       of the trained / randomised network;
     - ``random_net_label_agreement``, ``random_net_rank_correlation``: :func:`randomisation_check`;
+      ``random_net_kappa``: Cohen's kappa of the same two label sets;
     - ``mass_margin_trained``, ``mass_margin_random``, ``mass_margin_minus_random``: :func:`mass_margin`
       and their difference;
     - ``lesion_fraction_trained`` / ``_random``: share of *Lesion* cells;
+    - ``trunk_label_agreement`` / ``trunk_kappa``: the trained model's labels against those of
+      ``initial_model`` (the network before group 4 was trained: the trunk-only read-out);
+    - ``other_model_label_agreement`` / ``other_model_kappa``: against ``other_model`` (a second
+      model trained on the same trunk, e.g. fine-tune beside knowledge transfer);
+      these four are NaN when the model is not given, and for rules outside ``baseline_rules``
+      (default: every rule; each baseline costs one Eq. 6 explanation per ROI and rule);
     - ``passes``: ``pixel_change_agreement <= PIXEL_CHANGE_AGREEMENT_MAX`` and
       ``random_net_label_agreement <= RANDOM_LABEL_AGREEMENT_MAX`` and ``mass_margin_minus_random > 0``;
-    - ``default``: True for the rule :func:`choose_default_rule` picks (exactly one row).
+    - ``default``: True for :data:`~mammo_lib.explain.DEFAULT_BACKGROUND_RULE` (``"soft"``) when it
+      is among ``rules``, else for the rule :func:`choose_default_rule` picks (exactly one row).
 
-    ``table.attrs``: ``any_passes`` (False: no rule passed and ``default`` is only the least bad),
-    ``chosen_rule``, ``random_seed``, the thresholds. ``model``'s training flags are restored
+    Label agreements are means over the ROIs (equal cell counts, so the pooled share); kappas are
+    computed over all cells of all ROIs pooled (a single ROI's grid is often one label).
+    ``table.attrs``: ``any_passes`` (False: no rule passed: the explanation is not evidence),
+    ``chosen_rule`` (the ``default`` row's rule), ``best_rule`` (:func:`choose_default_rule`),
+    ``random_seed``, the thresholds. ``model``'s training flags are restored
     and it is not changed otherwise. The result does not depend on ``batch_size``.
 
     >>> from mammo_lib.model import build_model
@@ -267,7 +297,8 @@ def explanation_sanity(model: nn.Module, rois: np.ndarray | Iterable[np.ndarray]
     (['soft', 'otsu', 'subtract_clip'], 1)
 
     Raises:
-        ValueError: no ROI, ROI / mask counts or shapes differ, no or repeated rules, unknown rule.
+        ValueError: no ROI, ROI / mask counts or shapes differ, no or repeated rules, unknown rule,
+            or a baseline model whose group-4 grid differs from ``model``'s.
     """
     roi_list = [check_grey_image(np.asarray(r), "roi") for r in rois]
     mask_list = [np.asarray(m) for m in masks]
@@ -285,14 +316,24 @@ def explanation_sanity(model: nn.Module, rois: np.ndarray | Iterable[np.ndarray]
         raise ValueError("no background rule given")
     if len(set(canon)) != len(canon):
         raise ValueError(f"rules repeat (after aliases): {canon}")
+    if isinstance(baseline_rules, str):
+        baseline_rules = (baseline_rules,)
+    with_baselines = set(canon) if baseline_rules is None else {canonical_background_rule(r) for r in baseline_rules}
+    if not with_baselines <= set(canon):
+        raise ValueError(f"baseline_rules {sorted(with_baselines - set(canon))} are not among the rules {canon}")
 
     random_model = randomize_group4(model, random_seed)
     per_rule: dict[str, list[dict[str, float]]] = {r: [] for r in canon}
+    labels: dict[str, dict[str, list[np.ndarray]]] = {r: {} for r in canon}
     device = torch.device(device)
     common: dict[str, Any] = dict(batch_size=batch_size, device=device)
     random_model.to(device)
-    with on_device(model, device):  # once, not per explanation
-        _tabulate(model, random_model, roi_list, mask_list, canon, per_rule, common, progress,
+    baselines = {"randomised": random_model, "initial": initial_model, "other": other_model}
+    with contextlib.ExitStack() as stack:  # each model moved once, not per explanation
+        for m in [model] + [b for b in (initial_model, other_model) if b is not None]:
+            stack.enter_context(on_device(m, device))
+            stack.enter_context(preserve_mode(m))
+        _tabulate(model, baselines, with_baselines, roi_list, mask_list, canon, per_rule, labels, common, progress,
                   min_cover, dict(levels=levels, window=window, distance=distance, angle=angle,
                                   mean=mean), soft_percentile)
 
@@ -303,44 +344,62 @@ def explanation_sanity(model: nn.Module, rois: np.ndarray | Iterable[np.ndarray]
         for col in frame.columns:
             values = frame[col].to_numpy(dtype=float)
             row[col] = float(np.mean(values[~np.isnan(values)])) if (~np.isnan(values)).any() else float("nan")
+        trained = np.concatenate(labels[rule]["trained"])
+        for prefix, which in _BASELINES.items():
+            if which in labels[rule]:
+                other = np.concatenate(labels[rule][which])
+                row[f"{prefix}_label_agreement"] = float(np.mean(trained == other))
+                row[f"{prefix}_kappa"] = cohen_kappa(trained, other)
+            else:
+                row[f"{prefix}_label_agreement"] = row[f"{prefix}_kappa"] = float("nan")
         rows.append(row)
     table = pd.DataFrame(rows)
     table["passes"] = _passes(table)
-    chosen = choose_default_rule(table)
+    best = choose_default_rule(table)
+    chosen = DEFAULT_BACKGROUND_RULE if DEFAULT_BACKGROUND_RULE in canon else best
     table["default"] = table["rule"] == chosen
     table = table[list(SANITY_COLUMNS)]
-    table.attrs.update(any_passes=bool(table["passes"].any()), chosen_rule=chosen,
+    table.attrs.update(any_passes=bool(table["passes"].any()), chosen_rule=chosen, best_rule=best,
                        random_seed=int(random_seed),
                        pixel_change_agreement_max=PIXEL_CHANGE_AGREEMENT_MAX,
                        random_label_agreement_max=RANDOM_LABEL_AGREEMENT_MAX)
     return table
 
 
-def _tabulate(model: nn.Module, random_model: nn.Module, roi_list: list[np.ndarray],
+def _tabulate(model: nn.Module, baselines: dict[str, Any], with_baselines: set[str], roi_list: list[np.ndarray],
               mask_list: list[np.ndarray], canon: list[str], per_rule: dict[str, list[dict[str, float]]],
-              common: dict[str, Any], progress: bool, min_cover: float, glcm: dict[str, Any],
-              soft_percentile: float) -> None:
-    """The per-ROI rows of :func:`explanation_sanity` (appended to ``per_rule``)."""
-    with preserve_mode(model):
-        for roi, mask in tqdm(list(zip(roi_list, mask_list)), desc="explanation sanity",
-                              disable=not progress):
-            variance = glcm_variance_map(roi, **glcm)
-            for rule in canon:
-                lesion, background = _split_roi(roi, variance, rule, soft_percentile)
-                e_t = explain_roi(model, roi, lesion=lesion, background=background, **common)
-                e_r = explain_roi(random_model, roi, lesion=lesion, background=background, **common)
-                check = randomisation_check(e_t, e_r)
-                m_t, m_r = mass_margin(e_t, mask, min_cover), mass_margin(e_r, mask, min_cover)
-                per_rule[rule].append({
-                    "pixel_change_agreement": e_t.sanity["pixel_change_agreement"],
-                    "random_net_pixel_change_agreement": e_r.sanity["pixel_change_agreement"],
-                    "random_net_label_agreement": check["label_agreement"],
-                    "random_net_rank_correlation": check["rank_correlation"],
-                    "mass_margin_trained": m_t, "mass_margin_random": m_r,
-                    "mass_margin_minus_random": m_t - m_r,
-                    "lesion_fraction_trained": e_t.lesion_fraction,
-                    "lesion_fraction_random": e_r.lesion_fraction,
-                })
+              labels: dict[str, dict[str, list[np.ndarray]]], common: dict[str, Any], progress: bool,
+              min_cover: float, glcm: dict[str, Any], soft_percentile: float) -> None:
+    """The per-ROI rows of :func:`explanation_sanity` (appended to ``per_rule``) and the cell
+    labels of the trained model and of each given baseline model (appended to ``labels``)."""
+    for roi, mask in tqdm(list(zip(roi_list, mask_list)), desc="explanation sanity",
+                          disable=not progress):
+        variance = glcm_variance_map(roi, **glcm)
+        for rule in canon:
+            lesion, background = _split_roi(roi, variance, rule, soft_percentile)
+            e_t = explain_roi(model, roi, lesion=lesion, background=background, **common)
+            labels[rule].setdefault("trained", []).append(np.asarray(e_t.cell_labels).ravel())
+            e_r = explain_roi(baselines["randomised"], roi, lesion=lesion, background=background, **common)
+            for which, m in baselines.items():
+                if m is None or (which != "randomised" and rule not in with_baselines):
+                    continue
+                e_b = e_r if which == "randomised" else explain_roi(m, roi, lesion=lesion,
+                                                                    background=background, **common)
+                if e_b.grid != e_t.grid:
+                    raise ValueError(f"the {which} model's group-4 grid is {e_b.grid}x{e_b.grid}, the "
+                                     f"trained model's {e_t.grid}x{e_t.grid}: not the same network")
+                labels[rule].setdefault(which, []).append(np.asarray(e_b.cell_labels).ravel())
+            check = randomisation_check(e_t, e_r)
+            m_t, m_r = mass_margin(e_t, mask, min_cover), mass_margin(e_r, mask, min_cover)
+            per_rule[rule].append({
+                "pixel_change_agreement": e_t.sanity["pixel_change_agreement"],
+                "random_net_pixel_change_agreement": e_r.sanity["pixel_change_agreement"],
+                "random_net_rank_correlation": check["rank_correlation"],
+                "mass_margin_trained": m_t, "mass_margin_random": m_r,
+                "mass_margin_minus_random": m_t - m_r,
+                "lesion_fraction_trained": e_t.lesion_fraction,
+                "lesion_fraction_random": e_r.lesion_fraction,
+            })
 
 
 def _passes(table: pd.DataFrame) -> pd.Series:
@@ -351,7 +410,10 @@ def _passes(table: pd.DataFrame) -> pd.Series:
 
 
 def choose_default_rule(table: pd.DataFrame) -> str:
-    """The rule to make :data:`~mammo_lib.explain.DEFAULT_BACKGROUND_RULE`, from a sanity table.
+    """The rule the sanity measurements favour (``table.attrs["best_rule"]``), from a sanity table.
+
+    It is reported, not adopted: the default stays :data:`~mammo_lib.explain.DEFAULT_BACKGROUND_RULE`
+    (the complementary ``"soft"`` split, ``docs/DECISIONS.md``).
 
     Among the rows that pass (column ``passes``, computed from the thresholds when absent), the
     one with the lowest ``pixel_change_agreement``, ties broken by the highest

@@ -34,12 +34,14 @@ from mammo_lib import pipeline
 cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
 
 # %% [markdown]
-# ## Step 1: sanity checks decide the Background rule
+# ## Step 1: sanity checks of the explanation
 #
 # Before any figure: does the explanation depend on the model? It is compared with a predictor that
-# only counts changed pixels, with the same explanation on a network whose group 4 is re-initialised
-# (Adebayo et al. 2018), and on how much more its Lesion label follows the mass than a random
-# network's does. The rule that does best is used below (`docs/DECISIONS.md`: the Background image).
+# only counts changed pixels, with a network whose group 4 is re-initialised (Adebayo et al. 2018),
+# with the frozen trunk alone and with the fine-tuned model (raw agreement and Cohen's kappa), and on
+# how much more its Lesion label follows the mass than a random network's. The figures use the
+# complementary `soft` split, fixed in advance; while no rule passes, the explanation is not
+# evidence (`docs/DECISIONS.md`: the Background image).
 
 # %%
 out = pipeline.step_interpretability(cfg, progress=progress)

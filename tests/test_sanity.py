@@ -336,3 +336,74 @@ def test_explanation_sanity_bad_input(small_model, name, call, exc, match):
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def test_default_rule_is_the_complementary_soft_split():
+    """Code default, module docstring and docs/DECISIONS.md name the same rule."""
+    from pathlib import Path
+
+    assert explain_module.DEFAULT_BACKGROUND_RULE == "soft"
+    assert explain_module.canonical_background_rule(None) == "soft"
+    assert '``"soft"`` (the default)' in explain_module.lesion_background.__doc__
+    decisions = (Path(__file__).resolve().parents[1] / "docs" / "DECISIONS.md").read_text()
+    assert "`explain.DEFAULT_BACKGROUND_RULE` = `soft`" in decisions
+    assert "- `soft` (default)" in decisions
+
+
+def test_sanity_baselines_trunk_and_other_model():
+    """trunk_* / other_model_* are the raw agreement and Cohen's kappa of the trained model's cell
+    labels with those of the given model, pooled over ROIs; NaN when no model is given."""
+    from mammo_lib.stats import cohen_kappa
+
+    trained = _perturbed_small_model()
+    initial = build_model("small", seed=0)           # the same network before the perturbation
+    other = randomize_group4(trained, seed=5)
+    rules = ("soft",)
+    t = explanation_sanity(trained, ROIS, _MASKS, rules=rules, initial_model=initial, other_model=other,
+                           progress=False)
+    assert list(t.columns) == list(SANITY_COLUMNS)
+    assert t["default"].tolist() == [True] and t.attrs["chosen_rule"] == "soft"
+    lab = {name: np.concatenate([np.asarray(explain_module.explain_roi(m, r, background_rule="soft").cell_labels).ravel()
+                                 for r in ROIS])
+           for name, m in (("trained", trained), ("initial", initial), ("other", other))}
+    for prefix, name in (("trunk", "initial"), ("other_model", "other")):
+        assert t[f"{prefix}_label_agreement"].item() == pytest.approx(np.mean(lab["trained"] == lab[name]))
+        assert t[f"{prefix}_kappa"].item() == pytest.approx(cohen_kappa(lab["trained"], lab[name]), nan_ok=True)
+    # the trained model against itself: agreement 1; no baseline given: NaN
+    t_self = explanation_sanity(trained, ROIS[:1], _MASKS[:1], rules=rules, initial_model=trained, progress=False)
+    assert t_self["trunk_label_agreement"].item() == 1.0
+    assert math.isnan(t_self["other_model_label_agreement"].item()) and math.isnan(t_self["other_model_kappa"].item())
+
+
+def test_sanity_default_row_is_soft_and_best_rule_reported(small_model):
+    t = explanation_sanity(small_model, ROIS[:1], _MASKS[:1], progress=False)
+    assert t.loc[t["default"], "rule"].item() == "soft" == t.attrs["chosen_rule"]
+    assert t.attrs["best_rule"] == choose_default_rule(t)
+
+
+def test_sanity_baseline_on_another_grid_is_rejected(small_model):
+    import copy
+
+    coarse = copy.deepcopy(small_model)
+    coarse.features.transition3.pool = nn.Identity()   # group-4 grid 4x4 instead of 2x2 at 64 px
+    with pytest.raises(ValueError) as e:
+        explanation_sanity(small_model, ROIS[:1], _MASKS[:1], rules=("soft",), other_model=coarse, progress=False)
+    assert str(e.value) == ("the other model's group-4 grid is 4x4, the trained model's 2x2: "
+                            "not the same network")
+
+
+def test_sanity_baselines_only_for_the_given_rules(small_model):
+    other = randomize_group4(small_model, seed=2)
+    t = explanation_sanity(small_model, ROIS[:1], _MASKS[:1], rules=("soft", "otsu"), other_model=other,
+                           initial_model=small_model, baseline_rules=("soft",), progress=False)
+    soft, otsu = t.set_index("rule").loc["soft"], t.set_index("rule").loc["otsu"]
+    assert soft["trunk_label_agreement"] == 1.0 and not math.isnan(soft["other_model_label_agreement"])
+    for col in ("trunk_label_agreement", "trunk_kappa", "other_model_label_agreement", "other_model_kappa"):
+        assert math.isnan(otsu[col]), col
+    assert not math.isnan(otsu["random_net_label_agreement"])   # the randomisation check is never skipped
+    with pytest.raises(ValueError) as e:
+        explanation_sanity(small_model, ROIS[:1], _MASKS[:1], rules=("soft",), baseline_rules=("otsu",), progress=False)
+    assert str(e.value) == "baseline_rules ['otsu'] are not among the rules ['soft']"
