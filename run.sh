@@ -44,7 +44,7 @@ case "$cmd" in
     ;;
   *)
     echo "usage: bash run.sh reproduce [--profile demo|smoke|full] [--data-root DIR]" >&2
-    echo "         [--device cpu|cuda] [--force | --fresh] [--only NN ...] [--no-progress]" >&2
+    echo "        [--device cpu|cuda] [--force | --fresh] [--only NN ...] [--no-progress]" >&2
     echo "         --fresh  delete the profile's caches and results, recompute everything" >&2
     echo "                  (this reproduces the committed results/)" >&2
     echo "         --force  rerun every notebook, over the caches" >&2
