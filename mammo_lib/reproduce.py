@@ -107,6 +107,8 @@ class BarState:
 
 
 _BAR = re.compile(r"(?P<n>\d+)/(?P<total>\d+|\?)\s*\[(?P<elapsed>[\d:]+)<(?P<remaining>[\d:]+|\?)")
+#: Terminal control sequences (nested tqdm bars move the cursor up with ``ESC [A``): never echoed.
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def _clock(text: str) -> float:
@@ -164,7 +166,7 @@ class BarLog:
         from .progress import END_MARK
 
         for part in text.replace("\r", "\n").split("\n"):
-            part = part.strip()
+            part = _ESCAPES.sub("", part).strip()
             if not part:
                 continue
             if part.startswith(END_MARK.strip()):

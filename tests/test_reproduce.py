@@ -125,6 +125,8 @@ def test_bar_log_latest_state_per_bar_and_end_marks():
     log.feed(f"\n{END_MARK}epochs\n", now=104.0)               # early-stopped: no longer running
     assert log.lefts(now=104.0) == [36.0]
     assert log.last == "epochs: 4/10 [00:04<00:06, 1.0s/it]"  # the end mark is not a status
+    log.feed("\n\rtrain (finetune): 0/1 [00:00<?, ?it/s]\x1b[A", now=105.0)   # a nested bar's cursor-up
+    assert log.last == "train (finetune): 0/1 [00:00<?, ?it/s]"
 
 
 def test_bar_log_reads_the_file_incrementally(tmp_path: Path):
