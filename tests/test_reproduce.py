@@ -236,3 +236,21 @@ def test_fresh_after_force_is_estimated_from_the_fresh_record(project: Path, mon
     assert "last fresh run 10:00" in out and "all ~10:00" in out and "last cached" not in out
     rec = json.loads((results / "timings.json").read_text())
     assert rec["fresh"]["notebooks"]["01_first"] < 600.0 and "last complete run" in rec["fresh"]
+
+
+def test_report_records_fresh_and_cached_times_apart(tmp_path: Path):
+    """--force after --fresh: the provenance keeps the fresh total and lists both kinds."""
+    from mammo_lib.config import load_config
+    from mammo_lib.report import write_report
+
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")
+    cfg = load_config("smoke", {}, root=tmp_path, honour_env=False)
+    rp.record_time(cfg.results_dir, "fresh", "01_a", 300.0)
+    rp.record_run(cfg.results_dir, "fresh", 560.0, load_start=1.0, load_end=1.2)
+    rp.record_time(cfg.results_dir, "cached", "01_a", 60.0)
+    rp.record_run(cfg.results_dir, "cached", 159.0, load_start=1.0, load_end=1.0)
+    write_report(cfg)
+    prov = json.loads((cfg.results_dir / "provenance.json").read_text())
+    assert prov["total wall time, last complete fresh run (s)"] == 560.0
+    assert prov["wall time per notebook, fresh run (s)"] == {"01_a": 300.0}
+    assert prov["wall time per notebook, cached run (s)"] == {"01_a": 60.0}
