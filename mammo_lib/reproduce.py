@@ -290,7 +290,8 @@ def _notebook_times(record: Mapping[str, Any], kind: str) -> dict[str, float]:
     return {k: float(v) for k, v in got.items() if isinstance(v, (int, float))}
 
 
-def expected_times(kind: str, *records: Mapping[str, Any], legacy: Optional[Mapping[str, Any]] = None) -> dict[str, float]:
+def expected_times(kind: str, *records: Mapping[str, Any],
+                   legacy: Optional[Mapping[str, Any]] = None) -> dict[str, float]:
     """Seconds per notebook to expect in a run of ``kind``: per notebook, the first record that
     has a time of that kind; a cached run falls back on fresh times (an upper bound), never the
     other way (a fresh run estimated from a cached one would promise a third of its time).
@@ -341,7 +342,8 @@ def _load() -> Optional[float]:
         return None
 
 
-def record_time(results_dir: Path, kind: str, notebook: str, seconds: float, *, load: Optional[float] = None) -> dict[str, Any]:
+def record_time(results_dir: Path, kind: str, notebook: str, seconds: float, *,
+                load: Optional[float] = None) -> dict[str, Any]:
     """Record one notebook's wall time under ``kind`` (its other kind is left alone: a cached run
     never overwrites a fresh time). Returns the record written."""
     if kind not in RUN_KINDS:
