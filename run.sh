@@ -44,7 +44,11 @@ case "$cmd" in
     "$VENV/bin/python" -m mammo_lib.fingerprint --check runs/smoke/results results/smoke
     ;;
   *)
-    echo "usage: bash run.sh reproduce [--profile demo|smoke|full] [--data-root DIR] [--device cpu|cuda] [--force]" >&2
+    echo "usage: bash run.sh reproduce [--profile demo|smoke|full] [--data-root DIR]" >&2
+    echo "        [--device cpu|cuda] [--force | --fresh] [--only NN ...] [--no-progress]" >&2
+    echo "         --fresh  delete the profile's caches and results, recompute everything" >&2
+    echo "                  (this reproduces the committed results/)" >&2
+    echo "         --force  rerun every notebook, over the caches" >&2
     echo "       bash run.sh test" >&2
     exit 2
     ;;

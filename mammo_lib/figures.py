@@ -185,13 +185,25 @@ def _grid_lines(ax: Axes, size: int, grid: int, colour: str = "white") -> None:
 
 def _wrap(text: str, fig: Figure, fontsize: float) -> str:
     """``text`` wrapped to the figure's width (about 0.55 em per character)."""
-    width = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
-    return "\n".join(textwrap.fill(line, width) for line in str(text).splitlines() or [""])
+    return _wrap_inches(text, fig.get_figwidth(), fontsize, em=0.55)
+
+
+def _wrap_inches(text: str, inches: float, fontsize: float, em: float = 0.6) -> str:
+    """``text`` wrapped to ``inches`` at ``fontsize`` (``em`` em per character), breaking at
+    spaces only (never inside a hyphenated word)."""
+    width = max(12, int(inches * 72 / (em * fontsize)))
+    return "\n".join(textwrap.fill(line, width, break_on_hyphens=False) for line in str(text).splitlines() or [""])
 
 
 def _prediction_text(explanation: Any) -> str:
+    """``predicted: <class> (probability 0.888)``: the model's softmax probability of the class it
+    predicts (not a p-value)."""
     p = float(np.asarray(explanation.probabilities)[int(explanation.prediction)])
-    return f"predicted: {explanation.predicted_label} (p = {p:.3f})"
+    return f"predicted: {explanation.predicted_label} (probability {p:.3f})"
+
+
+#: What the numbers in the Eq. 6 cells mean (``Explanation.plot`` writes ``L .. / B ..`` in each).
+CELL_TEXT_KEY = "cell text: L = dis$^L$, B = dis$^B$ (Eq. 6); Lesion where L < B"
 
 
 def _label_name(label: Any) -> str:
@@ -310,9 +322,9 @@ def confusion_matrices(cms: Mapping[str, np.ndarray], *, title: Optional[str] = 
                     xticklabels=list(class_names), yticklabels=list(class_names), vmin=0)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{name}\naccuracy {acc:.1%} (n = {n})", fontsize=9)
+        ax.set_title(f"{_wrap_inches(name, 3.0, 9)}\naccuracy {acc:.1%} (n = {n})", fontsize=9)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(_wrap(title, fig, 12))
     return fig
 
 
@@ -322,7 +334,9 @@ def dose_response(dose: pd.DataFrame) -> Figure:
     One row of panels per condition: test accuracy on every rendering, the predictions flipped by
     the confounder change, the group-4 distance d^4 to the target (Eq. 4) and the energy share on
     the mass, against beta (symlog axis; beta 0 is fine-tuning; the attention-transfer form at
-    beta 1000 is drawn as a separate marker). One line per initialisation.
+    beta 1000 is drawn as a separate marker). One line per initialisation. One legend below the
+    panels (colour = initialisation, line style = test rendering, star = reference form), so no
+    legend sits over a curve.
     """
     need = {"condition", "init", "form", "beta"}
     if not need <= set(dose.columns):
@@ -336,6 +350,9 @@ def dose_response(dose: pd.DataFrame) -> Figure:
     styles = ["-", "--", ":", "-."]
     markers = {"imagenet": "o", "ddsm": "s"}
     colours = {"imagenet": "tab:blue", "ddsm": "tab:orange"}
+    renderings = [c.removeprefix("acc ") for c in acc_cols if dose[c].notna().any()]
+    style_of = {name: styles[k % len(styles)] for k, name in enumerate(renderings)}
+    inits_drawn: dict[str, str] = {}
     for r, cond in enumerate(conds):
         d = dose[dose["condition"] == cond]
         for c, (title, cols) in enumerate(panels):
@@ -343,21 +360,26 @@ def dose_response(dose: pd.DataFrame) -> Figure:
             for init, g in d.groupby("init", sort=False):
                 paper_f = g[g["form"] == "paper"].sort_values("beta")
                 at = g[g["form"] == "at"]
-                for k, col in enumerate(x for x in cols if x in g and g[x].notna().any()):
-                    label = f"{init}: {col.removeprefix('acc ')}" if len(cols) > 1 else str(init)
-                    line = ax.plot(paper_f["beta"], paper_f[col], styles[k % len(styles)],
+                for col in (x for x in cols if x in g and g[x].notna().any()):
+                    rendering = col.removeprefix("acc ")
+                    label = f"{init}: {rendering}" if len(cols) > 1 else str(init)
+                    line = ax.plot(paper_f["beta"], paper_f[col], style_of.get(rendering, "-"),
                                    marker=markers.get(str(init), "o"), ms=4, label=label,
                                    color=colours.get(str(init)))[0]
+                    inits_drawn.setdefault(str(init), line.get_color())
                     if len(at):
-                        ax.plot(at["beta"], at[col], marker="*", ms=9, ls="none", color=line.get_color())
+                        ax.plot(at["beta"], at[col], marker="*", ms=9, ls="none", color=line.get_color(),
+                                label=f"{label} (reference form)")
             ax.set_xscale("symlog", linthresh=1.0)
             ax.set_xlabel("beta (Eq. 5; * = reference form at 1000)")
             ax.set_title(f"condition {cond}: {title}", fontsize=9)
             ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=6, loc="best")
-            else:
+            if not ax.lines:
                 ax.text(0.5, 0.5, "not measured here", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    handles = [Line2D([], [], color=c, marker=markers.get(i, "o"), ms=4, label=i) for i, c in inits_drawn.items()]
+    handles += [Line2D([], [], color="0.3", ls=style_of[name], label=f"test: {name}") for name in renderings]
+    handles.append(Line2D([], [], color="0.3", marker="*", ms=9, ls="none", label="reference form (beta 1000)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.suptitle("Knowledge transfer dose-response (means over the outer folds; colour = initialisation, "
                  "line style = test rendering)", fontsize=11)
     return fig
@@ -373,10 +395,11 @@ FIG5_FONTSIZES = {"panel": 9, "step": 10, "figure": 11}
 def fig5_lesion_background(roi: np.ndarray, lesion: np.ndarray, background: np.ndarray,
                            explanation: Any = None, mask: Optional[np.ndarray] = None, *,
                            true_label: Optional[str] = None,
-                           background_rule: Optional[str] = None) -> Figure:
-    """Fig. 5 (steps 1 and 3 of Sec. 4.2, Eq. 1-2, Eq. 6): the ROI, its *Lesion* and *Background*
-    images and, if an :class:`~mammo_lib.explain.Explanation` is given, its map and cells
-    (``explanation.plot``).
+                           background_rule: Optional[str] = None, model: Optional[str] = None) -> Figure:
+    """Fig. 5 (Sec. 4.2, Eq. 1-2, Eq. 6): step 1, the ROI, its *Lesion* and *Background* images
+    and, if an :class:`~mammo_lib.explain.Explanation` is given, steps 2-3 as their result: its map
+    and cells (``explanation.plot``; each cell says ``L`` = dis^L and ``B`` = dis^B, as the
+    figure's key under that title explains; step 2, the replaced windows, is drawn in Fig. 9).
 
     The three images share one grey scale (the joint min and max of the three) with one
     colourbar, so that the complementary rules (``ROI = Lesion + Background``,
@@ -390,6 +413,7 @@ def fig5_lesion_background(roi: np.ndarray, lesion: np.ndarray, background: np.n
         mask: optional binary mass mask, outlined on every panel.
         true_label: the ROI's true class name, for the title.
         background_rule: the rule that made ``lesion`` / ``background``, for the title.
+        model: the explained model (e.g. "DDSM-initialised knowledge-transfer model, fold 0"), for the title.
     """
     rule = background_rule
     if rule is None and explanation is not None:
@@ -428,15 +452,15 @@ def fig5_lesion_background(roi: np.ndarray, lesion: np.ndarray, background: np.n
                       fontsize=FIG5_FONTSIZES["step"])
         cell_axes = right.subplots(1, 2)
         explanation.plot(r, mask=None if m is None else m.astype(np.uint8), axes=cell_axes)
-        right.suptitle("step 3: Eq. 6 cells", fontsize=FIG5_FONTSIZES["step"])
+        right.suptitle("steps 2-3: each window replaced (Fig. 9), Eq. 6 distances and cells\n"
+                       + CELL_TEXT_KEY, fontsize=FIG5_FONTSIZES["step"])
         for ax in cell_axes:
             ax.set_title(ax.get_title(), fontsize=FIG5_FONTSIZES["panel"], loc="center")
-    title = []
+    title = [f"explained: {model}"] if model else []
     if true_label is not None:
         title.append(f"true: {true_label}")
     if explanation is not None:
-        p = float(explanation.probabilities[explanation.prediction])
-        title.append(f"predicted: {explanation.predicted_label} (p = {p:.3f})")
+        title.append(_prediction_text(explanation))
     if right is None and rule:
         title.append(f"background rule: {rule}")
     if title:
@@ -447,8 +471,10 @@ def fig5_lesion_background(roi: np.ndarray, lesion: np.ndarray, background: np.n
 # --------------------------------------------------------------------------- Fig. 6
 
 
-def fig6_distance_distribution(df: pd.DataFrame, *, floor: float = 1e-12, offset: float = 10.0) -> Figure:
-    """Fig. 6: distribution of ``log(d^j) + 10`` per group j (violin with inner box), Eq. 4.
+def fig6_distance_distribution(df: pd.DataFrame, *, floor: float = 1e-12, offset: float = 10.0,
+                               network: Optional[str] = None) -> Figure:
+    """Fig. 6: distribution of ``log(d^j) + 10`` per group j (violin with inner box), Eq. 4, of
+    ``network`` (named in the title, e.g. "DenseNet (small), generic synthetic pre-training").
 
     ``df`` has columns ``group`` and ``d`` (e.g. ``activation.activation_distances``). The paper's
     transform ``log d + 10`` (natural log) is undefined at ``d = 0``: **Decision** such distances
@@ -480,8 +506,10 @@ def fig6_distance_distribution(df: pd.DataFrame, *, floor: float = 1e-12, offset
     if n_zero:
         ylabel += f"\n({n_zero} values d < {floor:g} drawn at log({floor:g}) + {offset:g})"
     ax.set_ylabel(ylabel)
-    ax.set_title(f"ROI vs mask activation distance (Eq. 4), n = {len(d) // max(1, len(order))} per group",
-                 fontsize=9)
+    title = f"ROI vs mask activation distance (Eq. 4), n = {len(d) // max(1, len(order))} per group"
+    if network:
+        title += f"\nnetwork: {network}"
+    ax.set_title(_wrap_inches(title, fig.get_figwidth() - 1.0, 9), fontsize=9)
     return fig
 
 
@@ -493,7 +521,7 @@ def fig7_overlays(rois: np.ndarray, masks: np.ndarray, maps_a: np.ndarray, maps_
                   ids: Optional[Sequence[str]] = None, confounders: Optional[np.ndarray] = None,
                   cmap: str = "jet", alpha: float = 0.45, true_labels: Optional[Sequence[str]] = None,
                   predictions: Optional[Sequence[tuple[str, str]]] = None,
-                  title: Optional[str] = None) -> Figure:
+                  betas: Optional[Sequence[float]] = None, title: Optional[str] = None) -> Figure:
     """Fig. 7: group-4 maps of two models (fine-tune vs knowledge transfer) on the same ROIs.
 
     One row per ROI: the ROI with the mask outline (and confounder outlines, if given), then each
@@ -507,6 +535,9 @@ def fig7_overlays(rois: np.ndarray, masks: np.ndarray, maps_a: np.ndarray, maps_
         confounders: optional ``(N, S, S)`` label images (values of ``CONFOUNDER_LABELS``).
         true_labels: optional true class per ROI, in the row title ("<id>: true <label>").
         predictions: optional ``(model a, model b)`` predicted class per ROI, in the map titles.
+        betas: optional beta (Eq. 5) chosen for model b in each ROI's fold, under its panel title;
+            where it is 0, the panel says that model b *is* model a there (knowledge transfer with
+            beta 0 is fine-tuning: the two panels show one model).
         title: optional figure title (e.g. the initialisation).
     """
     r = np.asarray(rois)
@@ -536,6 +567,10 @@ def fig7_overlays(rois: np.ndarray, masks: np.ndarray, maps_a: np.ndarray, maps_
         predictions = [tuple(_label_name(x) for x in pair) for pair in predictions]
         if len(predictions) != n or any(len(pair) != 2 for pair in predictions):
             raise ValueError(f"predictions must hold one (model a, model b) pair per ROI ({n}), got {predictions!r}")
+    if betas is not None:
+        betas = [float(x) for x in betas]
+        if len(betas) != n:
+            raise ValueError(f"betas has {len(betas)} entries for {n} ROIs")
 
     fig = Figure(figsize=(8.2, 2.5 * n + 0.6 + (0.3 if title else 0)), layout="constrained")
     axes = fig.subplots(n, 3, squeeze=False)
@@ -549,6 +584,8 @@ def fig7_overlays(rois: np.ndarray, masks: np.ndarray, maps_a: np.ndarray, maps_
         drawn.update(_outlines(axes[i, 0], mask, None if conf is None else conf[i]))
         for k, (fmap, lab) in enumerate(((a[i], labels[0]), (b[i], labels[1])), start=1):
             panel = lab if predictions is None else f"{lab}: pred. {predictions[i][k - 1]}"
+            if k == 2 and betas is not None:
+                panel += (f"\nbeta 0 chosen: the {labels[0]} model" if betas[i] == 0 else f"\nbeta {betas[i]:g}")
             im = _overlay(axes[i, k], roi, _grey(fmap, f"maps[{i}]"), cmap=cmap, alpha=alpha, title=panel) or im
             _outline(axes[i, k], mask, MASK_COLOUR)
     _colorbar(fig, im, list(axes[:, 1:].ravel()), OVERLAY_SCALE, fraction=0.04, shrink=min(1.0, 0.35 + 0.2 * n))
@@ -564,15 +601,16 @@ def fig7_overlays(rois: np.ndarray, masks: np.ndarray, maps_a: np.ndarray, maps_
 def fig8_panels(roi: np.ndarray, cam: np.ndarray, corr_df: pd.DataFrame, knn_df: pd.DataFrame,
                 knn_rois: np.ndarray, explanation: Any, mask: Optional[np.ndarray] = None, *,
                 hirescam: Optional[np.ndarray] = None, cmap: str = "jet", alpha: float = 0.45,
-                true_label: Optional[str] = None) -> Figure:
+                true_label: Optional[str] = None, model: Optional[str] = None) -> Figure:
     """Fig. 8: the three comparison explanations beside the proposed one.
 
     (a) the CAM (``cam.cam_map``: Grad-CAM, and HiResCAM if ``hirescam`` is given) over the ROI;
     (b) the Pearson correlation heatmap of GLCM vs deep features (``knn.feature_correlation``);
     (c) the k nearest training ROIs (``knn.knn_explain`` rows of one query, ``knn_rois`` the
     matching images) with label and distance; (d) ``explanation.plot(roi, mask=mask, axes=...)``.
-    The CAM panels share one colourbar (each CAM rescaled to [0, 1]); the figure title gives
-    ``true_label`` (if known) and the explanation's prediction and probability.
+    The CAM panels share one colourbar (each CAM rescaled to [0, 1]); the figure title names the
+    explained ``model`` (all four panels explain it), ``true_label`` (if known) and the
+    explanation's prediction with its probability (the softmax output, not a p-value).
     """
     import seaborn as sns
 
@@ -634,9 +672,10 @@ def fig8_panels(roi: np.ndarray, cam: np.ndarray, corr_df: pd.DataFrame, knn_df:
     explanation.plot(r, mask=None if m is None else m.astype(np.uint8), axes=axes_d)
     for ax in axes_d:
         ax.set_title(ax.get_title(), fontsize=FONTSIZES["panel"] + 1, loc="center")
-    fd.suptitle("(d) proposed: Lesion / Background cells (Eq. 6)", fontsize=FONTSIZES["group"])
-    head = ([f"true: {_label_name(true_label)}"] if true_label is not None else []) + [_prediction_text(explanation)]
-    fig.suptitle(" | ".join(head), fontsize=FONTSIZES["figure"])
+    fd.suptitle("(d) proposed: Lesion / Background cells (Eq. 6)\n" + CELL_TEXT_KEY, fontsize=FONTSIZES["group"])
+    head = ([f"explained: {model}"] if model else []) + \
+        ([f"true: {_label_name(true_label)}"] if true_label is not None else []) + [_prediction_text(explanation)]
+    fig.suptitle(_wrap(" | ".join(head), fig, FONTSIZES["figure"]), fontsize=FONTSIZES["figure"])
     return fig
 
 
@@ -751,7 +790,7 @@ def fig9_framework(roi: np.ndarray, lesion: np.ndarray, background: np.ndarray, 
     ax_l, ax_b = subs[1].subplots(2, 1)
     im_grey = grey(ax_l, les, "Lesion")
     grey(ax_b, bg, "Background")
-    _colorbar(subs[1], im_grey, [ax_l, ax_b], "intensity (all grey panels)", shrink=0.6)
+    _colorbar(subs[1], im_grey, [ax_l, ax_b], "intensity (all grey panels)", shrink=0.8, location="bottom")
 
     # step 2: the replaced inputs of window (p, q)
     ax_rl, ax_rb = subs[2].subplots(2, 1)
@@ -768,7 +807,7 @@ def fig9_framework(roi: np.ndarray, lesion: np.ndarray, background: np.ndarray, 
         ax.add_patch(Rectangle((q - 0.5, p - 0.5), 1, 1, fill=False, edgecolor=WINDOW_COLOUR, linewidth=1.6))
         ax.set_title(name, fontsize=FONTSIZES["panel"] + 1, loc="center")
         _no_ticks(ax)
-    _colorbar(subs[3], im_d, [ax_dl, ax_db], "Eq. 6 distance (shared scale)", shrink=0.6)
+    _colorbar(subs[3], im_d, [ax_dl, ax_db], "Eq. 6 distance (shared scale)", shrink=0.8, location="bottom")
 
     # labels
     ax_c = subs[4].subplots()
@@ -779,7 +818,8 @@ def fig9_framework(roi: np.ndarray, lesion: np.ndarray, background: np.ndarray, 
     ax_c.legend(handles=_cell_legend_handles(), loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=1,
                 fontsize=7, frameon=False)
 
-    # arrows between the steps, in the gaps between the subfigures
+    # arrows between the steps, in the gaps between the subfigures (the colourbars sit below their
+    # panels, so no arrow crosses a colourbar's labels)
     x = 0.0
     total = sum(widths)
     for wd in widths[:-1]:

@@ -286,7 +286,7 @@ def step_distances(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     rd = cfg.results_dir
     write_table(summary, "fig6_summary", rd)
     write_text(rd / "tables" / "fig6_summary.notes.md", fig6_direction_sentence(summary) + "\n")
-    fig6 = figures.fig6_distance_distribution(df)
+    fig6 = figures.fig6_distance_distribution(df, network=f"DenseNet ({cfg['arch']}), {used}")
     save_figure(fig6, "fig6_distances", rd)
     # Fig. 4(a): one example (the first malignant mass).
     i = int(np.flatnonzero(ds.cv.labels == 1)[0])
@@ -396,6 +396,8 @@ def step_localization(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     pr = res.predictions[(res.predictions["condition"] == cond.name) & res.predictions["primary"]]
     pred_of = {sp: dict(zip(g["case_id"].astype(str), g["pred"])) for sp, g in pr.groupby("spec")}
     name = {0: "benign", 1: "malignant"}
+    ch = res.choices[(res.choices["condition"] == cond.name) & (res.choices["init"] == "ddsm")]
+    beta_of = dict(zip(ch["fold"].astype(int), ch["beta"].astype(float)))
     fig = figures.fig7_overlays(
         tfull.images[pick], tfull.masks[pick], maps["ddsm_finetune"][pick], maps["ddsm_transfer"][pick],
         labels=("fine-tune", "knowledge transfer"), ids=list(case_ids[pick]),
@@ -403,6 +405,7 @@ def step_localization(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         true_labels=[name[int(ds.cv.labels[i])] for i in pick],
         predictions=[(name[int(pred_of["ddsm_finetune"][str(case_ids[i])])],
                       name[int(pred_of["ddsm_transfer"][str(case_ids[i])])]) for i in pick],
+        betas=[beta_of[int(folds[i])] for i in pick] if all(int(folds[i]) in beta_of for i in pick) else None,
         title=f"Fig. 7: group-4 maps of the {spec_label('ddsm_finetune', trunks).rsplit(',', 1)[0]} models, "
               f"condition {cond.name}, test fold of each case ({cond.primary} rendering)")
     save_figure(fig, "fig7_overlays", rd)
@@ -461,7 +464,8 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
         lesion, background = lesion_background(roi, background_rule=rule)
         kind = "benign" if labels[c] == 0 else "malignant"
         figs[f"fig5_lesion_background_{kind}"] = fig5 = figures.fig5_lesion_background(
-            roi, lesion, background, expl, mask=mask, true_label=kind, background_rule=rule)
+            roi, lesion, background, expl, mask=mask, true_label=kind, background_rule=rule,
+            model="DDSM-initialised knowledge-transfer model, fold 0")
         save_figure(fig5, f"fig5_lesion_background_{kind}", rd)
         # At norm5 (pytorch-grad-cam's usual DenseNet layer) Grad-CAM and HiResCAM differ; after the
         # final ReLU they coincide for global-average-pooling + one linear layer.
@@ -471,7 +475,8 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
                           train_ids=list(ids[tr_idx]))
         knn_rois = ds.cv.images[tr_idx][knn["train_index"].to_numpy()]
         fig = figures.fig8_panels(roi, cam, corr_by_class.get(int(labels[c]), corr), knn, knn_rois, expl, mask=mask,
-                                  hirescam=hires, true_label=kind)
+                                  hirescam=hires, true_label=kind,
+                                  model="DDSM-initialised knowledge-transfer model, fold 0")
         figs[f"fig8_panels_{kind}"] = fig
         save_figure(fig, f"fig8_panels_{kind}", rd)
         ft_map = group4_maps(model_ft, roi[None], device=cfg["device"])[0]

@@ -252,8 +252,11 @@ def data_fingerprint(cfg: Any) -> dict[str, str]:
 
 def write_report(cfg: Any) -> Path:
     """Write ``REPORT.md`` (and ``provenance.json``) in the profile's results folder."""
-    timings_file = cfg.work_dir / "executed" / "timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
+    from .reproduce import TIMES_FILE, load_times
+
+    times = load_times(cfg.results_dir)  # fresh and cached runs apart (mammo_lib.reproduce)
+    per_kind = {k: (times.get(k) or {}).get("notebooks") for k in ("fresh", "cached")}
+    total = ((times.get("fresh") or {}).get("last complete run") or {}).get("total (s)")
     prov = {
         "profile": cfg.name,
         "phantom": cfg.uses_phantom,
@@ -263,8 +266,11 @@ def write_report(cfg: Any) -> Path:
         "Table 2 training": "group 4 + classifier from the cached frozen trunk; flips (no rotation)",
         "seed": cfg["seed"],
         "data fingerprint": data_fingerprint(cfg),
-        "wall time per notebook, latest execution (s)": timings or "n/a (notebooks run by hand)",
-        "total wall time (s)": round(sum(timings.values()), 1) if timings else "n/a",
+        "wall time per notebook, fresh run (s)": per_kind["fresh"] or "n/a (no fresh run recorded)",
+        "wall time per notebook, cached run (s)": per_kind["cached"] or "n/a (no cached run recorded)",
+        "total wall time, last complete fresh run (s)": total if total is not None else "n/a",
+        "wall times": f"{TIMES_FILE}: fresh = from an empty working folder (--fresh), cached = over its "
+                      f"caches (--force); with the machine's load average",
         "environment": environment_info(cfg["device"]),
     }
     write_json(cfg.results_dir / "provenance.json", prov)

@@ -391,11 +391,18 @@ def verdict_lines(cfg: Config, res: Any, gate: pd.DataFrame, summaries: dict[str
             cmp = compare(cvr, kt, ft, seed=int(cfg["seed"]))
             cmp_sh = compare(cvr, kt, sh, seed=int(cfg["seed"])) if sh in s.index else None
             d = 100 * cmp["mean_diff"]
+            ch = res.choices
+            betas = (ch[(ch["condition"] == c.name) & (ch["init"] == init)]["beta"]
+                     if {"condition", "init", "beta"} <= set(ch.columns) else pd.Series(dtype=float))
+            t_text = (f"paired t-test p = {cmp['t_p']:.3g}" if np.isfinite(cmp["t_p"]) else
+                      "paired t-test p undefined: " + ("beta 0 was chosen in every fold, so the two arms are the "
+                                                       "same model" if len(betas) and (betas == 0).all() else
+                                                       "the two arms have the same accuracy in every fold"))
             helps = cmp["t_p"] < 0.05 and d > 0 and cmp_sh is not None and cmp_sh["mean_diff"] > 0 and cmp_sh["t_p"] < 0.05
             lines.append(
                 f"- Condition {c.name} ({c.description}), {INIT_LABELS[init]} rows, test = {c.primary}: knowledge "
                 f"transfer {100 * s.loc[kt, 'acc_mean']:.1f} % vs fine-tune {100 * s.loc[ft, 'acc_mean']:.1f} % "
-                f"({d:+.1f} points over folds, paired t-test p = {cmp['t_p']:.3g}, McNemar p = {cmp['mcnemar_p']:.3g}, "
+                f"({d:+.1f} points over folds, {t_text}, McNemar p = {cmp['mcnemar_p']:.3g}, "
                 f"bootstrap 95 % CI [{100 * cmp['boot_lo']:+.1f}, {100 * cmp['boot_hi']:+.1f}])"
                 + (f"; vs the shuffled teacher {100 * cmp_sh['mean_diff']:+.1f} points (p = {cmp_sh['t_p']:.3g})" if cmp_sh else "")
                 + f". Energy share on the mass {s.loc[kt, 'energy share on mass']:.3f} vs {s.loc[ft, 'energy share on mass']:.3f}"

@@ -585,7 +585,7 @@ def test_fig5_shared_scale_titles_and_labels():
     assert len({im.get_clim() for im in images}) == 1  # one grey scale for ROI, Lesion, Background
     assert images[0].get_clim() == pytest.approx((0.0, float(roi.max())), abs=1e-6)
     title = fig._suptitle.get_text()
-    assert "true: benign" in title and "predicted: malignant (p = 0.750)" in title
+    assert "true: benign" in title and "predicted: malignant (probability 0.750)" in title
     sizes = {ax.title.get_fontsize() for ax in (*axes[:3], *axes[4:6])}
     assert len(sizes) == 1 and {ax.title.get_horizontalalignment() for ax in axes[:3]} == {"center"}
     assert "(1 \u2212 w)" in axes[2].get_title()

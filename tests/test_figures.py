@@ -294,7 +294,7 @@ def test_fig8_cam_colourbar_and_title() -> None:
     labels = cbar_labels(fig)
     assert any(lab.startswith(figures.CAM_SCALE) for lab in labels) and "Pearson r" in labels
     title = fig.get_suptitle()
-    assert "true: benign" in title and "predicted: malignant" in title and "p = 0.700" in title
+    assert "true: benign" in title and "predicted: malignant" in title and "(probability 0.700)" in title
     fig = figures.fig8_panels(ROI, RNG.random((S, S)), CORR, knn_table(1), RNG.random((1, S, S)), explanation())
     assert "true" not in fig.get_suptitle() and "predicted: malignant" in fig.get_suptitle()
 
@@ -315,7 +315,7 @@ def test_fig9_framework_steps_and_replaced_window() -> None:
         assert text in step
     assert all(step.startswith("\u2192") for step in steps[1:])
     title = fig.get_suptitle()
-    assert "true: benign" in title and "predicted: benign (p = 0.800)" in title and "subtract_clip" in title
+    assert "true: benign" in title and "predicted: benign (probability 0.800)" in title and "subtract_clip" in title
     # default cell: largest |dis^L - dis^B| among cells overlapping the mask
     w = S7 // G7
     overlap = MASK7.reshape(G7, w, G7, w).any(axis=(1, 3))
@@ -378,7 +378,61 @@ def test_explanation_grid_rows_titles_and_panels() -> None:
                                       (case["explanation"].cell_labels == LESION).astype(float))
         assert cbar_labels(row) == [figures.OVERLAY_SCALE]
     titles = [row.get_suptitle() for row in fig.subfigs]
-    assert titles[0].startswith("(a) true: benign") and "predicted: benign (p = 0.800)" in titles[0]
+    assert titles[0].startswith("(a) true: benign") and "predicted: benign (probability 0.800)" in titles[0]
     assert titles[1].startswith("(b) true: malignant") and titles[1].endswith("predicted: benign")
     assert titles[2].startswith("(c) true: malignant")
     assert legend_texts(fig.legends[0])[0] == "mass (mask)"
+
+
+# --------------------------------------------------------------------------- what a reader is told (issue 22)
+
+
+def test_fig7_says_when_beta_0_made_the_two_models_one() -> None:
+    fig = figures.fig7_overlays(np.stack([ROI, ROI]), np.stack([MASK, MASK]), RNG.random((2, G, G)),
+                                RNG.random((2, G, G)), predictions=[("benign", "benign"), ("benign", "malignant")],
+                                betas=[0.0, 32.0])
+    axes = np.array(panels(fig)).reshape(2, 3)
+    assert axes[0, 2].get_title() == "knowledge transfer: pred. benign\nbeta 0 chosen: the fine-tune model"
+    assert axes[1, 2].get_title() == "knowledge transfer: pred. malignant\nbeta 32"
+    assert axes[0, 1].get_title() == "fine-tune: pred. benign"             # model a's panel unchanged
+    with pytest.raises(ValueError, match="betas has 1 entries for 2 ROIs"):
+        figures.fig7_overlays(np.stack([ROI, ROI]), np.stack([MASK, MASK]), RNG.random((2, G, G)),
+                              RNG.random((2, G, G)), betas=[0.0])
+
+
+def test_fig8_and_fig5_name_the_model_and_the_probability() -> None:
+    model = "DDSM-initialised knowledge-transfer model, fold 0"
+    fig = figures.fig8_panels(ROI, RNG.random((S, S)), CORR, knn_table(1), RNG.random((1, S, S)), explanation(),
+                              true_label="benign", model=model)
+    title = " ".join(fig.get_suptitle().split())
+    assert title == f"explained: {model} | true: benign | predicted: malignant (probability 0.700)"
+    assert figures.CELL_TEXT_KEY in fig.subfigs[1].subfigs[1].get_suptitle()   # (d): what L and B mean
+    fig = figures.fig5_lesion_background(ROI, ROI ** 2, ROI / 2, explanation(), MASK, true_label="benign",
+                                         model=model)
+    assert fig.get_suptitle() == f"explained: {model} | true: benign | predicted: malignant (probability 0.700)"
+    steps = [sf.get_suptitle() for sf in fig.subfigs]
+    assert steps[0].startswith("step 1:") and steps[1].startswith("steps 2-3:")   # no step left out
+    assert figures.CELL_TEXT_KEY in steps[1]
+
+
+def test_fig6_names_the_network() -> None:
+    fig = figures.fig6_distance_distribution(pd.DataFrame({"group": [1, 2], "d": [0.5, 0.7]}),
+                                             network="DenseNet (small), generic synthetic pre-training")
+    assert "network: DenseNet (small), generic synthetic pre-training" in " ".join(fig.axes[0].get_title().split())
+
+
+def test_confusion_titles_wrap_at_spaces() -> None:
+    fig = figures.confusion_matrices({"ImageNet stand-in (generic synthetic), knowledge transfer": [[1, 0], [0, 1]]})
+    assert fig.axes[0].get_title().split("\n") == ["ImageNet stand-in (generic synthetic),", "knowledge transfer",
+                                                    "accuracy 100.0% (n = 2)"]
+
+
+def test_dose_response_has_one_legend_below_and_none_on_the_panels() -> None:
+    dose = pd.DataFrame({"condition": ["B"] * 4, "init": ["imagenet", "imagenet", "ddsm", "ddsm"],
+                         "form": ["paper", "at"] * 2, "beta": [0.0, 1000.0] * 2, "acc neutral": RNG.random(4),
+                         "acc reversed": RNG.random(4), "flip rate": RNG.random(4), "d4 (test)": RNG.random(4),
+                         "energy share on mass": RNG.random(4)})
+    fig = figures.dose_response(dose)
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    assert legend_texts(fig.legends[0]) == ["imagenet", "ddsm", "test: neutral", "test: reversed",
+                                            "reference form (beta 1000)"]

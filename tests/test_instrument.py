@@ -255,3 +255,20 @@ def test_verdict_follows_gate_and_controls(kt, ft_in, want):
     lines = verdict_lines(load_config("smoke", honour_env=False), res, gate, {"B": summary(res, "B", trunks)}, trunks)
     assert lines[0].startswith("**Calibration gate")
     assert want in "\n".join(lines[1:])
+
+
+def test_verdict_says_why_the_t_test_p_is_undefined():
+    """Knowledge transfer equal to fine-tuning in every fold (beta 0 chosen): no "p = nan" without a reason."""
+    from mammo_lib.config import load_config
+    from mammo_lib.instrument import InstrumentResult
+    from mammo_lib.table2 import summary, verdict_lines
+
+    res = _result([0.60, 0.62, 0.58, 0.61, 0.59])           # the fine-tune accuracies, fold by fold
+    trunks = {"imagenet": {"note": "stand-in"}}
+    cfg = load_config("smoke", honour_env=False)
+    text = "\n".join(verdict_lines(cfg, res, calibration_gate(res, "B"), {"B": summary(res, "B", trunks)}, trunks))
+    assert "p = nan" not in text and "paired t-test p undefined: the two arms have the same accuracy" in text
+    choices = pd.DataFrame({"condition": "B", "init": "imagenet", "fold": range(5), "beta": 0.0})
+    res = InstrumentResult(res.runs, res.predictions, choices, res.conditions)
+    text = "\n".join(verdict_lines(cfg, res, calibration_gate(res, "B"), {"B": summary(res, "B", trunks)}, trunks))
+    assert "paired t-test p undefined: beta 0 was chosen in every fold, so the two arms are the same model" in text
