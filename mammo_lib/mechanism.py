@@ -173,6 +173,69 @@ def calcification_contrast(confounders_a: np.ndarray, confounders_b: np.ndarray,
     return np.flatnonzero(keep)
 
 
+def contrast_pairs(confounders: Mapping[str, np.ndarray], *, label: int = CONFOUNDER_CALCIFICATION,
+                   match_dense: bool = True) -> pd.DataFrame:
+    """For every case, a rendering with the confounder and one without it, among several renderings
+    of the same cases (e.g. the phantom's ``train``, ``shifted``, ``reversed``; all label maps
+    ``(N, S, S)`` in one case order): the first pair in the order the renderings are given whose
+    maps have the confounder in one and not in the other (and, with ``match_dense``, dense tissue
+    in both or in neither). Cases without such a pair are left out.
+
+    Returns:
+        ``position``, ``with``, ``without`` (rendering names), one row per case that has a pair;
+        :func:`pair_caches` turns it into the two caches of :func:`logit_split`.
+    """
+    names = list(confounders)
+    if len(names) < 2:
+        raise ValueError(f"need at least two renderings, got {names}")
+    maps = {k: np.asarray(v) for k, v in confounders.items()}
+    shape = maps[names[0]].shape
+    bad = [k for k, v in maps.items() if v.shape != shape or v.ndim != 3]
+    if bad:
+        raise ValueError(f"confounder maps must be (N,S,S) of one shape {shape}; renderings {bad} differ")
+    has = {k: (v == label).any(axis=(1, 2)) for k, v in maps.items()}
+    other = CONFOUNDER_DENSE if label == CONFOUNDER_CALCIFICATION else CONFOUNDER_CALCIFICATION
+    dense = {k: (v == other).any(axis=(1, 2)) for k, v in maps.items()}
+    rows = []
+    for i in range(shape[0]):
+        for w in names:
+            if not has[w][i]:
+                continue
+            wo = next((k for k in names if not has[k][i] and (not match_dense or dense[k][i] == dense[w][i])), None)
+            if wo is not None:
+                rows.append({"position": i, "with": w, "without": wo})
+                break
+    return pd.DataFrame(rows, columns=["position", "with", "without"])
+
+
+def pair_caches(caches: Mapping[str, TrunkCache], pairs: pd.DataFrame) -> tuple[TrunkCache, TrunkCache]:
+    """The two caches of :func:`logit_split` from :func:`contrast_pairs`: case ``position`` taken
+    from rendering ``with`` and from rendering ``without`` (identity flip only)."""
+    def take(col: str) -> TrunkCache:
+        parts = [caches[r].subset([int(p)]) for p, r in zip(pairs["position"], pairs[col])]
+        if not parts:
+            raise ValueError("no case has a rendering with and one without the confounder")
+        return TrunkCache(torch.cat([c.features[:, :1] for c in parts]),
+                          torch.cat([c.teacher_maps[:, :1] for c in parts]),
+                          torch.cat([c.oracle_maps[:, :1] for c in parts]),
+                          np.concatenate([c.labels for c in parts]), [c.ids[0] for c in parts],
+                          (parts[0].flips[0],))
+    missing = sorted({*pairs["with"], *pairs["without"]} - set(caches))
+    if missing:
+        raise ValueError(f"no cache for renderings {missing}")
+    unflipped = sorted(r for r in {*pairs["with"], *pairs["without"]} if caches[r].flips[0] != "none")
+    if unflipped:
+        raise ValueError(f"caches {unflipped} do not hold the identity flip first")
+    return take("with"), take("without")
+
+
+def pair_masks(confounders: Mapping[str, np.ndarray], pairs: pd.DataFrame, *,
+               label: int = CONFOUNDER_CALCIFICATION) -> np.ndarray:
+    """The confounder's pixels in each pair's ``with`` rendering, in :func:`pair_caches`' order."""
+    return np.stack([np.asarray(confounders[r][int(p)]) == label for p, r in zip(pairs["position"], pairs["with"])]
+                    ).astype(np.uint8) if len(pairs) else np.zeros((0, 1, 1), np.uint8)
+
+
 def confounder_energy_cases(model: nn.Module, cache: TrunkCache, masks: np.ndarray, *, channels: str = "own",
                             flip: int = 0, batch_size: int = 256, device: str | torch.device = "cpu",
                             amp: str = "off", min_cover: float = CONFOUNDER_CELL_COVER) -> pd.DataFrame:
@@ -256,4 +319,5 @@ def mechanism_table(arms: Mapping[str, MechanismArm], confounder_masks: np.ndarr
 
 __all__ = ["GAP_HEADS", "CONFOUNDER_CELL_COVER", "MECHANISM_COLUMNS", "margin_weights", "pooled_activations",
            "logit_split", "split_means", "classifier_weight_split", "confounder_masks", "calcification_contrast",
+           "contrast_pairs", "pair_caches", "pair_masks",
            "confounder_energy_cases", "confounder_energy", "MechanismArm", "mechanism_table"]

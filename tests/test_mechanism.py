@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from mammo_lib.mechanism import (MECHANISM_COLUMNS, MechanismArm, calcification_contrast, classifier_weight_split,
-                                 confounder_energy, confounder_energy_cases, confounder_masks, logit_split,
-                                 margin_weights, mechanism_table, pooled_activations, split_means)
+                                 confounder_energy, confounder_energy_cases, confounder_masks, contrast_pairs,
+                                 logit_split, margin_weights, mechanism_table, pair_caches, pair_masks,
+                                 pooled_activations, split_means)
 from mammo_lib.model import build_model, passthrough_channels
 from mammo_lib.trunk_cache import build_cache, group4_maps_cached
 
@@ -198,3 +199,32 @@ def test_mechanism_figure(caches):
     assert heights == sorted([1.0, 1.5, 0.0, 2.0, 0.2, 0.3])
     with pytest.raises(ValueError, match="lacks columns"):
         mechanism_figure(t.drop(columns=["logit effect own"]))
+
+
+def test_contrast_pairs_by_hand(caches):
+    """Three renderings of four cases: per case the first rendering with a calcification (1) and
+    the first without one whose dense tissue (2) matches."""
+    n = 4
+    r = {k: np.zeros((n, 4, 4), np.uint8) for k in ("train", "shifted", "reversed")}
+    r["train"][0, 0, 0] = 1                         # case 0: with = train, without = shifted
+    r["shifted"][1, 0, 0] = 1                       # case 1: with = shifted, without = train
+    r["train"][2, 0, 0] = 1; r["train"][2, 3, 3] = 2
+    r["reversed"][2, 1, 1] = 2                      # case 2: dense in train and reversed -> reversed
+    for k in r:                                     # case 3: calcification everywhere: no pair
+        r[k][3, 0, 0] = 1
+    p = contrast_pairs(r)
+    assert p.to_dict("list") == {"position": [0, 1, 2], "with": ["train", "shifted", "train"],
+                                 "without": ["shifted", "train", "reversed"]}
+    assert contrast_pairs(r, match_dense=False)["without"].tolist() == ["shifted", "train", "shifted"]
+    pm = pair_masks(r, p)
+    assert pm.shape == (3, 4, 4) and pm.sum(axis=(1, 2)).tolist() == [1, 1, 1]
+    (nets, _) = caches
+    _, a, b = nets["gap"]
+    cw, cwo = pair_caches({"train": a, "shifted": b, "reversed": b}, p)
+    assert cw.ids == ["c0", "c1", "c2"] and cw.flips == ("none",)
+    assert torch.equal(cw.features[0], a.features[0, :1]) and torch.equal(cwo.features[0], b.features[0, :1])
+    assert torch.equal(cw.features[1], b.features[1, :1]) and torch.equal(cwo.features[1], a.features[1, :1])
+    with pytest.raises(ValueError, match="no cache for renderings"):
+        pair_caches({"train": a}, p)
+    with pytest.raises(ValueError, match="at least two renderings"):
+        contrast_pairs({"train": r["train"]})
