@@ -864,13 +864,13 @@ def mechanism_figure(table: pd.DataFrame, *, title: Optional[str] = None) -> Fig
     fig = Figure(figsize=(max(4.0, 1.1 * len(arms) + 2.0), 3.4), layout="constrained")
     ax = fig.add_subplot()
     width = 0.38
-    ax.bar(x - width / 2, pt, width, color="0.55", label="pass-through channels (transition 3, frozen)")
+    ax.bar(x - width / 2, pt, width, color="0.55", label="pass-through channels (from transition 3)")
     ax.bar(x + width / 2, own, width, color="tab:blue", label="group 4's own channels")
     ax.plot(x, pt + own, "o", color="black", markersize=4, label="total")
     ax.axhline(0, color="0.3", linewidth=0.8)
     ax.set_xticks(x, [textwrap.fill(a, 14) for a in arms], fontsize=FONTSIZES["panel"])
     ax.set_ylabel("confounder's effect on the logit margin\n(malignant - benign)", fontsize=FONTSIZES["panel"])
     ax.tick_params(axis="y", labelsize=FONTSIZES["panel"])
-    ax.legend(fontsize=7, frameon=False, loc="best")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle(title or "Where the confounder reaches the classifier", fontsize=FONTSIZES["figure"])
     return fig
