@@ -366,6 +366,11 @@ def verdict_lines(cfg: Config, res: Any, gate: pd.DataFrame, summaries: dict[str
     from .stats import compare
 
     lines = []
+    trunk_fail = {i: t["gate"] for i, t in trunks.items() if t.get("gate") is not None and not t["gate"]["passes"]}
+    if trunk_fail:
+        lines.append("**Trunk gate (checked first):** " + "; ".join(
+            f"{INIT_LABELS.get(i, i)} trunk NOT passed ({trunk_gate_failures(g)})" for i, g in trunk_fail.items())
+            + ": its rows get no verdict.")
     if len(gate):
         ok = {i: gate_passes(gate, i) for i in trunks}
         lines.append("**Calibration gate (condition B, checked before any verdict):** " + "; ".join(
@@ -381,6 +386,11 @@ def verdict_lines(cfg: Config, res: Any, gate: pd.DataFrame, summaries: dict[str
         for init in trunks:
             ft, kt, sh = f"{init}_finetune", f"{init}_transfer", f"{init}_shuffled"
             if ft not in s.index or kt not in s.index:
+                continue
+            if init in trunk_fail:
+                lines.append(f"- Condition {c.name}, {INIT_LABELS[init]} rows: **trunk gate not passed** "
+                             f"({trunk_gate_failures(trunk_fail[init])}), so no conclusion is drawn from them. "
+                             f"Their numbers are in the tables below for reference.")
                 continue
             if not ok.get(init, False):
                 failed = gate[(gate["init"].isin([init, ""])) & ~gate["passes"].astype(bool)]["check"].tolist()
@@ -406,6 +416,21 @@ def verdict_lines(cfg: Config, res: Any, gate: pd.DataFrame, summaries: dict[str
                    pd.notna(s.loc[kt, "acc reversed"]) else "") + ". "
                 + ("**Knowledge transfer helps here.**" if helps else "**No effect of knowledge transfer on accuracy here.**"))
     return lines
+
+
+def trunk_gate_failures(row: dict[str, Any]) -> str:
+    """The checks a trunk's gate row (:func:`~mammo_lib.stand_in.trunk_gate`) failed, in words,
+    e.g. ``"own test accuracy 0.675 < 0.70"``; ``""`` when it passes."""
+    from .stand_in import GATE_MIN_ACCURACY, GATE_MIN_ENERGY_RATIO
+
+    out = []
+    acc = row.get("own test accuracy")
+    if isinstance(acc, (int, float)) and np.isfinite(acc) and acc < GATE_MIN_ACCURACY:
+        out.append(f"own test accuracy {acc:.3f} < {GATE_MIN_ACCURACY:.2f}")
+    ratio = row.get("energy ratio")
+    if isinstance(ratio, (int, float)) and ratio < GATE_MIN_ENERGY_RATIO:
+        out.append(f"teacher energy ratio {ratio:.2f} < {GATE_MIN_ENERGY_RATIO:.1f}")
+    return "; ".join(out) or ("gate not passed" if not row.get("passes", True) else "")
 
 
 # ------------------------------------------------------------------------------------- significance

@@ -255,3 +255,26 @@ def test_verdict_follows_gate_and_controls(kt, ft_in, want):
     lines = verdict_lines(load_config("smoke", honour_env=False), res, gate, {"B": summary(res, "B", trunks)}, trunks)
     assert lines[0].startswith("**Calibration gate")
     assert want in "\n".join(lines[1:])
+
+
+@pytest.mark.parametrize("gate_row,want", [
+    ({"own test accuracy": 0.675, "energy ratio": 2.5, "passes": False},
+     "trunk gate not passed** (own test accuracy 0.675 < 0.70)"),
+    ({"own test accuracy": 0.9, "energy ratio": 1.5, "passes": False},
+     "trunk gate not passed** (teacher energy ratio 1.50 < 2.0)"),
+    ({"own test accuracy": 0.9, "energy ratio": 2.5, "passes": True}, "Knowledge transfer helps here"),
+])
+def test_verdict_enforces_the_trunk_gate(gate_row, want):
+    """A trunk that fails its own gate gets no verdict, even where the calibration gate passes."""
+    from mammo_lib.config import load_config
+    from mammo_lib.table2 import summary, verdict_lines
+
+    res = _result([0.80, 0.82, 0.79, 0.81, 0.80])
+    gate = calibration_gate(res, "B")
+    assert gate_passes(gate, "imagenet")
+    trunks = {"imagenet": {"note": "stand-in", "gate": gate_row}}
+    text = "\n".join(verdict_lines(load_config("smoke", honour_env=False), res, gate,
+                                   {"B": summary(res, "B", trunks)}, trunks))
+    assert want in text
+    if not gate_row["passes"]:
+        assert "helps" not in text and "No effect" not in text
