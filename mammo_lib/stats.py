@@ -139,6 +139,252 @@ def bootstrap_accuracy_diff(correct_a: Any, correct_b: Any, n_boot: int = 10000,
             "n_boot": int(n_boot), "seed": seed}
 
 
+# --------------------------------------------------------------------------------------------
+# Corrected and multiple-comparison statistics (docs/DECISIONS.md, "Statistics of Table 2")
+# --------------------------------------------------------------------------------------------
+
+def _diff_vector(diffs: Any, name: str) -> np.ndarray:
+    d = np.asarray(diffs, dtype=np.float64)
+    if d.ndim != 1:
+        raise ValueError(f"{name}: diffs must be 1-D, got shape {d.shape}")
+    if d.size < 2:
+        raise ValueError(f"{name}: needs at least 2 differences, got {d.size}")
+    if not np.isfinite(d).all():
+        bad = int(np.flatnonzero(~np.isfinite(d))[0])
+        raise ValueError(f"{name}: diffs must be finite, element {bad} is {float(d[bad])!r}")
+    return d
+
+
+def _t_over_diffs(d: np.ndarray, var_factor: float) -> dict[str, Any]:
+    """t = mean(d) / sqrt(var_factor * var(d, ddof=1)), df = J - 1, two-sided p.
+
+    Zero variance: t = +-inf (p = 0) when the mean is non-zero, NaN (p NaN) when it is zero,
+    the same convention as ``scipy.stats.ttest_rel``.
+    """
+    j = int(d.size)
+    mean = float(d.mean())
+    var = float(d.var(ddof=1))
+    se = float(np.sqrt(var_factor * var))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = float(np.float64(mean) / np.float64(se))
+    p = float(2.0 * sps.t.sf(abs(t), j - 1)) if not np.isnan(t) else float("nan")
+    return {"mean_diff": mean, "t": t, "df": j - 1, "p": p, "n": j, "se": se}
+
+
+def paired_t(diffs: Any) -> dict[str, Any]:
+    """Plain paired t over differences ``d_1..d_J`` (two-sided), the test comparable to the paper.
+
+    t = mean(d) / sqrt(var(d, ddof=1) / J), df = J - 1; the same t and p as
+    :func:`paired_tests` (``scipy.stats.ttest_rel``) on the two accuracy vectors. It ignores
+    that cross-validation training sets overlap, see :func:`corrected_resampled_t`.
+    Returns ``{"mean_diff", "t", "df", "p", "n", "se"}``.
+    """
+    d = _diff_vector(diffs, "paired_t")
+    return _t_over_diffs(d, 1.0 / d.size)
+
+
+def _positive_int(v: Any, name: str, fn: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{fn}: {name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def corrected_resampled_t(diffs: Any, n_train: int, n_test: int) -> dict[str, Any]:
+    """Nadeau & Bengio (2003) corrected resampled t over ``J`` train/test differences.
+
+    t = mean(d) / sqrt((1/J + n_test/n_train) * var(d, ddof=1)), df = J - 1, two-sided p.
+    ``d`` holds one difference (e.g. KT minus fine-tune accuracy) per test split; for
+    repeated k-fold cross-validation J = folds x repeats, ``n_train`` / ``n_test`` are the
+    (typical) sizes of one split's training and test sets. The term n_test/n_train accounts
+    for the overlap of the training sets that the plain paired t (:func:`paired_t`, variance
+    factor 1/J) ignores; for 5-fold CV (n_train/n_test = 4) it inflates the standard error by
+    sqrt((1/5 + 1/4) / (1/5)) = 1.5, so the paper's p = 0.0082 / 0.0069 (Sec. 5.1) become
+    about 0.031 / 0.027. Returns ``{"mean_diff", "t", "df", "p", "n", "se"}``.
+    """
+    fn = "corrected_resampled_t"
+    n_train = _positive_int(n_train, "n_train", fn)
+    n_test = _positive_int(n_test, "n_test", fn)
+    d = _diff_vector(diffs, fn)
+    return _t_over_diffs(d, 1.0 / d.size + n_test / n_train)
+
+
+def holm(pvalues: Any) -> np.ndarray:
+    """Holm-Bonferroni adjusted p values (same order and shape as ``pvalues``).
+
+    With the m non-NaN p values sorted ascending, p_(1) <= ... <= p_(m), the adjusted value
+    is p~_(i) = max_{k <= i} min(1, (m - k + 1) p_(k)) (monotone in i). NaN entries stay NaN
+    and are not counted in m. Reject H_(i) at level alpha iff p~_(i) <= alpha.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"holm: pvalues must be 1-D, got shape {p.shape}")
+    ok = ~np.isnan(p)
+    bad = ok & ((p < 0.0) | (p > 1.0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"holm: p values must lie in [0, 1] (or be NaN), element {i} is {float(p[i])!r}")
+    out = np.full(p.shape, np.nan)
+    idx = np.flatnonzero(ok)
+    m = idx.size
+    if m == 0:
+        return out
+    order = idx[np.argsort(p[idx], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
+
+
+def _t_power(delta: float, df: int, t_crit: float) -> float:
+    return float(sps.nct.sf(t_crit, df, delta) + sps.nct.cdf(-t_crit, df, delta))
+
+
+def min_detectable_effect(sd_diff: float, n: int, alpha: float = 0.05, power: float = 0.8,
+                          correction: float = 1.0) -> float:
+    """Smallest true mean difference a two-sided paired t over ``n`` differences detects.
+
+    The test statistic is mean(d) / se with se = sd_diff * sqrt(correction / n); under a
+    true mean difference mu it follows a noncentral t with df = n - 1 and noncentrality
+    delta = mu / se. Power(delta) = P(T' > t_crit) + P(T' < -t_crit), t_crit the
+    (1 - alpha/2) quantile of the central t (``scipy.stats.nct``). The function solves
+    Power(delta) = ``power`` for delta (Brent's method) and returns delta * se, in the units
+    of ``sd_diff``. ``correction`` multiplies the variance: 1 for the plain paired t,
+    1 + J n_test / n_train for the Nadeau-Bengio corrected test (:func:`corrected_resampled_t`,
+    whose variance factor is (1/J)(1 + J n_test/n_train)).
+    """
+    fn = "min_detectable_effect"
+    n = _positive_int(n, "n", fn)
+    if n < 2:
+        raise ValueError(f"{fn}: n must be >= 2 (a t test needs a variance), got {n}")
+    if not (np.isfinite(sd_diff) and sd_diff >= 0):
+        raise ValueError(f"{fn}: sd_diff must be finite and >= 0, got {sd_diff!r}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"{fn}: alpha must be in (0, 1), got {alpha!r}")
+    if not alpha < power < 1.0:
+        raise ValueError(f"{fn}: power must be in (alpha, 1) = ({alpha}, 1), got {power!r}")
+    if not (np.isfinite(correction) and correction > 0):
+        raise ValueError(f"{fn}: correction must be finite and > 0, got {correction!r}")
+    df = n - 1
+    t_crit = float(sps.t.ppf(1.0 - alpha / 2.0, df))
+    hi = 1.0
+    while _t_power(hi, df, t_crit) < power:
+        hi *= 2.0
+    from scipy.optimize import brentq
+    delta = float(brentq(lambda x: _t_power(x, df, t_crit) - power, 0.0, hi, xtol=1e-12, rtol=1e-12))
+    return float(delta * float(sd_diff) * np.sqrt(correction / n))
+
+
+def trend_test(df: pd.DataFrame, outcome: str, beta_col: str = "beta", fold_col: str = "fold") -> dict[str, Any]:
+    """Dose trend of ``outcome`` in beta (Eq. 4): per-fold OLS slope on log2(1 + beta), t over folds.
+
+    For each fold f the least-squares slope b_f = sum (x - x_bar)(y - y_bar) / sum (x - x_bar)^2
+    with x = log2(1 + beta) and y = ``outcome`` over that fold's rows; then a two-sided
+    one-sample t of the slopes against 0: t = mean(b) / (sd(b, ddof=1) / sqrt(F)), df = F - 1.
+    Returns ``{"slope_mean", "slope_sd", "t", "p", "n_folds"}`` (units of ``outcome`` per
+    doubling of 1 + beta). Folds with fewer than 2 distinct betas are an error naming them.
+    """
+    fn = "trend_test"
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"{fn}: df must be a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in (outcome, beta_col, fold_col) if c not in df.columns]
+    if missing:
+        raise ValueError(f"{fn}: missing column(s) {missing}; columns are {list(df.columns)}")
+    x_all = pd.to_numeric(df[beta_col], errors="coerce").to_numpy(dtype=np.float64)
+    y_all = pd.to_numeric(df[outcome], errors="coerce").to_numpy(dtype=np.float64)
+    for name, arr in ((beta_col, x_all), (outcome, y_all)):
+        if not np.isfinite(arr).all():
+            row = df.index[int(np.flatnonzero(~np.isfinite(arr))[0])]
+            raise ValueError(f"{fn}: column {name!r} is not a finite number at row {row!r}")
+    if (x_all < 0).any():
+        row = df.index[int(np.flatnonzero(x_all < 0)[0])]
+        raise ValueError(f"{fn}: column {beta_col!r} must be >= 0, row {row!r} is {float(x_all[x_all < 0][0])!r}")
+    work = pd.DataFrame({"f": df[fold_col].to_numpy(), "x": np.log2(1.0 + x_all), "y": y_all})
+    slopes: list[float] = []
+    flat: list[Any] = []
+    for fold, g in work.groupby("f", sort=True):
+        if g["x"].nunique() < 2:
+            flat.append(fold)
+            continue
+        xc = g["x"].to_numpy() - g["x"].mean()
+        slopes.append(float((xc * (g["y"].to_numpy() - g["y"].mean())).sum() / (xc * xc).sum()))
+    if flat:
+        raise ValueError(f"{fn}: fold(s) {flat} have fewer than 2 distinct {beta_col!r} values; "
+                         f"a slope needs at least 2")
+    if len(slopes) < 2:
+        raise ValueError(f"{fn}: needs at least 2 folds for a t over folds, got {len(slopes)}")
+    r = _t_over_diffs(np.asarray(slopes), 1.0 / len(slopes))
+    return {"slope_mean": r["mean_diff"], "slope_sd": float(np.std(slopes, ddof=1)), "t": r["t"],
+            "p": r["p"], "n_folds": len(slopes)}
+
+
+def cluster_bootstrap_diff(correct_a: Any, correct_b: Any, clusters: Any, n_boot: int = 10000,
+                           seed: int = 0, ci: float = 0.95, chunk: int = 1000) -> dict[str, Any]:
+    """Patient-cluster percentile bootstrap CI of accuracy(A) - accuracy(B).
+
+    The K clusters (e.g. patients; several masses of one patient are not independent) are
+    resampled with replacement; a resample takes all cases of each drawn cluster (a cluster
+    drawn twice counts twice), and its difference is sum_k s_k / sum_k n_k over the drawn
+    clusters, s_k = sum of (correct_a - correct_b) in cluster k, n_k its size. ``lo``/``hi``
+    are the (1 - ci)/2 and (1 + ci)/2 quantiles. Clusters are numbered in order of first
+    appearance, so with one case per cluster and the same ``seed`` the result equals
+    :func:`bootstrap_accuracy_diff`. Vectorised in chunks of ``chunk`` resamples (the result
+    does not depend on it). Returns ``{"mean_diff", "lo", "hi", "ci", "se", "n", "n_clusters",
+    "n_boot", "seed"}``.
+    """
+    fn = "cluster_bootstrap_diff"
+    a, b = _paired_vectors(_as_bool(correct_a, "correct_a"), _as_bool(correct_b, "correct_b"), fn, dtype=bool)
+    cl = np.asarray(clusters, dtype=object)
+    if cl.ndim != 1 or cl.size != a.size:
+        raise ValueError(f"{fn}: clusters must be 1-D with one entry per case ({a.size}), got shape {cl.shape}")
+    if pd.isna(pd.Series(cl)).any():
+        i = int(np.flatnonzero(pd.isna(pd.Series(cl)).to_numpy())[0])
+        raise ValueError(f"{fn}: clusters has a missing value at case {i}")
+    if n_boot < 1:
+        raise ValueError(f"{fn}: n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < ci < 1.0:
+        raise ValueError(f"{fn}: ci must be in (0, 1), got {ci}")
+    codes, uniq = pd.factorize(pd.Series(cl), sort=False)
+    k = int(len(uniq))
+    d = a.astype(np.float64) - b.astype(np.float64)
+    s = np.bincount(codes, weights=d, minlength=k)
+    m = np.bincount(codes, minlength=k).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        stop = min(n_boot, start + chunk)
+        idx = rng.integers(0, k, size=(stop - start, k))
+        boot[start:stop] = s[idx].sum(axis=1) / m[idx].sum(axis=1)
+    lo, hi = np.quantile(boot, [(1.0 - ci) / 2.0, (1.0 + ci) / 2.0])
+    return {"mean_diff": float(d.mean()), "lo": float(lo), "hi": float(hi), "ci": ci,
+            "se": float(boot.std(ddof=1)) if n_boot > 1 else 0.0, "n": int(d.size),
+            "n_clusters": k, "n_boot": int(n_boot), "seed": seed}
+
+
+def cohen_kappa(a: Any, b: Any) -> float:
+    """Cohen's kappa of two raters' labels of the same items (any hashable labels, any shape).
+
+    kappa = (p_o - p_e) / (1 - p_e), p_o = share of items with equal labels, p_e = sum over the
+    labels k of p_a(k) p_b(k) (agreement expected by chance from the two marginals). 1: perfect
+    agreement, 0: no better than chance, < 0: worse. NaN when p_e = 1 (both raters give one and
+    the same label to every item: agreement is then all chance). Raw agreement p_o ignores chance,
+    so the sanity table of the explanation (:mod:`mammo_lib.sanity`) reports both.
+    """
+    x = np.asarray(a)
+    y = np.asarray(b)
+    if x.shape != y.shape:
+        raise ValueError(f"cohen_kappa: the two label arrays must have one shape, got {x.shape} and {y.shape}")
+    if x.size == 0:
+        raise ValueError("cohen_kappa: no labels given")
+    x, y = x.ravel(), y.ravel()
+    p_o = float(np.mean(x == y))
+    cats, inv = np.unique(np.concatenate([x, y]), return_inverse=True)
+    ca = np.bincount(inv[:x.size], minlength=cats.size) / x.size
+    cb = np.bincount(inv[x.size:], minlength=cats.size) / x.size
+    p_e = float(ca @ cb)
+    if p_e >= 1.0:
+        return float("nan")
+    return (p_o - p_e) / (1.0 - p_e)
+
+
 def _spec_rows(df: pd.DataFrame, spec: str, what: str) -> pd.DataFrame:
     rows = df[df["spec"] == spec]
     if rows.empty:
@@ -201,5 +447,6 @@ def significance_table(cv_result: _CVLike, pairs: Iterable[tuple[str, str]], n_b
 
 
 __all__ = ["paired_tests", "mcnemar", "bootstrap_accuracy_diff", "compare", "significance_table",
-           "wilcoxon_min_p"]
+           "wilcoxon_min_p", "paired_t", "corrected_resampled_t", "holm", "min_detectable_effect",
+           "trend_test", "cluster_bootstrap_diff", "cohen_kappa"]
 
