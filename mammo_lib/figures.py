@@ -844,3 +844,33 @@ def explanation_grid(cases: Sequence[Mapping[str, Any]], *,
     if title:
         fig.suptitle(_wrap(title, fig, FONTSIZES["figure"]), fontsize=FONTSIZES["figure"])
     return fig
+
+
+def mechanism_figure(table: pd.DataFrame, *, title: Optional[str] = None) -> Figure:
+    """The confounder's effect on the logit margin per arm, split into the part carried by
+    DenseNet's pass-through channels and the part carried by group 4's own channels
+    (:func:`mammo_lib.mechanism.mechanism_table`; exact for a GAP + linear head). Two bars per
+    arm; a dot marks their sum (the whole effect)."""
+    need = ("arm", "logit effect passthrough", "logit effect own")
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise ValueError(f"mechanism table lacks columns {missing} (needs {list(need)})")
+    if table.empty:
+        raise ValueError("mechanism table is empty: give at least one arm")
+    arms = [str(a) for a in table["arm"]]
+    x = np.arange(len(arms), dtype=float)
+    pt = table["logit effect passthrough"].to_numpy(dtype=float)
+    own = table["logit effect own"].to_numpy(dtype=float)
+    fig = Figure(figsize=(max(4.0, 1.1 * len(arms) + 2.0), 3.4), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.38
+    ax.bar(x - width / 2, pt, width, color="0.55", label="pass-through channels (transition 3, frozen)")
+    ax.bar(x + width / 2, own, width, color="tab:blue", label="group 4's own channels")
+    ax.plot(x, pt + own, "o", color="black", markersize=4, label="total")
+    ax.axhline(0, color="0.3", linewidth=0.8)
+    ax.set_xticks(x, [textwrap.fill(a, 14) for a in arms], fontsize=FONTSIZES["panel"])
+    ax.set_ylabel("confounder's effect on the logit margin\n(malignant - benign)", fontsize=FONTSIZES["panel"])
+    ax.tick_params(axis="y", labelsize=FONTSIZES["panel"])
+    ax.legend(fontsize=7, frameon=False, loc="best")
+    fig.suptitle(title or "Where the confounder reaches the classifier", fontsize=FONTSIZES["figure"])
+    return fig

@@ -60,8 +60,9 @@ _OLD_KEY = re.compile(
 
 Weights = Union[None, str, os.PathLike]
 
-#: ``head`` values of :func:`build_model` (Sec. 3.3 can be read either way; ``docs/DECISIONS.md``).
-HEADS = ("gap", "flatten")
+#: ``head`` values of :func:`build_model` (Sec. 3.3 can be read either way; ``docs/DECISIONS.md``),
+#: and ``"gap_own"``, the positive control of Table 2's instrument (:class:`OwnChannelsDenseNet`).
+HEADS = ("gap", "flatten", "gap_own")
 
 
 class FlattenHeadDenseNet(DenseNet):
@@ -74,6 +75,43 @@ class FlattenHeadDenseNet(DenseNet):
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - as DenseNet.forward, without the pooling
         out = torch.nn.functional.relu(self.features(x), inplace=True)
         return self.classifier(torch.flatten(out, 1))
+
+
+class OwnChannelsDenseNet(DenseNet):
+    """torchvision's DenseNet whose GAP classifier reads only group 4's own channels (``head =
+    "gap_own"``), not the pass-through ones.
+
+    DenseNet's last block concatenates its input (``transition3``'s output, frozen in Table 2's
+    training) with the features of its own layers, so ``norm5`` has ``passthrough_channels(model)``
+    channels that group 4 did not compute, first, and group 4's own after them. A GAP classifier
+    over all of them (torchvision's, ``head="gap"``) can read a confounder from the frozen trunk
+    whatever Eq. 5 does to group 4's own channels. This variant is the instrument's positive
+    control: ``classifier`` is ``Linear(C - P, classes)`` on the pooled channels ``P..C-1``
+    (``docs/DECISIONS.md``). Eq. 3-5 still use all of ``norm5``'s channels (group 4's output).
+    """
+
+    head = "gap_own"
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102 - as DenseNet.forward, own channels only
+        out = torch.nn.functional.relu(self.features(x), inplace=True)
+        out = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(out, 1), 1)
+        return self.classifier(out[:, passthrough_channels(self):])
+
+
+def passthrough_channels(model: nn.Module) -> int:
+    """Number of pass-through channels of group 4's output (``norm5``): the input channels of
+    ``denseblock4`` (``transition3``'s output), which torchvision's dense block concatenates, unchanged,
+    before its layers' new features. Group 4's own channels are the rest:
+    ``norm5.num_features - passthrough_channels(model)``.
+
+    >>> passthrough_channels(build_model("small", seed=0)), build_model("small", seed=0).features.norm5.num_features
+    (16, 32)
+    """
+    _require_densenet(model)
+    first = next(iter(model.features.denseblock4.children()), None)
+    if first is None or not hasattr(first, "norm1"):
+        raise TypeError(f"expected torchvision dense layers in features.denseblock4, got {type(first).__name__}")
+    return int(first.norm1.num_features)
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -99,8 +137,12 @@ def build_model(arch: str = "densenet121", weights: Weights = None, num_classes:
         seed: makes the random part of the initialisation (all of it, or the new head)
             reproducible without touching the global RNG.
         head: ``"gap"`` (default decision: torchvision's global average pooling, then one linear
-            layer ``C -> num_classes``) or ``"flatten"`` (the flattened ``C x g x g`` group-4 map
-            into the linear layer; :class:`FlattenHeadDenseNet`, fixed ``input_size``).
+            layer ``C -> num_classes``), ``"flatten"`` (the flattened ``C x g x g`` group-4 map
+            into the linear layer; :class:`FlattenHeadDenseNet`, fixed ``input_size``) or
+            ``"gap_own"`` (GAP, then a linear layer on group 4's own channels only,
+            ``C - passthrough_channels -> num_classes``; :class:`OwnChannelsDenseNet`, the positive
+            control). A ``"gap_own"`` network given a file with a ``C -> num_classes`` classifier
+            takes that classifier's own-channel columns and its bias.
         input_size: ROI side the ``"flatten"`` head is built for (g = 7 at 224).
 
     >>> build_model("small", seed=0).classifier
@@ -124,6 +166,11 @@ def build_model(arch: str = "densenet121", weights: Weights = None, num_classes:
     def make() -> DenseNet:
         if head == "gap":
             return DenseNet(num_classes=num_classes, **ARCHS[arch])
+        if head == "gap_own":
+            m = OwnChannelsDenseNet(num_classes=num_classes, **ARCHS[arch])
+            m.classifier = nn.Linear(m.classifier.in_features - passthrough_channels(m), num_classes)
+            nn.init.constant_(m.classifier.bias, 0)
+            return m
         m = FlattenHeadDenseNet(num_classes=num_classes, **ARCHS[arch])
         grid = feature_grid(m, input_size)
         m.classifier = nn.Linear(m.classifier.in_features * grid * grid, num_classes)
@@ -215,6 +262,11 @@ def _load_into(model: DenseNet, state: dict[str, Tensor], source: str) -> None:
     own = model.state_dict()
     head = model.classifier.weight
     file_head = state.get("classifier.weight")
+    if (getattr(model, "head", "gap") == "gap_own" and file_head is not None and file_head.ndim == 2
+            and file_head.shape == (head.shape[0], model.features.norm5.num_features)):
+        # a GAP classifier over all channels: the own-channel columns are this head's initial weights
+        state = {**state, "classifier.weight": file_head[:, passthrough_channels(model):].clone()}
+        file_head = state["classifier.weight"]
     if file_head is not None and file_head.ndim == 2 and file_head.shape != head.shape:
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         state.update({k: v for k, v in own.items() if k.startswith("classifier.")})

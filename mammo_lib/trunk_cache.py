@@ -12,8 +12,14 @@ uncached one to float precision (tests check 1e-5). What changes is the augmenta
 rotation cannot be cached, so cached training uses the four flips only (``docs/DECISIONS.md``).
 
 Knowledge-transfer targets (``target=``): ``"teacher"`` (the paper: the frozen initial network's
-map of the case's own mask), and two controls: ``"shuffled"`` (another case's teacher map, a fixed
-derangement) and ``"oracle"`` (the mask itself average-pooled to the g x g grid).
+map of the case's own mask), and controls: ``"shuffled"`` (another case's teacher map, a fixed
+derangement), ``"oracle"`` (the mask itself average-pooled to the g x g grid), and two nulls,
+``"uniform"`` (a constant map: Eq. 4 compares it, normalised, to a map spread evenly over the grid)
+and ``"rolled"`` (the case's own teacher map rolled by half the grid side in both axes,
+:func:`rolled_maps`: the same blob, off the mass).
+
+Heads (:func:`mammo_lib.model.build_model`'s ``head``): ``"gap"``, ``"flatten"`` and ``"gap_own"``
+(the classifier reads group 4's own channels only, not the pass-through ones; the positive control).
 
 >>> from mammo_lib.model import build_model
 >>> import numpy as np
@@ -21,7 +27,7 @@ derangement) and ``"oracle"`` (the mask itself average-pooled to the g x g grid)
 >>> rois = np.random.default_rng(0).random((4, 64, 64), dtype=np.float32)
 >>> masks = np.zeros((4, 64, 64), np.uint8); masks[:, 20:40, 20:40] = 1
 >>> cache = build_cache(model, rois, masks, progress=False)
->>> cache.features.shape[:2]
+>>> tuple(cache.features.shape[:2])
 (4, 4)
 """
 from __future__ import annotations
@@ -43,14 +49,14 @@ from .progress import tqdm
 from .records import DamagedCacheError
 from .activation import activation_distance, activation_map
 from .precision import autocast_for, backward_step, channels_last_while, grad_scaler, maybe_channels_last
-from .model import _TRAINABLE_PREFIXES, eval_mode, mask_to_model_input, on_device, to_model_input
+from .model import _TRAINABLE_PREFIXES, eval_mode, mask_to_model_input, on_device, passthrough_channels, to_model_input
 from .training import TORCH_LOAD_ERRORS, TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
 
 #: Flip codes of the cache: index 0 identity, 1 horizontal, 2 vertical, 3 both.
 FLIPS = ("none", "hflip", "vflip", "hvflip")
-#: Knowledge-transfer targets: the paper's teacher map and two controls.
-TARGETS = ("teacher", "shuffled", "oracle")
-Target = Literal["teacher", "shuffled", "oracle"]
+#: Knowledge-transfer targets: the paper's teacher map, two controls and two nulls (module docstring).
+TARGETS = ("teacher", "shuffled", "oracle", "uniform", "rolled")
+Target = Literal["teacher", "shuffled", "oracle", "uniform", "rolled"]
 
 #: Children of ``model.features`` that form the frozen trunk (groups 1-3 and the stem).
 TRUNK_LAYERS = ("conv0", "norm0", "relu0", "pool0", "denseblock1", "transition1", "denseblock2",
@@ -77,13 +83,18 @@ def group4_activation(model: nn.Module, t: Tensor) -> Tensor:
 
 def head_logits(model: nn.Module, a: Tensor) -> Tensor:
     """Logits from group 4's activation: global average pooling + the linear classifier
-    (``head="gap"``, torchvision's), or the flattened map (``head="flatten"``)."""
-    return _classify(model.classifier, getattr(model, "head", "gap"), a)
+    (``head="gap"``, torchvision's), the flattened map (``head="flatten"``), or global average
+    pooling of group 4's own channels only (``head="gap_own"``, the positive control)."""
+    head = getattr(model, "head", "gap")
+    return _classify(model.classifier, head, a, passthrough_channels(model) if head == "gap_own" else 0)
 
 
-def _classify(classifier: nn.Module, head: str, a: Tensor) -> Tensor:
+def _classify(classifier: nn.Module, head: str, a: Tensor, skip: int = 0) -> Tensor:
+    """The classifier on activation ``a``; ``skip``: pass-through channels left out (``"gap_own"``)."""
     if head == "flatten":
         return classifier(torch.flatten(a, 1))
+    if head == "gap_own":
+        return classifier(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1)[:, skip:])
     return classifier(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1))
 
 
@@ -240,12 +251,49 @@ def _flip_codes(augment: Sequence[str], n: int, gen: torch.Generator, n_flips: i
     return h + 2 * v
 
 
+def rolled_maps(maps: Tensor, flips: Sequence[str]) -> Tensor:
+    """The ``"rolled"`` null target: every case's map rolled by ``s = g // 2`` cells down and right
+    (``torch.roll``, circular) in the case's own (unflipped) frame, so the blob keeps its shape
+    but sits off the mass.
+
+    ``maps`` is ``(N, F, g, g)`` with axis 1 under ``flips`` (:data:`FLIPS` names), each map in
+    its flipped frame (as :attr:`TrunkCache.teacher_maps`). A shift by ``+s`` in the case's frame
+    is a shift by ``-s`` along a flipped axis, so ``flip(rolled[:, f]) = roll(flip(maps[:, f]), s)``
+    for every flip: the target moves with the ROI as the teacher's does (for even g, ``-s = s``
+    modulo g and every flip gets the same roll).
+
+    >>> m = torch.arange(9.).view(1, 1, 3, 3)
+    >>> rolled_maps(m, ("none",))[0, 0]
+    tensor([[8., 6., 7.],
+            [2., 0., 1.],
+            [5., 3., 4.]])
+    """
+    if maps.ndim != 4 or maps.shape[1] != len(flips) or maps.shape[-1] != maps.shape[-2]:
+        raise ValueError(f"expected maps (N, {len(flips)}, g, g) for flips {tuple(flips)}, got {tuple(maps.shape)}")
+    s = maps.shape[-1] // 2
+    out = []
+    for j, name in enumerate(flips):
+        if name not in FLIPS:
+            raise ValueError(f"unknown flip {name!r}; choose from {FLIPS}")
+        code = FLIPS.index(name)
+        shifts = (-s if code in (2, 3) else s, -s if code in (1, 3) else s)
+        out.append(torch.roll(maps[:, j], shifts=shifts, dims=(-2, -1)))
+    return torch.stack(out, 1)
+
+
 def _target_maps(teacher: Tensor, oracle: Tensor, idx: Tensor, codes: Tensor, target: str,
-                 perm: Optional[Tensor]) -> Tensor:
+                 perm: Optional[Tensor], rolled: Optional[Tensor] = None) -> Tensor:
     """The Eq. 4 targets of a batch: the teacher's maps of the cases' own masks, another case's
-    (``perm``, the shuffled control) or the pooled masks (the oracle control)."""
+    (``perm``, the shuffled control), the pooled masks (the oracle control), a constant map of
+    ones (the uniform null) or the rolled teacher maps (``rolled``, :func:`rolled_maps`)."""
     if target == "oracle":
         return oracle[idx, codes]
+    if target == "uniform":
+        return torch.ones((len(idx), *teacher.shape[-2:]), dtype=teacher.dtype, device=teacher.device)
+    if target == "rolled":
+        if rolled is None:
+            raise ValueError("the rolled target needs the rolled maps (rolled_maps)")
+        return rolled[idx, codes]
     return teacher[idx if target == "teacher" else perm[idx], codes]
 
 
@@ -276,11 +324,24 @@ def predict_cached(model: nn.Module, cache: TrunkCache, *, flip: int = 0, batch_
                        batch_size=batch_size, device=device, amp=amp, channels_last=channels_last).numpy()
 
 
+#: ``channels`` of :func:`group4_maps_cached`: all of group 4's output, its own or its pass-through part.
+CHANNEL_SETS = ("all", "own", "passthrough")
+
+
 def group4_maps_cached(model: nn.Module, cache: TrunkCache, *, flip: int = 0, batch_size: int = 256,
                        device: str | torch.device = "cpu", amp: str = "off",
-                       channels_last: bool = False) -> np.ndarray:
-    """F^4 (Eq. 3, float32) of every cached ROI, ``(N, g, g)``."""
-    return _over_cache(model, cache, activation_map, flip=flip, batch_size=batch_size, device=device,
+                       channels_last: bool = False, channels: str = "all") -> np.ndarray:
+    """F^4 (Eq. 3, float32) of every cached ROI, ``(N, g, g)``; ``channels="own"`` or
+    ``"passthrough"``: Eq. 3 over group 4's own channels or over the pass-through ones only
+    (:func:`~mammo_lib.model.passthrough_channels`), the mean over that part's channels."""
+    if channels not in CHANNEL_SETS:
+        raise ValueError(f"channels must be one of {CHANNEL_SETS}, got {channels!r}")
+    if channels == "all":
+        read = activation_map
+    else:
+        p = passthrough_channels(model)
+        read = (lambda a: activation_map(a[:, p:])) if channels == "own" else (lambda a: activation_map(a[:, :p]))
+    return _over_cache(model, cache, read, flip=flip, batch_size=batch_size, device=device,
                        amp=amp, channels_last=channels_last).numpy()
 
 
@@ -381,6 +442,7 @@ class StackedHead(nn.Module):
         if len(heads) != 1:
             raise ValueError(f"networks trained together need one head type, got {sorted(heads)}")
         self.head = heads.pop()
+        self.skip = passthrough_channels(models[0]) if self.head == "gap_own" else 0
         head = _TRAINABLE_PREFIXES["group4+classifier"]
         shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items() if k.startswith(head)} for m in models]
         if any(sh != shapes[0] for sh in shapes[1:]):
@@ -409,7 +471,7 @@ class StackedHead(nn.Module):
 
     def logits(self, a: Tensor) -> list[Tensor]:
         """Each network's logits ``(B, classes)`` from the stacked activation ``a``."""
-        return [_classify(c, self.head, a[:, g]) for g, c in enumerate(self.classifiers)]
+        return [_classify(c, self.head, a[:, g], self.skip) for g, c in enumerate(self.classifiers)]
 
     def state_of(self, g: int, state: Optional[Mapping[str, Tensor]] = None) -> dict[str, Tensor]:
         """Network ``g``'s group 4 + classifier state under its own names (copies), from this
@@ -508,6 +570,8 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
     feats, val_feats = train.features.to(device), val.features[:, 0].to(device)
     teacher, oracle = train.teacher_maps.to(device), train.oracle_maps.to(device)
     perm_d = None if perm is None else torch.as_tensor(perm).to(device)
+    rolled = (rolled_maps(train.teacher_maps, train.flips).to(device)
+              if any(u and t == "rolled" for u, t in zip(use_kt, targets)) else None)
     y_all = torch.from_numpy(train.labels).to(device)
     maps = {t: None for u, t in zip(use_kt, targets) if u}
     histories: list[list[dict[str, float]]] = [[] for _ in models]
@@ -531,7 +595,7 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
             idx_d, codes_d = idx.to(device), codes_all[idx].to(device)
             t = feats[idx_d, codes_d]
             for tg in maps:
-                maps[tg] = _target_maps(teacher, oracle, idx_d, codes_d, tg, perm_d)
+                maps[tg] = _target_maps(teacher, oracle, idx_d, codes_d, tg, perm_d, rolled)
             y = y_all[idx_d]
             with autocast_for(device, cfg.amp):
                 a = head(t)
@@ -605,4 +669,4 @@ def _stacked_predict(head: StackedHead, feats: Tensor, amp: str, batch_size: int
 __all__ = ["FLIPS", "TARGETS", "DamagedCacheError", "TrunkCache", "HeadResult", "build_cache", "train_head",
            "train_heads", "StackedHead", "PER_NETWORK_FIELDS", "predict_cached",
            "group4_maps_cached", "trunk_forward", "group4_activation", "head_logits", "head_loss",
-           "derangement"]
+           "derangement", "rolled_maps", "CHANNEL_SETS"]

@@ -11,7 +11,7 @@ from torchvision.models import DenseNet
 from mammo_lib.model import (
     ARCHS, IMAGENET_MEAN, IMAGENET_STD, TRAINABLE_SETS, WeightsUnavailableError, apply_train_mode,
     build_model, count_parameters, eval_mode, feature_grid, imagenet_weights_path, mask_to_model_input,
-    on_device, preserve_mode, set_trainable, to_model_input,
+    OwnChannelsDenseNet, on_device, passthrough_channels, preserve_mode, set_trainable, to_model_input,
 )
 
 # on_device: (name, device asked for, .to() calls expected on a model living on `meta`)
@@ -374,3 +374,80 @@ def test_count_parameters_by_hand():
     set_trainable(model, "all")
     assert count_parameters(model, trainable_only=True) == total == sum(
         math.prod(p.shape) for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- the positive control head
+
+
+def _transition3_channels(model):
+    """Channels of transition3's output, measured by a forward of one 32 px image (not hard-coded)."""
+    x = to_model_input(torch.rand(1, 32, 32))
+    with eval_mode(model), torch.no_grad():
+        for name in ("conv0", "norm0", "relu0", "pool0", "denseblock1", "transition1", "denseblock2",
+                     "transition2", "denseblock3", "transition3"):
+            x = getattr(model.features, name)(x)
+    return x.shape[1]
+
+
+@pytest.mark.parametrize("arch", ["small", "densenet121"])
+def test_gap_own_classifier_reads_only_own_channels(arch):
+    model = build_model(arch, weights=None, seed=0, head="gap_own")
+    p = passthrough_channels(model)
+    c = model.features.norm5.num_features
+    assert p == _transition3_channels(model)  # the channels denseblock4 concatenates unchanged
+    assert 0 < p < c and model.classifier.in_features == c - p
+    assert isinstance(model, OwnChannelsDenseNet) and model.head == "gap_own"
+    # the issue's counts (16 of 32, 512 of 1024) follow from the architectures
+    assert (p, c) == {"small": (16, 32), "densenet121": (512, 1024)}[arch]
+    gap = build_model(arch, weights=None, seed=0)
+    assert passthrough_channels(gap) == p and gap.classifier.in_features == c
+
+
+@pytest.mark.parametrize("head, unchanged", [("gap_own", True), ("gap", False)])
+def test_passthrough_activations_do_not_reach_gap_own_logits(head, unchanged):
+    """Adding noise to the pass-through channels of norm5's output leaves the gap_own logits as
+    they are (and changes the gap head's: the test can fail)."""
+    model = build_model("small", seed=1, head=head).eval()
+    p = passthrough_channels(model)
+    x = to_model_input(torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        before = model(x)
+        noise = torch.zeros(1, model.features.norm5.num_features, 1, 1)
+        noise[:, :p] = 5.0
+        handle = model.features.norm5.register_forward_hook(lambda mod, inp, out: out + noise)
+        try:
+            after = model(x)
+        finally:
+            handle.remove()
+    assert torch.equal(before, after) is unchanged
+
+
+def test_gap_own_forward_by_hand():
+    """logits = W [mean over the grid of relu(features(x))][P:] + b."""
+    model = build_model("small", seed=2, head="gap_own").eval()
+    x = to_model_input(torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        pooled = torch.relu(model.features(x)).mean(dim=(2, 3))
+        want = pooled[:, passthrough_channels(model):] @ model.classifier.weight.T + model.classifier.bias
+        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_gap_own_takes_a_gap_files_own_columns(tmp_path):
+    source = build_model("small", seed=3).state_dict()
+    path = tmp_path / "trunk.pth"
+    torch.save({"model_state": source}, path)
+    model = build_model("small", weights=path, seed=4, head="gap_own")
+    state = model.state_dict()
+    assert _state_equal(state, source, "features.")
+    p = passthrough_channels(model)
+    assert torch.equal(state["classifier.weight"], source["classifier.weight"][:, p:])
+    assert torch.equal(state["classifier.bias"], source["classifier.bias"])
+    # an ImageNet-style file (1000 classes): a new head, the seeded one
+    torch.save(build_model("small", num_classes=1000, seed=5).state_dict(), tmp_path / "in.pth")
+    fresh = build_model("small", weights=tmp_path / "in.pth", seed=4, head="gap_own").state_dict()
+    assert _state_equal(fresh, build_model("small", seed=4, head="gap_own").state_dict(), "classifier.")
+
+
+def test_passthrough_channels_rejects_other_models():
+    with pytest.raises(TypeError, match="expected a torchvision DenseNet"):
+        passthrough_channels(nn.Linear(2, 2))

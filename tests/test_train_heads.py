@@ -24,6 +24,7 @@ JOINT_FAIL_CASES = [
     ("bad target", dict(targets=["teacher", "random"]), "target must be one of"),
     ("architectures differ", dict(archs=("small", "densenet121")), "need the same architecture"),
     ("heads differ", dict(heads=("gap", "flatten")), "need one head type"),
+    ("positive control with gap", dict(heads=("gap", "gap_own")), "need one head type"),
 ]
 
 
@@ -43,7 +44,7 @@ def test_train_heads_rejects(cache, name, kw, msg):
     assert msg in str(err.value)
 
 
-@pytest.mark.parametrize("head", ["gap", "flatten"])
+@pytest.mark.parametrize("head", ["gap", "flatten", "gap_own"])
 def test_stacked_head_is_each_networks_group4(cache, head):
     nets = [build_model("small", seed=s, head=head, input_size=S) for s in (0, 1, 2)]
     t = cache.features[:6, 1]
@@ -131,3 +132,65 @@ def test_train_heads_leaves_the_trunk_and_caller_flags(cache):
     for k, v in trunk.items():
         assert torch.equal(nets[0].state_dict()[k], v), k
     assert [p.requires_grad for p in nets[0].parameters()] == flags and nets[0].training
+
+
+@pytest.mark.parametrize("head", ["gap", "gap_own"])
+def test_null_targets_and_positive_control_together_equal_one_by_one(cache, head):
+    """The nulls (uniform, rolled) and the teacher, with either head, trained together = alone."""
+    tr, va = cache.subset(range(10)), cache.subset(range(10, 16))
+    runs = [("finetune", 0.0, "teacher"), ("transfer", 32.0, "teacher"), ("transfer", 32.0, "uniform"),
+            ("transfer", 8.0, "rolled")]
+    cfgs = [TrainConfig(epochs=4, batch_size=4, seed=7, lr=5e-3, method=m, beta=b, class_weighting=True)
+            for m, b, _ in runs]
+    targets = [r[2] for r in runs]
+    joint = train_heads([build_model("small", seed=1, head=head) for _ in runs], tr, va, cfgs, targets=targets)
+    for cfg, target, j in zip(cfgs, targets, joint):
+        alone = train_head(build_model("small", seed=1, head=head), tr, va, cfg, target=target)
+        cols = ["train_loss", "train_ce", "train_d4", "val_loss", "val_accuracy"]
+        assert j.best_epoch == alone.best_epoch
+        np.testing.assert_allclose(j.history[cols].to_numpy(), alone.history[cols].to_numpy(), rtol=1e-5, atol=1e-6)
+        for k, v in alone.model.state_dict().items():
+            torch.testing.assert_close(j.model.state_dict()[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    # the targets matter: the three Eq. 5 runs at one beta do not train to the same weights
+    w = [j.model.classifier.weight for j in joint[1:3]]
+    assert not torch.allclose(w[0], w[1])
+
+
+def test_uniform_step_is_eq5_against_ones(cache):
+    """One batch, one Adam step: the uniform null is Eq. 5 with a target of ones (head_loss)."""
+    tr, va = cache.subset(range(8)), cache.subset(range(8, 12))
+    cfg = TrainConfig(epochs=1, batch_size=8, seed=3, lr=1e-2, method="transfer", beta=8.0)
+    res = train_head(build_model("small", seed=4, head="gap_own"), tr, va, cfg, target="uniform")
+    gen = epoch_generator(3, 0)
+    order = torch.randperm(len(tr), generator=gen)
+    codes = _flip_codes(cfg.augment, len(tr), gen, 4)[order]
+    t, y = tr.features[order, codes], torch.from_numpy(tr.labels)[order]
+    ref = build_model("small", seed=4, head="gap_own")
+    ref.eval()
+    set_trainable(ref, "group4+classifier")
+    for mod in (ref.features.denseblock4, ref.features.norm5, ref.classifier):
+        mod.train()
+    opt = _make_optimizer([p for p in ref.parameters() if p.requires_grad], cfg)
+    loss, _ = head_loss(ref, t, y, torch.ones(len(t), *tr.teacher_maps.shape[-2:]), cfg)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(res.model.state_dict()[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_positive_control_head_state_loads_back(cache, tmp_path):
+    """A gap_own head saved as the instrument saves it (group 4 + classifier) loads into a fresh
+    network of the same initialisation (instrument.load_head) and predicts the same."""
+    from mammo_lib.instrument import load_head
+    from mammo_lib.io import save_torch
+    from mammo_lib.model import _TRAINABLE_PREFIXES
+    from mammo_lib.trunk_cache import predict_cached
+
+    res = train_head(build_model("small", seed=2, head="gap_own"), cache.subset(range(8)), cache.subset(range(8, 12)),
+                     TrainConfig(epochs=2, batch_size=4, method="transfer", beta=8.0))
+    head = {k: v for k, v in res.model.state_dict().items() if k.startswith(_TRAINABLE_PREFIXES["group4+classifier"])}
+    assert head["classifier.weight"].shape[1] == 16
+    save_torch(head, tmp_path / "head.pt")
+    back = load_head(build_model("small", seed=2, head="gap_own"), tmp_path / "head.pt")
+    np.testing.assert_array_equal(predict_cached(back, cache), predict_cached(res.model, cache))

@@ -11,8 +11,10 @@ from mammo_lib.activation import GroupActivations, activation_map
 from mammo_lib.model import apply_train_mode, build_model, mask_to_model_input, set_trainable, to_model_input
 from mammo_lib.training import TrainConfig, _step_loss
 from mammo_lib.transfer import KnowledgeTransferLoss, make_teacher
-from mammo_lib.trunk_cache import (FLIPS, TrunkCache, build_cache, derangement, group4_activation, head_logits,
-                                   head_loss, predict_cached, train_head, trunk_forward)
+from mammo_lib.model import passthrough_channels
+from mammo_lib.trunk_cache import (FLIPS, TrunkCache, _target_maps, build_cache, derangement, group4_activation,
+                                   group4_maps_cached, head_logits, head_loss, predict_cached, rolled_maps, train_head,
+                                   trunk_forward)
 
 S = 64  # small DenseNet: 2x2 group-4 grid at 64 px
 
@@ -56,7 +58,7 @@ def test_train_head_rejects(name, kw, msg):
         train_head(model, c, c, TrainConfig(**kw))
 
 
-@pytest.mark.parametrize("head", ["gap", "flatten"])
+@pytest.mark.parametrize("head", ["gap", "flatten", "gap_own"])
 def test_cached_logits_equal_full_network(head):
     x, m, y = data()
     model = build_model("small", seed=1, head=head, input_size=S)
@@ -127,7 +129,7 @@ def test_derangement_needs_two():
         derangement(1, 0)
 
 
-@pytest.mark.parametrize("target", ["teacher", "shuffled", "oracle"])
+@pytest.mark.parametrize("target", ["teacher", "shuffled", "oracle", "uniform", "rolled"])
 def test_train_head_reproducible_and_trunk_untouched(target):
     x, m, y = data(12)
     c = build_cache(build_model("small", seed=5), x, m, labels=y, progress=False)
@@ -190,3 +192,75 @@ def test_densenet121_224_cached_path_equals_full_network():
         apply_train_mode(model)
         loss_c, _ = head_loss(model, c.features[:, 0], torch.from_numpy(y), c.teacher_maps[:, 0], cfg)
     torch.testing.assert_close(loss_c, loss_full, rtol=0, atol=1e-5)
+
+
+# rolled null target of arange(9) on a 3x3 grid (s = 1): per flip, (rows, cols) shifted by (+-1, +-1),
+# -1 along a flipped axis (hflip: columns, vflip: rows), worked out by hand
+ROLLED_3X3 = {
+    "none": [[8, 6, 7], [2, 0, 1], [5, 3, 4]],     # rows +1, cols +1
+    "hflip": [[7, 8, 6], [1, 2, 0], [4, 5, 3]],    # rows +1, cols -1
+    "vflip": [[5, 3, 4], [8, 6, 7], [2, 0, 1]],    # rows -1, cols +1
+    "hvflip": [[4, 5, 3], [7, 8, 6], [1, 2, 0]],   # rows -1, cols -1
+}
+
+
+def test_rolled_maps_by_hand():
+    m = torch.arange(9.0).view(1, 1, 3, 3).expand(1, 4, 3, 3)
+    got = rolled_maps(m, FLIPS)
+    for j, name in enumerate(FLIPS):
+        assert got[0, j].tolist() == ROLLED_3X3[name], name
+    # even grid: +s = -s modulo g, every flip the same roll (2x2: the diagonal swap)
+    two = rolled_maps(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]] * 4]), FLIPS)
+    assert all(two[0, j].tolist() == [[4.0, 3.0], [2.0, 1.0]] for j in range(4))
+
+
+def test_rolled_maps_move_with_the_flip():
+    """The target of a flipped ROI is the flipped target of the ROI: flip(rolled[:, f]) equals the
+    unflipped-frame roll of flip(maps[:, f]), for an odd grid (7) where +s and -s differ."""
+    g = torch.rand(2, 4, 7, 7, generator=torch.Generator().manual_seed(0))
+    r = rolled_maps(g, FLIPS)
+    for code, dims in enumerate([(), (-1,), (-2,), (-2, -1)]):
+        unflip = (lambda t: t.flip(dims)) if dims else (lambda t: t)
+        torch.testing.assert_close(unflip(r[:, code]), torch.roll(unflip(g[:, code]), (3, 3), (-2, -1)), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="expected maps"):
+        rolled_maps(g, ("none",))
+
+
+def test_null_target_maps_of_a_batch():
+    teacher = torch.arange(2 * 4 * 9, dtype=torch.float32).view(2, 4, 3, 3)
+    oracle = torch.zeros_like(teacher)
+    idx, codes = torch.tensor([1, 0]), torch.tensor([2, 0])
+    uni = _target_maps(teacher, oracle, idx, codes, "uniform", None)
+    assert uni.shape == (2, 3, 3) and bool((uni == 1).all())
+    rolled = _target_maps(teacher, oracle, idx, codes, "rolled", None, rolled_maps(teacher, FLIPS))
+    assert (rolled[0] - teacher[1, 2, 0, 0]).tolist() == ROLLED_3X3["vflip"]
+    assert (rolled[1] - teacher[0, 0, 0, 0]).tolist() == ROLLED_3X3["none"]
+    # existing targets unchanged
+    assert torch.equal(_target_maps(teacher, oracle, idx, codes, "teacher", None), teacher[idx, codes])
+    with pytest.raises(ValueError, match="rolled maps"):
+        _target_maps(teacher, oracle, idx, codes, "rolled", None)
+
+
+def test_uniform_target_distance_by_hand():
+    """Eq. 4 against the uniform target: || v/||v|| - 1/g ||, e.g. 0 for a flat map and
+    sqrt(2 - 2/g) for a map on one cell of a g x g grid (g = 2: 1)."""
+    from mammo_lib.activation import activation_distance
+    ones = torch.ones(2, 2, 2)
+    f = torch.tensor([[[3.0, 3.0], [3.0, 3.0]], [[5.0, 0.0], [0.0, 0.0]]])
+    d = activation_distance(ones, f)
+    torch.testing.assert_close(d, torch.tensor([0.0, 1.0]))
+
+
+def test_group4_maps_by_channel_set():
+    """Eq. 3 is a channel mean, so C * F(all) = P * F(passthrough) + (C - P) * F(own)."""
+    x, m, y = data(3)
+    model = build_model("small", seed=2, head="gap_own")
+    c = build_cache(model, x, m, labels=y, flips=("none",), progress=False)
+    maps = {k: group4_maps_cached(model, c, channels=k) for k in ("all", "own", "passthrough")}
+    p, n = passthrough_channels(model), model.features.norm5.num_features
+    np.testing.assert_allclose(n * maps["all"], p * maps["passthrough"] + (n - p) * maps["own"], rtol=1e-5)
+    with torch.no_grad():
+        a = group4_activation(model.eval(), c.features[:, 0])
+    np.testing.assert_allclose(maps["own"], activation_map(a[:, p:]).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="channels must be one of"):
+        group4_maps_cached(model, c, channels="new")
