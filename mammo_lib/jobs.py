@@ -240,7 +240,7 @@ def collect(cfg: Config, *, tables: bool = False, progress: bool = False) -> Col
         data0 = next(iter(datas.values()))[0]
         patients = dict(zip(data0.ids, data0.groups if data0.groups is not None else data0.ids))
         table2._RUNS[(str(cfg.root), cfg.digest())] = table2.Design(res, trunks, table2.default_replicate(cfg, trunks),
-                                                                    patients)
+                                                                    patients, datas)
         out.tables = table2.step_table2(cfg, progress=progress)
     return out
 

@@ -402,6 +402,7 @@ class Design:
     trunks: dict[int, dict[str, dict[str, Any]]]
     default: tuple[int, int]
     patients: dict[str, Any] = None  # type: ignore[assignment]  # case id -> patient (cluster bootstrap)
+    datas: dict[int, tuple[Any, dict[str, Any]]] = None  # type: ignore[assignment]  # design_data's output
 
     def default_result(self) -> Any:
         t, f = self.default
@@ -440,7 +441,7 @@ def run_design(cfg: Config, *, progress: bool = True) -> Design:
     trunks = {t: tr for t, (_, tr) in datas.items()}
     data0 = next(iter(datas.values()))[0]
     patients = dict(zip(data0.ids, data0.groups if data0.groups is not None else data0.ids))
-    design = Design(concat_results(results), trunks, default_replicate(cfg, trunks), patients)
+    design = Design(concat_results(results), trunks, default_replicate(cfg, trunks), patients, datas)
     _RUNS[key] = design
     return design
 
@@ -910,10 +911,87 @@ def write_text_note(results_dir: Path, name: str, text: str) -> None:
     write_text(path, (old + "\n\n" if old else "") + text + "\n")
 
 
+def run_model(cfg: Config, design: Design, replicate: tuple[int, int], condition: str, init: str, fold: int,
+              run_name: str):
+    """The trained network of one run (e.g. ``"grid:b32"``, ``"positive:b0"``) of a replicate:
+    its initialisation's trunk with the run's ``head.pt`` loaded."""
+    from .instrument import POSITIVE_HEAD, load_head
+    from .model import build_model
+
+    t, f = replicate
+    head = POSITIVE_HEAD if run_name.startswith("positive:") else cfg.section("train").get("head", "gap")
+    model = build_model(cfg["arch"], weights=design.trunks[t][init]["weights"],
+                        seed=int(cfg["seed"]) + 1000 * t + fold, head=head)
+    path = replicate_dir(cfg, t, f) / condition / init / f"fold_{fold}" / run_name.replace(":", "_") / "head.pt"
+    return load_head(model, path)
+
+
 def mechanism(cfg: Config, design: Design, *, progress: bool = True) -> dict[str, Any] | None:
-    """The mechanism table (:func:`mammo_lib.mechanism.mechanism_table`) and figure on the default
-    replicate; ``None`` on real data or when the module is absent."""
-    return None
+    """Why the shortcut survives (:mod:`mammo_lib.mechanism`): on the default replicate, condition B,
+    per initialisation and arm (fine-tune, knowledge transfer at the primary beta, the uniform
+    null, the positive control's two arms), the calcification's effect on the logit margin split
+    exactly into the pass-through and group 4's own channels, the classifier's |w| on each half and
+    the own-channel energy on the calcification's cells. Each case's pair of renderings (one with a
+    calcification, one without) comes from its test fold's model; rows pool the folds weighted by
+    their cases. ``None`` on real data (no known confounder). Returns ``{"table", "figure"}``."""
+    from . import figures
+    from .mechanism import MECHANISM_COLUMNS, MechanismArm, contrast_pairs, mechanism_table, pair_caches, pair_masks
+    from .datasets import roi_sets
+    from .protocol import make_folds
+
+    cond = next((c for c in conditions(cfg) if c.name == "B"), None)
+    if not cfg.uses_phantom or cond is None:
+        return None
+    t, f = design.default
+    data = (design.datas or {}).get(t, (None,))[0] or instrument_data(cfg, trunk_seed=t, progress=progress)[0]
+    ds = roi_sets(cfg, progress=False)
+    rends = renderings(cfg, ds)
+    names = list(dict.fromkeys([cond.train, *cond.tests.values()]))
+    conf = {r: rends[r].confounders for r in names}
+    if any(v is None for v in conf.values()):
+        return None
+    pairs = contrast_pairs(conf)
+    if pairs.empty:
+        return None
+    masks = pair_masks(conf, pairs)
+    folds = make_folds(data.labels, data.groups, n_splits=int(cfg.section("cv")["n_splits"]), seed=int(cfg["seed"]) + f)
+    pt = primary_point(cfg)
+    cv = cfg.section("cv")
+    arms = [("fine-tune", "grid:b0"), (f"knowledge transfer (beta {pt.beta:g})", f"grid:{pt.name}")]
+    if "uniform" in cv.get("controls", ()):
+        arms.append(("KT, uniform target", f"control:uniform:{pt.name}"))
+    if cv.get("positive_control", False):
+        arms += [("positive control, fine-tune", "positive:b0"), ("positive control, KT", f"positive:{pt.name}")]
+    rows = []
+    pos = pairs["position"].to_numpy()
+    for init in data.caches:
+        with_c, without = pair_caches(data.caches[init], pairs)
+        for k in range(int(cv["n_splits"])):
+            cases = np.flatnonzero(folds[pos] == k)
+            if not len(cases):
+                continue
+            models = {name: MechanismArm(run_model(cfg, design, (t, f), cond.name, init, k, run), with_c, without)
+                      for name, run in arms}
+            rows.append(mechanism_table(models, masks, cases=cases).assign(init=init, fold=k))
+    if not rows:
+        return None
+    per_fold = pd.concat(rows, ignore_index=True)
+    num = [c for c in MECHANISM_COLUMNS if c not in ("arm", "head", "n_cases")]
+    out = []
+    for (init, arm), g in per_fold.groupby(["init", "arm"], sort=False):
+        w = g["n_cases"].to_numpy(float)
+        row = {"init": init, "arm": arm, "head": g["head"].iloc[0], "n_cases": int(w.sum())}
+        for c in num:
+            v = g[c].to_numpy(float)
+            ok = np.isfinite(v)
+            row[c] = float((v[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() else float("nan")
+        out.append(row)
+    table = pd.DataFrame(out)
+    main = "ddsm" if "ddsm" in set(table["init"]) else table["init"].iloc[0]
+    fig = figures.mechanism_figure(table[table["init"] == main],
+                                   title=f"Condition B, {INIT_LABELS.get(main, main)} trunk seed {t}: the calcification's "
+                                         f"effect on the logit margin")
+    return {"table": table, "figure": fig, "per_fold": per_fold}
 
 
 def verdict_lines(cfg: Config, res: Any, gate: pd.DataFrame, summaries: dict[str, pd.DataFrame],
