@@ -13,10 +13,19 @@ DDSM-like set) and every outer fold k:
    (:func:`~mammo_lib.trunk_cache.train_heads`: one grouped step for the whole grid);
 3. knowledge transfer's beta is the one with the best inner-validation accuracy (ties: lower
    validation loss, then smaller beta): chosen inside the fold, never from another fold;
-4. the controls, a shuffled teacher (another case's mask map) and an oracle target (the mask
-   pooled to the grid), train together at knowledge transfer's beta (the best non-zero one when
-   that is 0);
-5. every model predicts the test fold under every rendering of the condition.
+4. the controls train together at a pre-specified grid point (``control_point``, the profile's
+   ``cv.primary_beta``; without one, at knowledge transfer's choice, the best non-zero beta when
+   that is 0): the nulls, a shuffled teacher (another case's mask map), a uniform and an
+   off-centre (rolled) target, and the oracle target (the mask pooled to the grid);
+5. the positive control (``positive``): fine-tuning and knowledge transfer at the same point with
+   a classifier that reads only group 4's own channels (:data:`POSITIVE_HEAD`), trained together;
+6. every model predicts the test fold under every rendering of the condition.
+
+The design's replicates (``docs/DECISIONS.md``): one :class:`Instrument` per trunk seed (its own
+pre-trained trunks, :class:`InstrumentData`) and fold seed (``seed``: folds and inner splits);
+``tags`` (``trunk_seed``, ``fold_seed``) go into every row and run key, the caller gives each its
+own folder, and :func:`concat_results` / :meth:`InstrumentResult.select` put them together and
+apart.
 
 The calibration gate (:func:`calibration_gate`) asks whether the instrument can show an effect at
 all: in condition B fine-tuning must reach >= 85 % in distribution and flip >= 25 % of its
