@@ -690,6 +690,9 @@ def design_verdict(cfg: Config, trunk_tab: pd.DataFrame, primary: pd.DataFrame, 
     need = int(cv.get("min_passing_trunks", 1))
     beta = primary_point(cfg)
     lines = []
+    if not any(str(c).startswith("calibration:") for c in trunk_tab.columns):
+        lines.append("No calibration gate on real data (no known confounder); the verdict below is the plain "
+                     "comparison, with the trunk gates enforced.")
     parts = []
     for _, r in trunk_tab.iterrows():
         bad = [] if r["passes"] else [trunk_gate_failures(dict(r))]
