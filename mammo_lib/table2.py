@@ -462,7 +462,7 @@ def summary(res: Any, condition: str, trunks: dict[str, Any]) -> pd.DataFrame:
         row = {"spec": spec, "init_used": trunks.get(init, {}).get("note", "") if spec != "mask_only" else "mask input",
                "n_folds": len(g), "acc_mean": g["accuracy"].mean(), "acc_std": g["accuracy"].std(ddof=1),
                **{c: int(g[c].sum()) for c in ("tn", "fp", "fn", "tp")}, "n_test": int(g["n_test"].sum()),
-               "beta per fold": ", ".join(f"{b:g}" for b in g["beta"]) if spec.endswith(("transfer", "shuffled", "oracle")) else ""}
+               "beta per fold": ", ".join(f"{b:g}" for b in g["beta"]) if spec.endswith(("transfer", "shuffled", "oracle", "uniform", "rolled", "ownkt")) else ""}
         for c in g.columns:
             if c.startswith("acc ") or c in ("flip rate", "energy share on mass", "d4 (test)"):
                 row[c] = g[c].mean()
@@ -531,7 +531,10 @@ def _t_row(d: np.ndarray, n_train: float, n_test: float) -> dict[str, Any]:
     plain = paired_t(d)
     half = float(sps.t.ppf(0.975, n - 1)) * nb["se"]
     sd = float(np.std(d, ddof=1))
-    mde = min_detectable_effect(sd, n, correction=1.0 + n * n_test / n_train)
+    try:  # noncentral t with df = 1 (two units) has no usable power curve: no MDE then
+        mde = min_detectable_effect(sd, n, correction=1.0 + n * n_test / n_train) if n >= 3 else np.nan
+    except ValueError:
+        mde = np.nan
     return {**out, "ci_lo": out["difference"] - half, "ci_hi": out["difference"] + half,
             "p_nadeau_bengio": nb["p"], "p_paired_t (paper-comparable)": plain["p"], "mde": mde}
 
