@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, create_model, model_validator
 
 from .imageio import DEFAULT_INTENSITY, INTENSITY_MODES
 
@@ -199,12 +199,40 @@ def profile_model() -> type[BaseModel]:
         epochs: Optional[StrictInt] = Field(None, ge=1)     # None: train.epochs
         trainable: str = "all"
         lr: Optional[float] = Field(None, gt=0)             # None: train.lr
+        patience: Optional[StrictInt] = Field(None, ge=1)   # None: train all epochs (best epoch kept)
 
     class CV(_Section):
         n_splits: StrictInt = Field(5, ge=2)
         conditions: list[Literal["A", "B"]] = ["A", "B"]
         beta_grid: list[float] = [0, 2, 8, 32, 128]
         beta_grid_at: list[float] = [1000]
+        # The design (docs/DECISIONS.md, "The instrument"): trunk and fold seeds are offsets added
+        # to the profile's seed; each trunk seed pre-trains its own generic and DDSM trunk.
+        trunk_seeds: list[StrictInt] = Field(default_factory=lambda: [0], min_length=1)
+        fold_seeds: list[StrictInt] = Field(default_factory=lambda: [0], min_length=1)
+        min_passing_trunks: StrictInt = Field(1, ge=1)
+        # The pre-specified primary analysis: knowledge transfer at this fixed beta vs fine-tuning,
+        # plus the trend over the grid; the per-fold choice on the inner split is a secondary row.
+        primary_beta: float = Field(32.0, gt=0)
+        primary_form: Literal["paper", "at"] = "paper"
+        controls: list[Literal["shuffled", "oracle", "uniform", "rolled"]] = Field(
+            default_factory=lambda: ["shuffled", "oracle", "uniform", "rolled"])
+        positive_control: bool = True                       # classifier on group 4's own channels
+
+        @model_validator(mode="after")
+        def _design(self) -> "CV":
+            for name in ("trunk_seeds", "fold_seeds"):
+                seeds = getattr(self, name)
+                if len(set(seeds)) != len(seeds):
+                    raise ValueError(f"cv.{name} must be distinct, got {seeds}")
+            if self.min_passing_trunks > len(self.trunk_seeds):
+                raise ValueError(f"cv.min_passing_trunks ({self.min_passing_trunks}) exceeds the number of "
+                                 f"cv.trunk_seeds ({len(self.trunk_seeds)})")
+            grid = self.beta_grid if self.primary_form == "paper" else self.beta_grid_at
+            if self.primary_beta not in grid:
+                key = "cv.beta_grid" if self.primary_form == "paper" else "cv.beta_grid_at"
+                raise ValueError(f"cv.primary_beta {self.primary_beta:g} is not in {key} {grid}")
+            return self
 
     class Table1(_Section):
         n_splits: StrictInt = Field(5, ge=2)

@@ -184,10 +184,12 @@ class DDPHooks:
         return tuple(float(v) for v in t.cpu())
 
 
-def pretrain_ddp(cfg: Any, *, progress: bool = True) -> dict[str, Any]:
-    """The profile's DDSM trunk (:func:`mammo_lib.table2.ddsm_trunk`) trained by all torchrun
-    processes; in a single process the same as ``ddsm_trunk(cfg)``. Rank 0 first prepares the data
-    and the ``imagenet`` trunk (both cached on disk), then the others load them.
+def pretrain_ddp(cfg: Any, *, trunk_seeds: Optional[Sequence[int]] = None, progress: bool = True) -> dict[str, Any]:
+    """The profile's DDSM trunks (:func:`mammo_lib.table2.ddsm_trunk`, one per trunk seed of
+    ``cv.trunk_seeds``, or those in ``trunk_seeds``) trained by all torchrun processes, one after
+    the other; in a single process the same as ``ddsm_trunk(cfg, trunk_seed=t)``. Rank 0 first
+    prepares the data and each seed's ``imagenet`` trunk (cached on disk), then the others load
+    them. Returns the first seed's trunk, with every seed's under ``"all"``.
 
     >>> from mammo_lib.config import load_config
     >>> pretrain_ddp(load_config("smoke"), progress=False)["weights"]  # doctest: +SKIP
@@ -195,18 +197,23 @@ def pretrain_ddp(cfg: Any, *, progress: bool = True) -> dict[str, Any]:
     """
     from .pipeline import roi_sets
     from .table2 import ddsm_trunk, imagenet_trunk
+    from .table2 import trunk_seeds as profile_seeds
 
+    seeds = list(profile_seeds(cfg) if trunk_seeds is None else trunk_seeds)
     with process_group(cfg["device"]) as env:
         main = env.rank == 0
         if main:
             roi_sets(cfg, progress=progress)
-            imagenet_trunk(cfg, progress=progress)
+            for t in seeds:
+                imagenet_trunk(cfg, trunk_seed=t, progress=progress)
         barrier()
         roi_sets(cfg, progress=False)
         hooks = DDPHooks() if env.world_size > 1 else None
-        out = ddsm_trunk(cfg, progress=progress and main, parallel=hooks)
-        barrier()
-    return out
+        outs = []
+        for t in seeds:
+            outs.append(ddsm_trunk(cfg, trunk_seed=t, progress=progress and main, parallel=hooks))
+            barrier()
+    return {**outs[0], "all": outs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -222,11 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu (gloo) or cuda (nccl); default: the profile's")
     p.add_argument("--work-dir", default=None, help="default: the profile's work_dir")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--trunk-seed", type=int, action="append", default=None,
+                   help="a trunk seed of cv.trunk_seeds to pre-train (repeatable; default: every one)")
     a = ap.parse_args(argv)
     cfg = load_config(a.profile, {"data_root": a.data_root, "device": a.device, "work_dir": a.work_dir})
-    out = pretrain_ddp(cfg, progress=not a.no_progress)
+    out = pretrain_ddp(cfg, trunk_seeds=a.trunk_seed, progress=not a.no_progress)
     if os.environ.get("RANK", "0") == "0":
-        print(f"checkpoint: {out['weights']}  test accuracy: {out['test_accuracy']:.4f}")
+        for o in out["all"]:
+            print(f"trunk seed {o['seed']} checkpoint: {o['weights']}  test accuracy: {o['test_accuracy']:.4f}")
     return 0
 
 

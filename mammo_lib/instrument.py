@@ -13,10 +13,19 @@ DDSM-like set) and every outer fold k:
    (:func:`~mammo_lib.trunk_cache.train_heads`: one grouped step for the whole grid);
 3. knowledge transfer's beta is the one with the best inner-validation accuracy (ties: lower
    validation loss, then smaller beta): chosen inside the fold, never from another fold;
-4. the controls, a shuffled teacher (another case's mask map) and an oracle target (the mask
-   pooled to the grid), train together at knowledge transfer's beta (the best non-zero one when
-   that is 0);
-5. every model predicts the test fold under every rendering of the condition.
+4. the controls train together at a pre-specified grid point (``control_point``, the profile's
+   ``cv.primary_beta``; without one, at knowledge transfer's choice, the best non-zero beta when
+   that is 0): the nulls, a shuffled teacher (another case's mask map), a uniform and an
+   off-centre (rolled) target, and the oracle target (the mask pooled to the grid);
+5. the positive control (``positive``): fine-tuning and knowledge transfer at the same point with
+   a classifier that reads only group 4's own channels (:data:`POSITIVE_HEAD`), trained together;
+6. every model predicts the test fold under every rendering of the condition.
+
+The design's replicates (``docs/DECISIONS.md``): one :class:`Instrument` per trunk seed (its own
+pre-trained trunks, :class:`InstrumentData`) and fold seed (``seed``: folds and inner splits);
+``tags`` (``trunk_seed``, ``fold_seed``) go into every row and run key, the caller gives each its
+own folder, and :func:`concat_results` / :meth:`InstrumentResult.select` put them together and
+apart.
 
 The calibration gate (:func:`calibration_gate`) asks whether the instrument can show an effect at
 all: in condition B fine-tuning must reach >= 85 % in distribution and flip >= 25 % of its
@@ -56,7 +65,15 @@ GATE_FT_FLIP_RATE = 0.25
 GATE_MASK_ONLY = 0.80
 #: Labels of the rows.
 METHOD_LABELS = {"finetune": "fine-tune", "transfer": "knowledge transfer", "shuffled": "KT, shuffled teacher",
-                 "oracle": "KT, oracle target"}
+                 "oracle": "KT, oracle target", "uniform": "KT, uniform target", "rolled": "KT, off-centre (rolled) target",
+                 "ownft": "positive control (own channels), fine-tune",
+                 "ownkt": "positive control (own channels), knowledge transfer"}
+#: Control targets of Eq. 5 (:func:`mammo_lib.trunk_cache.train_heads`): the nulls and the oracle.
+CONTROL_TARGETS = ("shuffled", "oracle", "uniform", "rolled")
+#: Nulls: targets that carry no case-specific mask location (``docs/DECISIONS.md``).
+NULL_TARGETS = ("shuffled", "uniform", "rolled")
+#: The classifier head of the positive control: it reads only group 4's own channels.
+POSITIVE_HEAD = "gap_own"
 
 
 @dataclass(frozen=True)
@@ -148,6 +165,18 @@ class InstrumentResult:
         out["times chosen"] = out["times chosen"].fillna(0).astype(int)
         return out
 
+    def select(self, **tags: Any) -> "InstrumentResult":
+        """The rows of one replicate of the design, e.g. ``select(trunk_seed=0, fold_seed=0)``
+        (columns written by :class:`Instrument`'s ``tags``); a tag a frame lacks is ignored."""
+        def keep(df: pd.DataFrame) -> pd.DataFrame:
+            m = np.ones(len(df), bool)
+            for k, v in tags.items():
+                if k in df.columns:
+                    m &= (df[k] == v).to_numpy()
+            return df[m].reset_index(drop=True)
+
+        return InstrumentResult(keep(self.runs), keep(self.predictions), keep(self.choices), self.conditions)
+
     def per_fold(self, condition: str) -> pd.DataFrame:
         """Table 2's per-fold rows (``protocol.PER_FOLD_COLUMNS``) of one condition: specs
         ``<init>_finetune``, ``<init>_transfer``, ``<init>_shuffled``, ``<init>_oracle``, ``mask_only``."""
@@ -207,6 +236,8 @@ class InstrumentData:
     masks: np.ndarray
     mask_cache: Optional[TrunkCache] = None
     mask_init: Optional[Callable[[int], torch.nn.Module]] = None
+    #: per initialisation, the same network with the positive control's head (:data:`POSITIVE_HEAD`)
+    positive_inits: Optional[Mapping[str, Callable[[int], torch.nn.Module]]] = None
 
 
 def _metrics_row(prob: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -273,10 +304,23 @@ class Instrument:
 
     def __init__(self, data: InstrumentData, conditions: Sequence[Condition], out_dir: str | Path,
                  cfg: TrainConfig, *, grid: Sequence[BetaPoint], n_splits: int = 5, seed: int = 0,
-                 val_fraction: float = 0.2, shuffle_seed: int = 0) -> None:
+                 val_fraction: float = 0.2, shuffle_seed: int = 0, tags: Optional[Mapping[str, Any]] = None,
+                 controls: Sequence[str] = ("shuffled", "oracle"), control_point: Optional[BetaPoint] = None,
+                 positive: bool = False) -> None:
         self.data, self.conditions, self.out, self.cfg = data, tuple(conditions), Path(out_dir), cfg
         self.grid, self.n_splits, self.seed, self.shuffle_seed = list(grid), n_splits, seed, shuffle_seed
         self.val_fraction = val_fraction
+        self.tags = dict(tags or {})
+        bad = [c for c in controls if c not in CONTROL_TARGETS]
+        if bad or len(set(controls)) != len(controls):
+            raise ValueError(f"controls must be distinct names from {CONTROL_TARGETS}, got {list(controls)}")
+        self.controls = tuple(controls)
+        if control_point is not None and control_point not in self.grid:
+            raise ValueError(f"control_point {control_point} is not in the grid {self.grid}")
+        self.control_point = control_point
+        if positive and (control_point is None or not getattr(data, "positive_inits", None)):
+            raise ValueError("the positive control needs a control_point and InstrumentData.positive_inits")
+        self.positive = positive
         self.folds = make_folds(data.labels, data.groups, n_splits=n_splits, seed=seed)
         self.splits = {k: self._split(k) for k in range(n_splits)}
 
@@ -297,8 +341,13 @@ class Instrument:
         return [(c, i, k) for c in self.conditions for i in self.data.inits for k in range(self.n_splits)]
 
     def n_runs(self) -> int:
-        """Number of runs of the whole instrument (the grid and two controls per unit, mask-only models)."""
-        return len(self.units()) * (len(self.grid) + 2) + (len(self.conditions) * self.n_splits if self.has_mask else 0)
+        """Number of runs of the whole instrument (the grid, the controls and the positive control per
+        unit, mask-only models)."""
+        return len(self.units()) * self.runs_per_unit() + (len(self.conditions) * self.n_splits if self.has_mask else 0)
+
+    def runs_per_unit(self) -> int:
+        """Runs of one (condition, init, fold) unit: the grid, the controls, the positive control."""
+        return len(self.grid) + len(self.controls) + (2 if self.positive else 0)
 
     def run_path(self, cond: Condition, init: str, k: int, run: str) -> Path:
         """The folder of one run (``result.json``, ``head.pt``; its lock is ``<folder>.lock``)."""
@@ -322,7 +371,7 @@ class Instrument:
             key = {"cfg": tcfg.to_dict(), "target": target, "condition": cond.name, "init": init, "fold": k,
                    "test": [data.ids[i] for i in te], "val": [data.ids[i] for i in va], "seed": self.seed,
                    "shuffle_seed": self.shuffle_seed, "code": CODE, "cache": cache_digest,
-                   "trained_with": names}
+                   "trained_with": names, **({"tags": self.tags} if self.tags else {})}
             keys.append(key)
             wants.append(to_jsonable(key))
 
@@ -363,7 +412,8 @@ class Instrument:
                 run, tcfg, target, spec = members[i]
                 res = results[i]
                 scores, probs = _score(res.model, cache, data.labels, data.masks, score_cond, te, tcfg)
-                row = {"condition": cond.name, "init": init, "fold": k, "run": run, "spec": spec, "target": target,
+                row = {"condition": cond.name, "init": init, **self.tags, "fold": k, "run": run, "spec": spec,
+                       "target": target,
                        "form": tcfg.distance_form, "beta": tcfg.beta if tcfg.method == "transfer" else 0.0,
                        "val_accuracy": res.best_val_accuracy, "val_loss": res.best_val_loss,
                        "best_epoch": res.best_epoch, "epochs": len(res.history), "wall_s": res.wall_s / len(members),
@@ -389,7 +439,7 @@ class Instrument:
         for name, p in saved["prob_malignant"].items():
             p = np.asarray(p)
             out.preds.append(pd.DataFrame({"condition": cond.name, "spec": row["spec"], "run": row["run"],
-                                           "init": row["init"], "fold": row["fold"], "test": name,
+                                           "init": row["init"], **self.tags, "fold": row["fold"], "test": name,
                                            "primary": name == cond.primary, "case_id": [data.ids[i] for i in te],
                                            "label": data.labels[te], "prob_malignant": p,
                                            "pred": (p >= 0.5).astype(np.int64)}))
@@ -420,26 +470,37 @@ class Instrument:
             grid_saved[saved["row"]["run"]] = saved
         if finetune_only or len(grid_saved) < len(self.grid):
             if not finetune_only:
-                out.missing += ["transfer", "control:shuffled", "control:oracle"]
+                out.missing += ["transfer"] + [f"control:{t}" for t in self.controls] + (
+                    ["positive"] if self.positive else [])
             return out
         g = pd.DataFrame([sv["row"] for sv in grid_saved.values()])
         best = _choose(g)
-        nz = g[g["beta"] > 0]
-        ctrl = best if best["beta"] > 0 or nz.empty else _choose(nz)
+        if self.control_point is not None:  # pre-specified (docs/DECISIONS.md): the primary beta
+            ctrl = {"form": self.control_point.form, "beta": self.control_point.beta,
+                    "run": f"grid:{self.control_point.name}"}
+        else:  # knowledge transfer's choice, the best non-zero beta when that is 0
+            nz = g[g["beta"] > 0]
+            ctrl = best if best["beta"] > 0 or nz.empty else _choose(nz)
         tcfg = base.replace(method="transfer", beta=float(ctrl["beta"]), distance_form=str(ctrl["form"]))
-        members = [(f"control:{target}:{ctrl['run'].split(':')[1]}", tcfg, target, f"{init}_{target}")
-                   for target in ("shuffled", "oracle")]
+        point = str(ctrl["run"]).split(":")[1]
+        members = [(f"control:{target}:{point}", tcfg, target, f"{init}_{target}") for target in self.controls]
         controls = self._fit(out, cond, init, k, members, data.inits[init], data.caches[init], cond,
-                             group="controls", mode=mode, wait=wait, bar=bar)
-        if any(sv is None for sv in controls):  # read back without its controls: the transfer job is not done
-            out.missing.append("transfer")
+                             group="controls", mode=mode, wait=wait, bar=bar) if members else []
+        positive: list[Optional[dict[str, Any]]] = []
+        if self.positive:  # the same two arms with a classifier on group 4's own channels only
+            members = [("positive:b0", base.replace(method="finetune", beta=0.0), "teacher", f"{init}_ownft"),
+                       (f"positive:{point}", tcfg, "teacher", f"{init}_ownkt")]
+            positive = self._fit(out, cond, init, k, members, data.positive_inits[init], data.caches[init], cond,
+                                 group="positive", mode=mode, wait=wait, bar=bar)
+        if any(sv is None for sv in controls) or any(sv is None for sv in positive):
+            out.missing.append("transfer")  # read back without its controls: the transfer job is not done
             return out
-        out.choices.append({"condition": cond.name, "init": init, "fold": k, "form": best["form"],
+        out.choices.append({"condition": cond.name, "init": init, **self.tags, "fold": k, "form": best["form"],
                             "beta": best["beta"], "val_accuracy": best["val_accuracy"],
                             "control_form": ctrl["form"], "control_beta": ctrl["beta"]})
         # knowledge transfer = the chosen grid point, filed again under the Table 2 spec name
         self._record(out, grid_saved[best["run"]], cond, te, spec=f"{init}_transfer", run=f"transfer({best['run']})")
-        for saved in controls:
+        for saved in [*controls, *positive]:
             self._record(out, saved, cond, te)
         return out
 
@@ -466,15 +527,15 @@ class Instrument:
         choices = [c for p in parts for c in p.choices]
         runs_df = pd.DataFrame(runs)
         if runs_df.empty:
-            runs_df = pd.DataFrame(columns=list(dict.fromkeys(["condition", "init", "fold", "run", "spec", "target",
-                                                               "form", "beta", *PER_FOLD_COLUMNS])))
+            runs_df = pd.DataFrame(columns=list(dict.fromkeys(["condition", "init", *self.tags, "fold", "run", "spec",
+                                                               "target", "form", "beta", *PER_FOLD_COLUMNS])))
         for c in PER_FOLD_COLUMNS:
             if c not in runs_df:
                 runs_df[c] = {"init_used": runs_df["init"], "seed": self.seed,
                               "method": runs_df["spec"].str.split("_").str[-1],
                               "input": np.where(runs_df["spec"] == "mask_only", "mask", "roi")}.get(c, np.nan)
         predictions = pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(
-            columns=["condition", "spec", "run", "init", "fold", "test", "primary", "case_id", "label",
+            columns=["condition", "spec", "run", "init", *self.tags, "fold", "test", "primary", "case_id", "label",
                      "prob_malignant", "pred"])
         return InstrumentResult(runs=runs_df, predictions=predictions, choices=pd.DataFrame(choices),
                                 conditions=self.conditions)
@@ -483,28 +544,42 @@ class Instrument:
 def run_instrument(data: InstrumentData, conditions: Sequence[Condition], out_dir: str | Path,
                    cfg: TrainConfig, *, grid: Sequence[BetaPoint], n_splits: int = 5, seed: int = 0,
                    val_fraction: float = 0.2, shuffle_seed: int = 0, folds_to_run: Optional[Sequence[int]] = None,
-                   progress: bool = True) -> InstrumentResult:
+                   progress: bool = True, **design: Any) -> InstrumentResult:
     """Run the whole instrument (module docstring), resumable per (condition, init, fold, run):
     each run writes ``result.json`` (metrics, predictions and a key of settings and code) and the
     selected head state ``head.pt`` atomically, under a lock; a rerun with the same key reads them
     back. ``cfg`` gives epochs, batch size, optimiser, augmentation and seed (``cfg.seed + k`` in
     fold k). Every unit of :class:`Instrument` in sequence, then the merge. ``folds_to_run``
     (default all ``n_splits``) runs only those outer folds of the same split, e.g. ``[0]`` for a
-    timing run; each fold's runs are the same as in a full run.
+    timing run; each fold's runs are the same as in a full run. ``design``: :class:`Instrument`'s
+    ``tags``, ``controls``, ``control_point`` and ``positive``.
     """
     inst = Instrument(data, conditions, out_dir, cfg, grid=grid, n_splits=n_splits, seed=seed,
-                      val_fraction=val_fraction, shuffle_seed=shuffle_seed)
+                      val_fraction=val_fraction, shuffle_seed=shuffle_seed, **design)
     ks = list(range(n_splits)) if folds_to_run is None else [int(k) for k in folds_to_run]
     if not ks or any(k < 0 or k >= n_splits for k in ks) or len(set(ks)) != len(ks):
         raise ValueError(f"folds_to_run must be distinct folds in [0, {n_splits}), got {folds_to_run!r}")
     units = [u for u in inst.units() if u[2] in ks]
-    n_runs = len(units) * (len(inst.grid) + 2) + (len(inst.conditions) * len(ks) if inst.has_mask else 0)
+    n_runs = len(units) * inst.runs_per_unit() + (len(inst.conditions) * len(ks) if inst.has_mask else 0)
     bar = tqdm(total=n_runs, disable=not progress, desc="Table 2 instrument (runs)")
     parts = [inst.unit(c, i, k, bar=bar) for c, i, k in units]
     if inst.has_mask:
         parts += [inst.mask_unit(c, k, bar=bar) for c in inst.conditions for k in ks]
     bar.close()
     return inst.merge(parts)
+
+
+def concat_results(results: Sequence[InstrumentResult]) -> InstrumentResult:
+    """Several replicates of the design (each with its ``tags`` columns) as one result, in order."""
+    if not results:
+        raise ValueError("concat_results needs at least one result")
+
+    def cat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        frames = [f for f in frames if len(f)] or frames[:1]
+        return pd.concat(frames, ignore_index=True)
+
+    return InstrumentResult(cat([r.runs for r in results]), cat([r.predictions for r in results]),
+                            cat([r.choices for r in results]), results[0].conditions)
 
 
 def _cache_digest(cache: Mapping[str, TrunkCache], idx: np.ndarray) -> str:
@@ -528,4 +603,5 @@ def load_head(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
 
 
 __all__ = ["BetaPoint", "beta_grid", "Condition", "PHANTOM_CONDITIONS", "REAL_CONDITION", "InstrumentData",
-           "InstrumentResult", "Instrument", "UnitRows", "RunBusy", "run_instrument", "calibration_gate", "gate_passes", "load_head", "METHOD_LABELS"]
+           "InstrumentResult", "Instrument", "UnitRows", "RunBusy", "run_instrument", "calibration_gate", "gate_passes",
+           "load_head", "METHOD_LABELS", "CONTROL_TARGETS", "NULL_TARGETS", "POSITIVE_HEAD", "concat_results"]

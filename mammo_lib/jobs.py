@@ -107,24 +107,22 @@ def check_job(cfg: Config, spec: str, fold: int) -> None:
                          f"valid folds 0..{n - 1}")
 
 
-def _instrument(cfg: Config, data: Any):
-    from .instrument import Instrument
-    from .pipeline import train_config
-    from .table2 import conditions, grid_of, instrument_dir
+def _instruments(cfg: Config, datas: Any) -> list[Any]:
+    """One instrument per replicate of the design (trunk seed, fold seed): :func:`mammo_lib.table2.instruments`."""
+    from .table2 import instruments
 
-    return Instrument(data, conditions(cfg), instrument_dir(cfg), train_config(cfg, method="finetune"),
-                      grid=grid_of(cfg), n_splits=_n_splits(cfg), seed=int(cfg["seed"]),
-                      shuffle_seed=int(cfg["seed"]))
+    return instruments(cfg, datas)
 
 
 def prepare(cfg: Config, *, wait: bool = True, progress: bool = True):
-    """The shared preconditions (ROI sets, both trunks, trunk caches), built once under the lock
-    ``<work_dir>/prepare.lock`` and read back by every other job; returns ``(data, trunks)``.
+    """The shared preconditions (ROI sets, both trunks of every trunk seed, trunk caches), built once
+    under the lock ``<work_dir>/prepare.lock`` and read back by every other job; returns
+    ``{trunk seed: (data, trunks)}`` (:func:`mammo_lib.table2.design_data`).
     ``wait=False``: :class:`~mammo_lib.instrument.RunBusy` while another process holds the lock."""
     from filelock import Timeout
 
     from .instrument import RunBusy
-    from .table2 import instrument_data, lock_for
+    from .table2 import design_data, lock_for
 
     lock = lock_for(cfg.work_dir / "prepare")
     try:
@@ -133,7 +131,7 @@ def prepare(cfg: Config, *, wait: bool = True, progress: bool = True):
         raise RunBusy(f"{cfg.work_dir}: the shared preconditions are being built by another process "
                       f"(lock {lock.lock_file})") from err
     try:
-        return instrument_data(cfg, progress=progress)
+        return design_data(cfg, progress=progress)
     finally:
         lock.release()
 
@@ -148,7 +146,7 @@ def _parts(inst: Any, spec: str, fold: int, *, mode: str, wait: bool, bar: Any) 
 
 def run_job(cfg: Config, spec: str, fold: int, *, wait: bool = True, progress: bool = True) -> JobOutcome:
     """Run (or read back) one Table 2 job: every run ``spec`` needs in fold ``fold``, in every
-    condition (module docstring). ``wait=False``: return status ``"busy"`` instead of waiting
+    condition and every replicate of the design (trunk seed x fold seed; module docstring). ``wait=False``: return status ``"busy"`` instead of waiting
     for a run another process is training.
 
     >>> # out = run_job(load_config("demo"), "ddsm_transfer", 3); out.status, len(out.runs)
@@ -158,20 +156,25 @@ def run_job(cfg: Config, spec: str, fold: int, *, wait: bool = True, progress: b
 
     check_job(cfg, spec, fold)
     try:
-        data, _ = prepare(cfg, wait=wait, progress=progress)
+        datas = prepare(cfg, wait=wait, progress=progress)
     except RunBusy as err:
         return JobOutcome(spec, fold, "busy", pd.DataFrame(), pd.DataFrame(), message=str(err))
-    inst = _instrument(cfg, data)
+    from .instrument import concat_results
+
+    insts = _instruments(cfg, datas)
     bar = tqdm(disable=not progress, desc=f"Table 2 job {spec} fold {fold} (runs)")
+    results, trained = [], 0
     try:
-        parts = _parts(inst, spec, fold, mode="train", wait=wait, bar=bar)
+        for inst in insts:
+            parts = _parts(inst, spec, fold, mode="train", wait=wait, bar=bar)
+            trained += sum(p.trained for p in parts)
+            results.append(inst.merge(parts))
     except RunBusy as err:  # the runs finished before stay done; a later call reads them back
-        empty = inst.merge([])
+        empty = insts[0].merge([])
         return JobOutcome(spec, fold, "busy", empty.runs, empty.predictions, message=str(err))
     finally:
         bar.close()
-    res = inst.merge(parts)
-    trained = sum(p.trained for p in parts)
+    res = concat_results(results)
     return JobOutcome(spec, fold, "ran" if trained else "done", res.runs, res.predictions, trained=trained)
 
 
@@ -202,34 +205,42 @@ def collect(cfg: Config, *, tables: bool = False, progress: bool = False) -> Col
     >>> # c = collect(load_config("demo")); print(c.describe()); c.missing
     """
     from . import table2
-    from .table2 import instrument_data
+    from .instrument import concat_results
+    from .table2 import design_data
 
     jobs = all_jobs(cfg)
     if not _is_prepared(cfg):
         return Collected(result=None, done=[], missing=jobs, n_jobs=len(jobs), prepared=False)
-    data, trunks = instrument_data(cfg, progress=progress)  # preconditions exist: read back
-    inst = _instrument(cfg, data)
-    units = {(c.name, i, k): inst.unit(c, i, k, mode="read") for c, i, k in inst.units()}
-    masks = {(c.name, k): inst.mask_unit(c, k, mode="read") for c in inst.conditions
-             for k in range(inst.n_splits)} if inst.has_mask else {}
-    res = inst.merge(list(units.values()) + list(masks.values()))
-    fine = {f"grid:{p.name}" for p in inst.grid if p.is_finetune}
-    missing = []
-    for spec, k in jobs:
-        if spec == "mask_only":
-            gone = not masks or any(masks[(c.name, k)].missing for c in inst.conditions)
-        else:
-            init, meth = spec.split("_", 1)
-            if init not in inst.data.inits:
-                gone = True
+    datas = design_data(cfg, progress=progress)  # preconditions exist: read back
+    missing_set: set[tuple[str, int]] = set()
+    results = []
+    for inst in _instruments(cfg, datas):
+        units = {(c.name, i, k): inst.unit(c, i, k, mode="read") for c, i, k in inst.units()}
+        masks = {(c.name, k): inst.mask_unit(c, k, mode="read") for c in inst.conditions
+                 for k in range(inst.n_splits)} if inst.has_mask else {}
+        results.append(inst.merge(list(units.values()) + list(masks.values())))
+        fine = {f"grid:{p.name}" for p in inst.grid if p.is_finetune}
+        for spec, k in jobs:
+            if spec == "mask_only":
+                gone = not masks or any(masks[(c.name, k)].missing for c in inst.conditions)
             else:
-                miss = [set(units[(c.name, init, k)].missing) for c in inst.conditions]
-                gone = any(m & fine for m in miss) if meth == "finetune" else any(miss)
-        if gone:
-            missing.append((spec, k))
+                init, meth = spec.split("_", 1)
+                if init not in inst.data.inits:
+                    gone = True
+                else:
+                    miss = [set(units[(c.name, init, k)].missing) for c in inst.conditions]
+                    gone = any(m & fine for m in miss) if meth == "finetune" else any(miss)
+            if gone:
+                missing_set.add((spec, k))
+    res = concat_results(results)
+    missing = [j for j in jobs if j in missing_set]
     out = Collected(result=res, done=[j for j in jobs if j not in missing], missing=missing, n_jobs=len(jobs))
     if tables and out.complete:
-        table2._RUNS[(str(cfg.root), cfg.digest())] = (res, trunks)
+        trunks = {t: tr for t, (_, tr) in datas.items()}
+        data0 = next(iter(datas.values()))[0]
+        patients = dict(zip(data0.ids, data0.groups if data0.groups is not None else data0.ids))
+        table2._RUNS[(str(cfg.root), cfg.digest())] = table2.Design(res, trunks, table2.default_replicate(cfg, trunks),
+                                                                    patients, datas)
         out.tables = table2.step_table2(cfg, progress=progress)
     return out
 

@@ -142,9 +142,8 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Notebook 05: Table 2 as a calibrated instrument (see :func:`mammo_lib.table2.step_table2`)."""
     from .table2 import step_table2 as _step
 
-    out = _step(cfg, progress=progress)
-    write_phantom_notes(cfg)
-    return out
+    write_phantom_notes(cfg)  # first: the step adds the design's note under the same tables
+    return _step(cfg, progress=progress)
 
 
 PHANTOM_NOTES = {
@@ -353,10 +352,13 @@ def step_localization(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     from .localization import localization_table, summarize_localization
     from .protocol import make_folds
 
+    from .table2 import run_design
+
     ds = roi_sets(cfg, progress=progress)
-    table2_run(cfg, progress=progress)
+    fold_seed = run_design(cfg, progress=progress).default[1]  # fold_model's replicate
     test = ds.cv_test if ds.cv_test is not None else ds.cv
-    folds = make_folds(ds.cv.labels, ds.cv.groups, n_splits=int(cfg.section("cv")["n_splits"]), seed=int(cfg["seed"]))
+    folds = make_folds(ds.cv.labels, ds.cv.groups, n_splits=int(cfg.section("cv")["n_splits"]),
+                       seed=int(cfg["seed"]) + fold_seed)
     tables, maps = [], {}
     for spec in TABLE2_SPECS:
         parts = []
@@ -426,10 +428,13 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     from .protocol import make_folds
 
     ex = cfg.section("explain")
+    from .table2 import run_design
+
     ds = roi_sets(cfg, progress=progress)
-    table2_run(cfg, progress=progress)
+    fold_seed = run_design(cfg, progress=progress).default[1]  # fold_model's replicate
     test = ds.cv_test if ds.cv_test is not None else ds.cv
-    folds = make_folds(ds.cv.labels, ds.cv.groups, n_splits=int(cfg.section("cv")["n_splits"]), seed=int(cfg["seed"]))
+    folds = make_folds(ds.cv.labels, ds.cv.groups, n_splits=int(cfg.section("cv")["n_splits"]),
+                       seed=int(cfg["seed"]) + fold_seed)
     te_idx, tr_idx = np.flatnonzero(folds == 0), np.flatnonzero(folds != 0)
     ids = ds.cv.index["case_id"].to_numpy()
     t = test.by_case_ids(list(ids[te_idx]))

@@ -13,8 +13,9 @@
 #
 # Table 2 starts from a *pre-trained* network whose groups 1-3 stay frozen while group 4 and the
 # classifier are trained (Sec. 3.3). This notebook makes the two starting points of Table 2's rows,
-# "ImageNet" and "DDSM", and checks them before any use. It produces the tables `pretraining`
-# (DDSM pre-training on its official test split) and `trunk_gate`.
+# "ImageNet" and "DDSM", and checks them before any use. Every trunk seed of the profile
+# (`cv.trunk_seeds`) pre-trains its own pair, so that no verdict hangs on one trunk. It produces the
+# tables `pretraining` (one row per DDSM trunk, on its official test split) and `trunk_gate`.
 
 # %% tags=["parameters"]
 # Parameters: papermill injects values after this cell; `papermill --help-notebook` lists them.
@@ -39,7 +40,8 @@ cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also
 # an offline machine) a generic synthetic pre-training takes their role: shapes on 1/f texture,
 # with bright dots in half of the images, and no mammographic label (`docs/DECISIONS.md`: missing
 # ImageNet weights). "DDSM" rows train all layers on CBIS-DDSM (here its phantom twin) starting
-# from the ImageNet network, and are scored on CBIS-DDSM's official test set.
+# from the ImageNet network of the same seed, and are scored on CBIS-DDSM's official test set; they stop
+# `pretrain.patience` epochs after their best validation accuracy and keep that epoch.
 
 # %%
 out = pipeline.step_pretrain(cfg, progress=progress)
@@ -53,6 +55,8 @@ print("DDSM checkpoint:", out["checkpoint"].name)
 # 70 % on its own test split, and a frozen teacher whose group-4 activation (Eq. 3) on the mask
 # puts at least twice the mass's share of the grid on the mass, so that the Eq. 5 target is
 # specific to each case. The table also gives the median distances d^1..d^4 of Fig. 6 (Eq. 4).
+# One row per initialisation and trunk seed; a trunk that fails is left out of Table 2's verdict
+# (`docs/DECISIONS.md`: the instrument, second revision).
 
 # %%
 out["gate"]

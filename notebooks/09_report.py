@@ -13,7 +13,9 @@
 #
 # Gathers every table of notebooks 01-08 beside the paper's numbers, the figures, and the
 # provenance (profile, data manifest, package versions, device, seeds, wall time) into `REPORT.md`
-# in the results folder.
+# in the results folder. Table 2's design comes first: the gates of every trunk, the pre-specified
+# primary analysis, the controls and the positive control, the mechanism, per-trunk and pooled
+# differences, then the verdict that follows from them.
 
 # %% tags=["parameters"]
 # Parameters: papermill injects values after this cell; `papermill --help-notebook` lists them.

@@ -20,6 +20,15 @@ FAILING = [
     ("demo", {"train": {"optimizer": "adamw"}}, ConfigError, r"train.optimizer: Input should be 'adam' or 'sgd'"),
     ("demo", {"cv": {"conditions": ["C"]}}, ConfigError, r"cv.conditions.0: Input should be 'A' or 'B'"),
     ("demo", {"table1": {"n_splits": 1}}, ConfigError, r"table1.n_splits: Input should be greater than or equal to 2"),
+    # the design (docs/DECISIONS.md, "The instrument"): declared once in the schema, checked on load
+    ("demo", {"cv": {"trunk_seeds": [0, 0]}}, ConfigError, r"cv.trunk_seeds must be distinct, got \[0, 0\]"),
+    ("demo", {"cv": {"fold_seeds": []}}, ConfigError, r"cv.fold_seeds: List should have at least 1 item"),
+    ("demo", {"cv": {"min_passing_trunks": 4}}, ConfigError,
+     r"cv.min_passing_trunks \(4\) exceeds the number of cv.trunk_seeds \(3\)"),
+    ("demo", {"cv": {"primary_beta": 5}}, ConfigError, r"cv.primary_beta 5 is not in cv.beta_grid"),
+    ("demo", {"cv": {"primary_form": "at"}}, ConfigError, r"cv.primary_beta 32 is not in cv.beta_grid_at"),
+    ("demo", {"cv": {"controls": ["noise"]}}, ConfigError, r"cv.controls.0: Input should be 'shuffled'"),
+    ("demo", {"pretrain": {"patience": 0}}, ConfigError, r"pretrain.patience: Input should be greater than or equal to 1"),
     ("demo", {"real_data": {"bcdr_f01": {"draw": {"n_benign": "many"}}}}, ConfigError,
      r"real_data.bcdr_f01.draw.n_benign: Input should be a valid integer"),
     # train.beta is not a profile key: beta is chosen per fold from cv.beta_grid
@@ -252,11 +261,12 @@ def test_intensity_default_is_one_constant():
 def test_digest_is_of_the_profile_as_written(monkeypatch):
     """Filling defaults does not change digest(): the hash is of the keys as written. The values pin
     the shipped profiles' keys (the train digests were computed before the typed profile existed;
-    the whole-profile ones changed when `threads` was added): a change rebuilds every cache."""
+    the whole-profile ones changed when `threads` was added, then with the design's cv keys and
+    pretrain.patience): a change rebuilds every cache."""
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     demo, smoke = load_config("demo"), load_config("smoke")
-    assert (demo.digest(), demo.digest("train")) == ("e0f28c872a1ad570", "ca192d1bd56905bf")
-    assert (smoke.digest(), smoke.digest("train")) == ("9babcc25f25fb733", "fc53afaed3674be7")
+    assert (demo.digest(), demo.digest("train")) == ("2a4b8eb7cd905fe8", "ca192d1bd56905bf")
+    assert (smoke.digest(), smoke.digest("train")) == ("81a9333a7600fda7", "fc53afaed3674be7")
 
 
 def test_explicit_profile_path_beats_the_environment(tmp_path, monkeypatch):
@@ -376,3 +386,32 @@ def test_pin_threads_sets_the_profiles_count_and_leaves_it_when_unset():
         assert pin_threads(Config(values={"threads": None})) == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("name,trunks,folds", [("smoke", 2, 2), ("demo", 3, 3), ("full", 3, 3)])
+def test_profiles_declare_the_design(name, trunks, folds, monkeypatch):
+    """Variance in the design and the pre-specified primary analysis are profile keys: at least 3
+    trunk seeds x 3 fold seeds x 5 folds in demo and full, a small 2 x 2 in smoke."""
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    cv = load_config(name, {"data_root": "/data"} if name == "full" else None).section("cv")
+    assert len(cv["trunk_seeds"]) == trunks and len(cv["fold_seeds"]) == folds
+    assert 1 <= cv["min_passing_trunks"] <= trunks
+    assert cv["primary_form"] == "paper" and cv["primary_beta"] in cv["beta_grid"]
+    assert set(cv["controls"]) == {"shuffled", "oracle", "uniform", "rolled"} and cv["positive_control"] is True
+    if name != "smoke":
+        assert cv["n_splits"] == 5 and cv["primary_beta"] == 32
+
+
+def test_design_defaults_are_one_replicate(tmp_path):
+    """A profile that leaves the design out gets one trunk seed and one fold seed."""
+    import yaml
+
+    p = tmp_path / "p.yaml"
+    raw = yaml.safe_load(profile_path("smoke").read_text())
+    for k in ("trunk_seeds", "fold_seeds", "min_passing_trunks", "primary_beta", "controls", "positive_control",
+              "primary_form"):
+        raw["cv"].pop(k)
+    raw["cv"]["beta_grid"] = [0, 8, 32]
+    p.write_text(yaml.safe_dump(raw))
+    cv = load_config(str(p)).section("cv")
+    assert (cv["trunk_seeds"], cv["fold_seeds"], cv["min_passing_trunks"], cv["primary_beta"]) == ([0], [0], 1, 32.0)

@@ -160,11 +160,12 @@ def test_torchrun_entry_point_writes_the_pipeline_checkpoint(tmp_path, no_torchr
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), "-m", "mammo_lib.distributed", "pretrain", "--profile", "smoke", "--no-progress",
-           "--work-dir", str(tmp_path)]
+           "--work-dir", str(tmp_path), "--trunk-seed", "0"]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert proc.stdout.count("checkpoint: ") == 1  # rank 0 alone reports
+    assert proc.stdout.count("checkpoint: ") == 1  # rank 0 alone reports, one trunk seed asked for
+    assert "trunk seed 0 checkpoint: " in proc.stdout
     written = Path(proc.stdout.split("checkpoint: ")[1].split()[0])
     trunk = ddsm_trunk(load_config("smoke", {"work_dir": str(tmp_path)}), progress=False)
     assert trunk["result"].skipped and Path(trunk["weights"]) == written

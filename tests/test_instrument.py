@@ -272,3 +272,172 @@ def test_verdict_says_why_the_t_test_p_is_undefined():
     res = InstrumentResult(res.runs, res.predictions, choices, res.conditions)
     text = "\n".join(verdict_lines(cfg, res, calibration_gate(res, "B"), {"B": summary(res, "B", trunks)}, trunks))
     assert "paired t-test p undefined: beta 0 was chosen in every fold, so the two arms are the same model" in text
+
+
+@pytest.mark.parametrize("gate_row,want", [
+    ({"own test accuracy": 0.675, "energy ratio": 2.5, "passes": False},
+     "trunk gate not passed** (own test accuracy 0.675 < 0.70)"),
+    ({"own test accuracy": 0.9, "energy ratio": 1.5, "passes": False},
+     "trunk gate not passed** (teacher energy ratio 1.50 < 2.0)"),
+    ({"own test accuracy": 0.9, "energy ratio": 2.5, "passes": True}, "Knowledge transfer helps here"),
+])
+def test_verdict_enforces_the_trunk_gate(gate_row, want):
+    """A trunk that fails its own gate gets no verdict, even where the calibration gate passes."""
+    from mammo_lib.config import load_config
+    from mammo_lib.table2 import summary, verdict_lines
+
+    res = _result([0.80, 0.82, 0.79, 0.81, 0.80])
+    gate = calibration_gate(res, "B")
+    assert gate_passes(gate, "imagenet")
+    trunks = {"imagenet": {"note": "stand-in", "gate": gate_row}}
+    text = "\n".join(verdict_lines(load_config("smoke", honour_env=False), res, gate,
+                                   {"B": summary(res, "B", trunks)}, trunks))
+    assert want in text
+    if not gate_row["passes"]:
+        assert "helps" not in text and "No effect" not in text
+
+
+# ------------------------------------------------------------------ the design (issue: trunks, fold seeds, controls)
+def _design_data():
+    data = _tiny_data()
+    data.positive_inits = {"imagenet": lambda s: build_model("small", seed=0, head="gap_own")}
+    return data
+
+
+def test_instrument_design_tags_fixed_controls_and_positive_control(tmp_path):
+    """Tags land in rows, keys and predictions; the nulls and the positive control train at the
+    pre-specified point whatever beta the inner split chose; a rerun reads everything back."""
+    data = _design_data()
+    cond = Condition("B", "test", train="r", tests={"in distribution": "r", "flipped": "r2"},
+                     primary="flipped", flip_pair=("in distribution", "flipped"), in_distribution="in distribution")
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=1e-2, seed=0, augment=("hflip", "vflip"))
+    grid = [BetaPoint("paper", 0.0), BetaPoint("paper", 8.0), BetaPoint("paper", 32.0)]
+    kw = dict(grid=grid, n_splits=2, seed=3, tags={"trunk_seed": 1, "fold_seed": 2},
+              controls=("shuffled", "uniform", "rolled"), control_point=BetaPoint("paper", 32.0), positive=True)
+    inst = Instrument(data, [cond], tmp_path, cfg, **kw)
+    assert inst.runs_per_unit() == 3 + 3 + 2 and inst.n_runs() == 2 * 8 + 2
+    parts = [inst.unit(c, i, k) for c, i, k in inst.units()] + [inst.mask_unit(cond, k) for k in range(2)]
+    assert sum(p.trained for p in parts) == inst.n_runs()
+    res = inst.merge(parts)
+    assert set(res.runs["trunk_seed"]) == {1} and set(res.runs["fold_seed"]) == {2}
+    assert set(res.predictions["trunk_seed"]) == {1}
+    specs = set(res.runs["spec"]) - {""}
+    assert specs == {"imagenet_finetune", "imagenet_transfer", "imagenet_shuffled", "imagenet_uniform",
+                     "imagenet_rolled", "imagenet_ownft", "imagenet_ownkt", "mask_only"}
+    ctrl = res.runs[res.runs["spec"].isin(["imagenet_shuffled", "imagenet_uniform", "imagenet_rolled",
+                                           "imagenet_ownkt"])]
+    assert set(ctrl["beta"]) == {32.0} and set(res.choices["control_beta"]) == {32.0}
+    assert set(res.runs.loc[res.runs["spec"] == "imagenet_ownft", "beta"]) == {0.0}
+    key = json.loads((inst.run_path(cond, "imagenet", 0, "control:uniform:b32") / "result.json").read_text())["key"]
+    assert key["tags"] == {"trunk_seed": 1, "fold_seed": 2} and key["seed"] == 3 and key["target"] == "uniform"
+    again = Instrument(data, [cond], tmp_path, cfg, **kw)
+    back = [again.unit(c, i, k) for c, i, k in again.units()]
+    assert sum(p.trained for p in back) == 0
+    # other tags are another replicate: the same folder holds none of its runs
+    other = Instrument(data, [cond], tmp_path, cfg, **{**kw, "tags": {"trunk_seed": 0, "fold_seed": 2}})
+    assert other.unit(cond, "imagenet", 0, mode="read").missing[:3] == ["grid:b0", "grid:b8", "grid:b32"]
+    assert res.select(trunk_seed=1, fold_seed=2).runs.shape == res.runs.shape
+    assert res.select(trunk_seed=0).runs.empty
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(controls=("shuffled", "noise")), "controls must be distinct names"),
+    (dict(controls=("shuffled", "shuffled")), "controls must be distinct names"),
+    (dict(control_point=BetaPoint("paper", 64.0)), "is not in the grid"),
+    (dict(positive=True), "the positive control needs a control_point"),
+])
+def test_instrument_design_rejects(kw, msg, tmp_path):
+    with pytest.raises(ValueError, match=msg):
+        Instrument(_tiny_data(), [], tmp_path, TrainConfig(epochs=1), grid=beta_grid((0, 8), ()), n_splits=2, **kw)
+
+
+def _design_result():
+    """Condition A, ImageNet rows, trunk seeds 0 (passes) and 1 (fails its gate), one fold seed,
+    three folds; accuracies chosen so the differences are whole points."""
+    from mammo_lib.instrument import PHANTOM_CONDITIONS, InstrumentResult
+    from mammo_lib.table2 import Design
+
+    vals = {0: {"ft": [0.60, 0.62, 0.58], "kt": [0.70, 0.71, 0.69], "sh": [0.60, 0.60, 0.60], "at": [0.5] * 3},
+            1: {"ft": [0.90] * 3, "kt": [0.40, 0.41, 0.39], "sh": [0.9] * 3, "at": [0.5] * 3}}
+    rows = []
+    for t, v in vals.items():
+        for k in range(3):
+            base = {"condition": "A", "init": "imagenet", "trunk_seed": t, "fold_seed": 0, "fold": k,
+                    "n_train": 32, "n_val": 8, "n_test": 10}
+            rows += [{**base, "run": "grid:b0", "spec": "imagenet_finetune", "form": "paper", "beta": 0.0,
+                      "acc in distribution": v["ft"][k]},
+                     {**base, "run": "grid:b8", "spec": "", "form": "paper", "beta": 8.0,
+                      "acc in distribution": v["kt"][k]},
+                     {**base, "run": "grid:at1000", "spec": "", "form": "at", "beta": 1000.0,
+                      "acc in distribution": v["at"][k]},
+                     {**base, "run": "transfer(grid:b8)", "spec": "imagenet_transfer", "form": "paper", "beta": 8.0,
+                      "acc in distribution": v["kt"][k]},
+                     {**base, "run": "control:shuffled:b8", "spec": "imagenet_shuffled", "form": "paper",
+                      "beta": 8.0, "acc in distribution": v["sh"][k]}]
+    preds = pd.DataFrame(columns=["condition", "spec", "run", "init", "trunk_seed", "fold_seed", "fold", "test",
+                                  "case_id", "label", "pred"])
+    cond = tuple(c for c in PHANTOM_CONDITIONS if c.name == "A")
+    res = InstrumentResult(pd.DataFrame(rows), preds, pd.DataFrame(), cond)
+    trunks = pd.DataFrame({"init": ["imagenet", "imagenet"], "seed": [0, 1], "own test accuracy": [0.9, 0.6],
+                           "energy ratio": [2.5, 2.5], "passes": [True, False], "calibrated": [True, True]})
+    return Design(res, {}, (0, 0), {}), trunks
+
+
+def _design_cfg(**cv):
+    from mammo_lib.config import load_config
+
+    return load_config("smoke", {"cv": {"conditions": ["A"], "controls": ["shuffled"], "positive_control": False,
+                                        **cv}}, honour_env=False)
+
+
+def test_primary_analysis_by_hand():
+    """KT at the primary beta minus fine-tune over the passing trunk only: differences 10, 9, 11
+    points; Nadeau-Bengio variance factor 1/3 + 10/40; Holm over the primary family's two cells."""
+    from scipy import stats as sps
+
+    from mammo_lib.table2 import primary_analysis
+
+    design, trunks = _design_result()
+    table, per_trunk = primary_analysis(_design_cfg(), design, trunks)
+    fixed = table[(table["analysis"] == "fixed beta")].iloc[0]
+    se = np.sqrt((1 / 3 + 10 / 40) * 1.0)                       # var(10, 9, 11) = 1
+    p_nb = 2 * sps.t.sf(10 / se, 2)
+    assert fixed["difference"] == pytest.approx(10.0) and fixed["n"] == 3 and fixed["n_trunks"] == 1
+    assert fixed["p_nadeau_bengio"] == pytest.approx(p_nb)
+    assert fixed["p_paired_t (paper-comparable)"] == pytest.approx(2 * sps.t.sf(10 / np.sqrt(1 / 3), 2))
+    assert (fixed["ci_lo"], fixed["ci_hi"]) == pytest.approx((10 - sps.t.ppf(0.975, 2) * se, 10 + sps.t.ppf(0.975, 2) * se))
+    assert fixed["favours KT"]
+    trend = table[table["analysis"] == "trend over the grid"].iloc[0]
+    assert trend["difference"] == pytest.approx(10 / np.log2(9))   # paper form only: slopes (d / log2 9)
+    ps = sorted([fixed["p_nadeau_bengio"], trend["p_nadeau_bengio"]])
+    want = {ps[0]: min(1, 2 * ps[0]), ps[1]: max(min(1, 2 * ps[0]), ps[1])}
+    for _, r in table[table["family"] == "primary"].iterrows():
+        assert r["p_corrected"] == pytest.approx(want[r["p_nadeau_bengio"]])
+    sh = table[table["analysis"] == "vs shuffled teacher"].iloc[0]
+    assert sh["difference"] == pytest.approx(10.0) and sh["family"] == "controls"
+    sel = table[table["family"] == "secondary"].iloc[0]
+    assert sel["difference"] == pytest.approx(10.0)
+    # per trunk: the failing trunk is reported (-50 points) and left out of the pooled row
+    pt = per_trunk.set_index("trunk seed")
+    assert pt.loc["1", "difference"] == pytest.approx(-50.0) and not pt.loc["1", "used in verdict"]
+    assert pt.loc["pooled (used trunks)", "difference"] == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("cv,want,absent", [
+    ({"min_passing_trunks": 1}, "1 of 2 pass", "no conclusion"),
+    ({"min_passing_trunks": 2}, "1 of 2 pass (at least 2 needed): **no conclusion** is drawn", "+10.0 points"),
+])
+def test_design_verdict_follows_the_tables(cv, want, absent):
+    from mammo_lib.table2 import design_verdict, primary_analysis
+
+    design, trunks = _design_result()
+    cfg = _design_cfg(**cv)
+    table, _ = primary_analysis(cfg, design, trunks)
+    text = "\n".join(design_verdict(cfg, trunks, table, design.result.conditions))
+    assert "ImageNet seed 1 NOT passed (own test accuracy 0.600 < 0.70)" in text
+    assert want in text and absent not in text
+    if cv["min_passing_trunks"] == 1:
+        assert "accuracy: +10.0 points (95 % CI [" in text
+        helps = table.loc[table["analysis"] == "vs shuffled teacher", "p_corrected"].iloc[0] < 0.05
+        assert ("Knowledge transfer helps here" in text) == bool(
+            helps and table.loc[table["analysis"] == "fixed beta", "p_corrected"].iloc[0] < 0.05)

@@ -193,7 +193,9 @@ def test_full_profile_table2_instrument_on_real_layouts(real_root_cv: Path, tmp_
         "arch": "small", "roi_size": 64, "device": "cpu", "workers": 1, "imagenet_fallback": "generic",
         "generic_pretrain": {"n_train": 16, "n_test": 8, "epochs": 1, "batch_size": 8},
         "train": {"epochs": 1, "batch_size": 8}, "pretrain": {"epochs": 1},
-        "cv": {"n_splits": 2, "beta_grid": [0, 8], "beta_grid_at": []},
+        "cv": {"n_splits": 2, "beta_grid": [0, 8], "beta_grid_at": [], "primary_beta": 8, "trunk_seeds": [0],
+               "fold_seeds": [0], "min_passing_trunks": 1, "controls": ["shuffled", "oracle"],
+               "positive_control": False},
         "real_data": {"bcdr_f01": {"draw": {"n_benign": 8, "n_malignant": 8}}}},
         root=Path(__file__).parents[1], honour_env=False)
     out = pipeline.step_table2(cfg, progress=False)

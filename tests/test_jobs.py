@@ -47,9 +47,14 @@ PARTIAL_CASES = [
 RUNS_PER_JOB = {"imagenet_transfer": 10, "imagenet_finetune": 6, "mask_only": 2}  # smoke: grid of 3 + 2 controls
 
 
-def _cfg(work: Path):
+#: One trunk seed, one fold seed, the two original controls: the job and lock tests count runs of
+#: one replicate (test_replicates_* covers the design's several trunk and fold seeds).
+ONE_REPLICATE = {"trunk_seeds": [0], "fold_seeds": [0], "controls": ["shuffled", "oracle"], "positive_control": False}
+
+
+def _cfg(work: Path, **cv):
     return load_config("smoke", {"work_dir": str(work), "results_dir": str(work / "results"),
-                                 "train": {"epochs": 1}, "pretrain": {"epochs": 1}})
+                                 "train": {"epochs": 1}, "pretrain": {"epochs": 1}, "cv": {**ONE_REPLICATE, **cv}})
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +152,7 @@ def test_jobs_in_separate_processes_equal_one_process(cfg, tmp_path):
 def test_two_processes_on_one_job_train_it_once(cfg):
     _clean(cfg)
     code = ("import json,sys; from mammo_lib.config import load_config; from mammo_lib import jobs; "
-            f"c=load_config('smoke', {json.dumps({'work_dir': str(cfg.work_dir), 'results_dir': str(cfg.results_dir), 'train': {'epochs': 1}, 'pretrain': {'epochs': 1}})}); "
+            f"c=load_config('smoke', {json.dumps({'work_dir': str(cfg.work_dir), 'results_dir': str(cfg.results_dir), 'train': {'epochs': 1}, 'pretrain': {'epochs': 1}, 'cv': ONE_REPLICATE})}); "
             "o=jobs.run_job(c, 'imagenet_transfer', 0, progress=False); "
             "print(json.dumps({'status': o.status, 'trained': o.trained, 'acc': o.runs['accuracy'].tolist()}))")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE,
@@ -167,7 +172,7 @@ def test_two_processes_on_one_job_train_it_once(cfg):
 
 def test_busy_lock_wait_false_and_wait_true(cfg):
     _clean(cfg)
-    d = table2.instrument_dir(cfg) / "A" / "mask" / "fold_1"
+    d = table2.replicate_dir(cfg, 0, 0) / "A" / "mask" / "fold_1"
     d.mkdir(parents=True)
     lock = FileLock(str(d / "mask_only") + ".lock")
     lock.acquire()
@@ -282,3 +287,29 @@ def test_cli_train_job_then_collect(cfg, tmp_path):
     assert p.returncode == 1, p.stderr
     assert "1 of 10 Table 2 jobs are done; 9 missing: imagenet_finetune fold 0," in p.stdout
     assert "mask_only fold 1" not in p.stdout.split("missing:")[1]
+
+
+def test_replicates_trunk_and_fold_seeds_resume_and_collect(cfg):
+    """Two trunk seeds x two fold seeds: a job trains its runs in every replicate (its own folder,
+    rows tagged), an interrupted replicate retrains only what it lost, collect names the job
+    missing until every replicate has it. Trunk seed 1 pre-trains its own generic and DDSM trunks."""
+    c = _cfg(cfg.work_dir, trunk_seeds=[0, 1], fold_seeds=[0, 1], min_passing_trunks=1)
+    shutil.rmtree(table2.instrument_dir(c), ignore_errors=True)
+    table2._RUNS.clear()
+    out = jobs.run_job(c, "mask_only", 0, progress=False)
+    assert (out.status, out.trained) == ("ran", 2 * 4)                 # 2 conditions x 4 replicates
+    assert sorted(set(zip(out.runs["trunk_seed"], out.runs["fold_seed"]))) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    w = {t: table2.imagenet_trunk(c, trunk_seed=t, progress=False)["weights"] for t in (0, 1)}
+    assert w[0] != w[1]
+    assert table2.ddsm_trunk(c, trunk_seed=1, progress=False)["weights"] != table2.ddsm_trunk(c, progress=False)["weights"]
+    lost = table2.replicate_dir(c, 1, 1) / "B" / "mask" / "fold_0" / "mask_only" / "result.json"
+    acc = json.loads(lost.read_text())["row"]["accuracy"]
+    lost.unlink()
+    col = jobs.collect(c)
+    assert ("mask_only", 0) in col.missing and ("mask_only", 1) in col.missing
+    again = jobs.run_job(c, "mask_only", 0, progress=False)
+    assert again.trained == 1 and json.loads(lost.read_text())["row"]["accuracy"] == acc
+    col = jobs.collect(c)
+    assert ("mask_only", 0) in col.done and ("mask_only", 1) in col.missing
+    with pytest.raises(ValueError, match=r"trunk seed 5 is not in cv.trunk_seeds \[0, 1\]"):
+        table2.imagenet_trunk(c, trunk_seed=5, progress=False)
