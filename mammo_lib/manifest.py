@@ -92,7 +92,11 @@ def read_manifest(manifest_csv: str | Path) -> pd.DataFrame:
     manifest_csv = Path(manifest_csv)
     if not manifest_csv.is_file():
         raise DataError("manifest not found", manifest_csv)
-    df = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False, encoding="utf-8")
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"not a manifest CSV (UTF-8 text with the columns {', '.join(MANIFEST_COLUMNS)}): "
+                        f"{type(err).__name__}: {' '.join(str(err).split())[:200]}", manifest_csv) from err
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"missing required column(s) {missing}", manifest_csv)
