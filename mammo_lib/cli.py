@@ -332,12 +332,6 @@ def _summary(rows: list[dict], n_rows: int, csv_path: Path) -> str:
     return "; ".join(parts) + f" (each with its file, row and reason in {csv_path})"
 
 
-def _class_counts(labels: Sequence[int]) -> str:
-    from .records import LABEL_NAMES
-
-    return ", ".join(f"{sum(int(v) == c for v in labels)} {name}" for c, name in LABEL_NAMES.items())
-
-
 def _train(a: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -374,8 +368,8 @@ def _train(a: argparse.Namespace) -> int:
                            what="--folds")
         except ValueError as err:
             write_csv(csv_path, pd.DataFrame(rows, columns=EXCLUSIONS_COLUMNS))
-            raise ValueError(f"{len(res.records)} usable case(s) read ({_class_counts([r.label for r in res.records])}"
-                             f"; {len(res.exclusions)} row(s) excluded, in {csv_path}): {err}") from None
+            raise ValueError(f"before any image is read: {err} ({len(res.exclusions)} row(s) of {source} excluded, "
+                             f"listed in {csv_path})") from None
     rois = None
     if res.records:
         rois = preprocess(res.records, out / "cache", size=a.size, intensity=a.intensity, on_error="skip",
@@ -392,8 +386,8 @@ def _train(a: argparse.Namespace) -> int:
     try:
         check_cv_sizes(rois.labels, a.folds, rois.groups, what="--folds")
     except ValueError as err:
-        raise ValueError(f"{len(rois.index)} usable case(s) after the ROI stage ({_class_counts(rois.labels)}; "
-                         f"{n_out} of {n_rows} excluded, in {csv_path}): {err}") from None
+        raise ValueError(f"after the ROI stage: {err} ({n_out} of {n_rows} rows excluded, listed in {csv_path})"
+                         ) from None
     print(f"training on {len(rois.index)} cases")
     spec = RunSpec(a.method, weights, cfg)
     result = run_cv(rois, [spec], out, arch=a.arch, n_splits=a.folds, seed=a.seed,

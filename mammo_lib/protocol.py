@@ -19,6 +19,7 @@ import json
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
@@ -99,10 +100,47 @@ def make_folds(labels: Any, groups: Any = None, n_splits: int = 5, seed: int = 0
         raise ValueError(f"each class needs at least n_splits={n_splits} samples, smallest has {counts.min()}")
     if g is not None and len(np.unique(g)) < n_splits:
         raise ValueError(f"need at least n_splits={n_splits} distinct groups (patients), got {len(np.unique(g))}")
+    folds = _kfold(y, g, n_splits, seed)
+    if not _inner_splits_possible(y, g, folds, n_splits):
+        folds = _balanced_folds(y, g, n_splits, seed)  # small data (docs/DECISIONS.md, "Small data")
+    return folds
+
+
+def _kfold(y: np.ndarray, g: Optional[np.ndarray], n_splits: int, seed: int) -> np.ndarray:
+    """Fold of every sample from ``StratifiedGroupKFold`` / ``StratifiedKFold`` (shuffled, ``seed``)."""
     folds = np.full(y.size, -1, dtype=np.int64)
     for k, (_, test) in enumerate(_splitter(n_splits, g is not None, seed).split(np.zeros(y.size), y, g)):
         folds[test] = k
     return folds
+
+
+def _units(y: np.ndarray, g: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Unit (patient, else case) of every case and the label of every unit (malignant when any case is)."""
+    units = np.arange(y.size) if g is None else np.unique(g, return_inverse=True)[1].reshape(-1)
+    label = np.zeros(int(units.max()) + 1 if units.size else 0, np.int64)
+    np.maximum.at(label, units, y)
+    return units, label
+
+
+def _inner_splits_possible(y: np.ndarray, g: Optional[np.ndarray], folds: np.ndarray, n_splits: int) -> bool:
+    """Whether every training part keeps :data:`MIN_PER_CLASS_INNER` cases of each class."""
+    return all(min(int((y[folds != k] == c).sum()) for c in (0, 1)) >= MIN_PER_CLASS_INNER
+               for k in range(n_splits))
+
+
+def _balanced_folds(y: np.ndarray, g: Optional[np.ndarray], n_splits: int, seed: int) -> np.ndarray:
+    """Folds for data too small for the stratified (group) k-fold to leave every training part both
+    classes twice: each class's units (patients, else cases) in a seeded order, dealt to the folds
+    in turn, each class starting where the last one ended (fold sizes differ by at most one)."""
+    units, label = _units(y, g)
+    rng = np.random.default_rng(seed)
+    unit_fold = np.zeros(label.size, np.int64)
+    start = 0
+    for c in (0, 1):
+        members = rng.permutation(np.flatnonzero(label == c))
+        unit_fold[members] = (start + np.arange(members.size)) % n_splits
+        start = (start + members.size) % n_splits
+    return unit_fold[units]
 
 
 #: Cases of each class a training part must keep for its inner split: one on each side.
@@ -141,14 +179,14 @@ def check_cv_sizes(labels: Any, n_splits: int, groups: Any = None, *, what: str 
         advice = f"use {what} {max(fits)}" if fits else (
             f"add cases: at least {min_cases_per_class(2)} of each class are needed for the smallest, 2-fold, "
             "cross-validation")
-        raise ValueError(f"{have}: {what} {n_splits} needs at least {need} of each class ({n_splits} for the test "
-                         f"folds, and {MIN_PER_CLASS_INNER} left in every training part for its train/validation "
-                         f"split); {advice}")
+        raise ValueError(f"{have} are too few for {what} {n_splits}: each class needs at least {need} "
+                         f"({n_splits} for the test folds, and {MIN_PER_CLASS_INNER} left in every training part "
+                         f"for its train/validation split); {advice}")
     if groups is not None:
         n_groups = len(set(np.asarray(groups).astype(str).tolist()))
         if n_groups < n_splits:
-            raise ValueError(f"{have} from {n_groups} patient(s): {what} {n_splits} needs at least {n_splits} "
-                             "patients (no patient is in two folds)")
+            raise ValueError(f"{have} from {n_groups} patient(s) are too few for {what} {n_splits}: it needs at "
+                             f"least {n_splits} patients (no patient is in two folds)")
 
 
 def inner_split(labels: Any, groups: Any = None, val_fraction: float = 0.2,
@@ -170,7 +208,7 @@ def inner_split(labels: Any, groups: Any = None, val_fraction: float = 0.2,
     require_both_classes(y, "the training part of a fold")
     counts = np.unique(y, return_counts=True)[1]
     if counts.min() >= k and (g is None or len(np.unique(g)) >= k):
-        folds = make_folds(y, g, n_splits=k, seed=seed)
+        folds = _kfold(y, g, k, seed)
         return np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
     return _small_inner_split(y, g, val_fraction, seed)
 
@@ -178,12 +216,17 @@ def inner_split(labels: Any, groups: Any = None, val_fraction: float = 0.2,
 def _small_inner_split(y: np.ndarray, g: Optional[np.ndarray], val_fraction: float,
                        seed: int) -> tuple[np.ndarray, np.ndarray]:
     """:func:`inner_split` of a training part too small for its k-fold split."""
-    units = np.arange(y.size) if g is None else np.unique(g, return_inverse=True)[1]
-    n_units = int(units.max()) + 1
-    unit_label = np.zeros(n_units, np.int64)
-    np.maximum.at(unit_label, units, y)                      # a patient with a malignant case is malignant
-    what = "case(s)" if g is None else "patient(s)"
+    units, unit_label = _units(y, g)                         # a patient with a malignant case is malignant
     per = {c: np.flatnonzero(unit_label == c) for c in (0, 1)}
+    if g is not None and min(len(v) for v in per.values()) < MIN_PER_CLASS_INNER:
+        cases = {c: int((y == c).sum()) for c in (0, 1)}
+        if min(cases.values()) >= MIN_PER_CLASS_INNER:
+            warnings.warn(f"inner train/validation split by case, not by patient: the training part holds "
+                          f"{len(per[0])} benign and {len(per[1])} malignant patient(s) ({cases[0]} and {cases[1]} "
+                          "cases), too few to put one of each class on each side; a patient's cases may be on both "
+                          "sides (model selection only: the test fold stays patient-disjoint)", stacklevel=3)
+            return _small_inner_split(y, None, val_fraction, seed)
+    what = "case(s)" if g is None else "patient(s)"
     if min(len(v) for v in per.values()) < MIN_PER_CLASS_INNER:
         raise ValueError(f"inner train/validation split: the training part holds {len(per[0])} benign and "
                          f"{len(per[1])} malignant {what}; both sides need one of each class, so "
