@@ -136,12 +136,11 @@ _IMAGE_SUFFIXES = {".dcm", ".dicom", ".png", ".tif", ".tiff", ".jpg", ".jpeg", "
 
 
 def _kinds(paths: Sequence[str | Path]) -> str:
-    """``"2 CSV, 3 image(s), 1 other"`` for a list of files."""
+    """``"2 CSV, 3 image(s)"`` for a list of files (kinds with none left out)."""
     n_csv = sum(Path(p).suffix.lower() == ".csv" for p in paths)
     n_img = sum(Path(p).suffix.lower() in _IMAGE_SUFFIXES for p in paths)
-    parts = [f"{n_csv} CSV", f"{n_img} image(s)"] + ([f"{len(paths) - n_csv - n_img} other"]
-                                                       if len(paths) - n_csv - n_img else [])
-    return ", ".join(parts)
+    counts = {"CSV": n_csv, "image(s)": n_img, "other": len(paths) - n_csv - n_img}
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
 
 
 def _verify(a: argparse.Namespace) -> int:
@@ -170,20 +169,23 @@ def _verify(a: argparse.Namespace) -> int:
         problems += [{"dataset": name, **r} for r in table[table["status"] != "ok"].to_dict("records")]
         listed = set(df.loc[(df["dataset"] == name) & (df["relative_path"] != ""), "relative_path"])
         if rep.ok or rep.altered:
-            checked.append(f"{name} {_kinds(rep.ok + rep.altered)}")
+            checked.append(f"{name}: {_kinds(rep.ok + rep.altered)}")
         if folder.is_dir():
             others = [p for p in folder.rglob("*") if p.is_file() and p.relative_to(folder).as_posix() not in listed]
             if others:
-                unlisted.append(f"{name} {len(others)} ({_kinds(others)})")
+                unlisted.append((name, others))
     print(f"manifest {manifest}, data root {root}")
     print(pd.DataFrame(summary).to_string(index=False))
     if problems:
         print()
         print(pd.DataFrame(problems, columns=["dataset", "file", "status", "reason"]).to_string(index=False))
     print("checked (size and sha256): " + ("; ".join(checked) if checked else "no file"))
-    print("not checked: " + ("; ".join(unlisted) + " file(s) under the dataset folders that the manifest does not "
-                             "list (pin-data your copy to pin them)" if unlisted
-                             else "nothing else under the dataset folders"))
+    if unlisted:
+        print(f"not checked: {sum(len(o) for _, o in unlisted)} file(s) under the dataset folders that the manifest "
+              f"does not list ({'; '.join(f'{n}: {_kinds(o)}' for n, o in unlisted)}); pin-data your copy to pin "
+              "them")
+    else:
+        print("not checked: no other file under the dataset folders")
     n_missing = sum(s["missing"] for s in summary)
     n_altered = sum(s["altered"] for s in summary)
     if n_missing or n_altered:
