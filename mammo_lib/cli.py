@@ -630,7 +630,13 @@ def describe_error(err: BaseException) -> tuple[int, str]:
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                       file: Any = None, line: str | None = None) -> None:
     """Warnings (a damaged cache or result rebuilt, ...) as one line ``mammo-kt: warning: ...``."""
-    print(f"mammo-kt: warning: {' '.join(str(message).split())}", file=sys.stderr if file is None else file)
+    text = f"mammo-kt: warning: {' '.join(str(message).split())}"
+    try:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr if file is None else file)  # on a line of its own, above progress bars
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        print(text, file=sys.stderr if file is None else file)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -100,10 +100,7 @@ def make_folds(labels: Any, groups: Any = None, n_splits: int = 5, seed: int = 0
         raise ValueError(f"each class needs at least n_splits={n_splits} samples, smallest has {counts.min()}")
     if g is not None and len(np.unique(g)) < n_splits:
         raise ValueError(f"need at least n_splits={n_splits} distinct groups (patients), got {len(np.unique(g))}")
-    folds = _kfold(y, g, n_splits, seed)
-    if not _inner_splits_possible(y, g, folds, n_splits):
-        folds = _balanced_folds(y, g, n_splits, seed)  # small data (docs/DECISIONS.md, "Small data")
-    return folds
+    return _kfold(y, g, n_splits, seed)
 
 
 def _kfold(y: np.ndarray, g: Optional[np.ndarray], n_splits: int, seed: int) -> np.ndarray:
@@ -120,27 +117,6 @@ def _units(y: np.ndarray, g: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarr
     label = np.zeros(int(units.max()) + 1 if units.size else 0, np.int64)
     np.maximum.at(label, units, y)
     return units, label
-
-
-def _inner_splits_possible(y: np.ndarray, g: Optional[np.ndarray], folds: np.ndarray, n_splits: int) -> bool:
-    """Whether every training part keeps :data:`MIN_PER_CLASS_INNER` cases of each class."""
-    return all(min(int((y[folds != k] == c).sum()) for c in (0, 1)) >= MIN_PER_CLASS_INNER
-               for k in range(n_splits))
-
-
-def _balanced_folds(y: np.ndarray, g: Optional[np.ndarray], n_splits: int, seed: int) -> np.ndarray:
-    """Folds for data too small for the stratified (group) k-fold to leave every training part both
-    classes twice: each class's units (patients, else cases) in a seeded order, dealt to the folds
-    in turn, each class starting where the last one ended (fold sizes differ by at most one)."""
-    units, label = _units(y, g)
-    rng = np.random.default_rng(seed)
-    unit_fold = np.zeros(label.size, np.int64)
-    start = 0
-    for c in (0, 1):
-        members = rng.permutation(np.flatnonzero(label == c))
-        unit_fold[members] = (start + np.arange(members.size)) % n_splits
-        start = (start + members.size) % n_splits
-    return unit_fold[units]
 
 
 #: Cases of each class a training part must keep for its inner split: one on each side.
