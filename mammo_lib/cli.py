@@ -548,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_EPOCHS, default=30, metavar="N", help="training epochs per fold, >= 1")
     t.add_argument("--batch-size", type=_BATCH, default=16, metavar="N", help="training batch size, >= 2")
     t.add_argument("--lr", type=_LR, default=1e-4, help="learning rate of Adam, > 0")
-    t.add_argument("--beta", type=_BETA, default=1.0, help="weight of the Eq. 5 transfer loss, >= 0 (--method transfer)")
+    t.add_argument("--beta", type=_BETA, default=1.0,
+                   help="weight of the Eq. 5 transfer loss, >= 0 (--method transfer)")
     t.add_argument("--folds", type=_FOLDS, default=5, metavar="K",
                    help="outer cross-validation folds, >= 2; each class needs K cases, and 2 more in each "
                         "training part for its train/validation split")

@@ -188,7 +188,7 @@ def test_weights_auto():
 
     assert build_parser().parse_args(["train", "--csv", "c", "--out", "o"]).weights == "auto"
     assert resolve_weights("small", "auto") == "none" and resolve_weights("small", "None") == "none"
-    assert "auto (default: imagenet for densenet121, none for small" in " ".join(
+    assert "auto (imagenet for densenet121, none for small, which has no ImageNet weights)" in " ".join(
         cli("train", "--help").stdout.split())
 
 
@@ -212,8 +212,9 @@ def test_train_reports_exclusions_of_every_stage(world, tmp_path):
             f"{out / 'exclusions.csv'})") in got.stdout
     assert "training on 25 cases" in got.stdout
     ex = pd.read_csv(out / "exclusions.csv")
-    assert list(ex.columns) == ["stage", "file", "row", "reason", "case_id"]
-    assert list(zip(ex["stage"], ex["row"])) == [("load", 2), ("load", 4), ("roi", 3)]
+    assert list(ex.columns) == ["action", "stage", "file", "row", "line", "reason", "case_id"]
+    assert list(zip(ex["action"], ex["stage"], ex["row"])) == [("excluded", "load", 2), ("excluded", "load", 4),
+                                                               ("excluded", "roi", 3)]
     assert set(ex["file"]) == {str(ph / "cases.csv")}
     assert "image_path file not found" in ex["reason"][0] and "unknown label 'weird'" in ex["reason"][1]
     assert "empty mask" in ex["reason"][2]
@@ -400,7 +401,8 @@ def test_profile_values_the_library_refuses_are_refused_by_the_schema(tmp_path):
         bad = tmp_path / "bad.yaml"
         bad.write_text(yaml.safe_dump({**base, **patch}))
         got = cli("collect", "--profile", str(bad))
-        assert got.returncode == 2 and _error_line(got) == f"mammo-kt: error: profile '{bad}': invalid value: {fragment}"
+        assert got.returncode == 2
+        assert _error_line(got) == f"mammo-kt: error: profile '{bad}': invalid value: {fragment}"
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")
@@ -574,7 +576,8 @@ def test_cbis_exclusions_keep_the_row_and_the_line(world, tmp_path):
     assert list(ex.columns) == ["action", "stage", "file", "row", "line", "reason", "case_id"]
     (bad,) = ex[ex["action"] == "excluded"].to_dict("records")
     assert list(ex.loc[ex["action"] == "note", "reason"]) == ["mask resized from 259x226 to 256x224 (nearest)"]
-    assert (bad["action"], bad["stage"], bad["file"], bad["row"], bad["line"]) == ("excluded", "load", str(path), 12, 22)
+    assert (bad["action"], bad["stage"], bad["file"]) == ("excluded", "load", str(path))
+    assert (bad["row"], bad["line"]) == (12, 22)                 # the spreadsheet row and the line it starts on
     assert bad["reason"].startswith("unknown pathology 'UNSURE'")
 
 
@@ -631,7 +634,8 @@ def test_wrong_input_is_refused_or_noted_in_the_csv_and_the_summary(world, tmp_p
                 "the breast?)")
     full_note = "mask covers 97.0% of the image (inverted mask?)"
     assert (f"2 of 28 rows excluded: 2 at stage 'roi'; 3 note(s) on 3 case(s) kept: {ct_note!r}; {air_note!r}; "
-            f"{full_note!r} (each with its file, row and reason in {out / 'exclusions.csv'})") in got.stdout.splitlines()
+            f"{full_note!r} (each with its file, row and reason in {out / 'exclusions.csv'})"
+            ) in got.stdout.splitlines()
     ex = pd.read_csv(out / "exclusions.csv")
     assert list(zip(ex["action"], ex["row"])) == [("excluded", 3), ("excluded", 5), ("note", 2), ("note", 4),
                                                   ("note", 6)]
