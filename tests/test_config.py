@@ -163,7 +163,8 @@ def test_train_defaults_are_trainconfigs(name, monkeypatch):
     from mammo_lib.training import TrainConfig
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
-    cfg = load_config(name, {"data_root": "/data"} if name == "full" else None)
+    # device cpu: TrainConfig refuses the full profile's cuda on a machine without a GPU
+    cfg = load_config(name, {"data_root": "/data", "device": "cpu"} if name == "full" else None)
     written = cfg.raw["train"]
     sec = cfg.section("train")
     for f in fields(TrainConfig):
