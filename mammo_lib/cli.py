@@ -53,8 +53,8 @@ class _Help(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("%(default)" not in text and action.option_strings and action.default not in (None, False)
-                and action.default is not argparse.SUPPRESS and action.nargs != 0):
+        if ("%(default)" not in text and action.option_strings and action.default is not None
+                and action.default is not False and action.default is not argparse.SUPPRESS and action.nargs != 0):
             text += " (default: %(default)s)"
         return text
 
@@ -551,8 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta", type=_BETA, default=1.0,
                    help="weight of the Eq. 5 transfer loss, >= 0 (--method transfer)")
     t.add_argument("--folds", type=_FOLDS, default=5, metavar="K",
-                   help="outer cross-validation folds, >= 2; each class needs K cases, and 2 more in each "
-                        "training part for its train/validation split")
+                   help="outer cross-validation folds, >= 2; each class needs K cases for the test folds and 2 "
+                        "left in every training part for its train/validation split (K = 2: 4 of each class)")
     t.add_argument("--seed", type=_SEED, default=0, help="seed of the folds, initialisation and batch order")
     t.add_argument("--workers", type=_WORKERS, default=None, metavar="N",
                    help="processes extracting ROIs; default: one per CPU core")
