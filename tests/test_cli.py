@@ -287,7 +287,10 @@ def test_train_on_cbis_ddsm_from_the_data_root(world, tmp_path):
     assert "training on 24 cases" in got.stdout
     pred = pd.concat(pd.read_csv(out / "transfer" / f"fold_{k}" / "predictions.csv") for k in range(2))
     assert len(pred) == 24 and (out / "transfer" / "fold_0" / "best.pt").is_file()
-    assert pd.read_csv(out / "exclusions.csv").empty
+    ex = pd.read_csv(out / "exclusions.csv")  # nothing left out; the phantom's one oversized mask is a note
+    assert list(zip(ex["action"], ex["reason"])) == [("note", "mask resized from 259x226 to 256x224 (nearest)")]
+    assert (f"1 note(s) on 1 case(s) kept: 'mask resized from 259x226 to 256x224 (nearest)' (each with its file, row "
+            f"and reason in {out / 'exclusions.csv'})") in got.stdout.splitlines()
 
 
 def test_train_on_bcdr_from_the_data_root(world, tmp_path):
@@ -414,6 +417,16 @@ def test_pin_data_checks_its_output_before_hashing(world, tmp_path):
     assert got.returncode == 1
     assert _error_line(got) == f"mammo-kt: error: cannot write to --out (its folder) {ro}: Permission denied"
     assert "hashing" not in got.stderr  # refused before the first file is hashed
+
+
+def test_pin_data_output_under_a_file_is_refused_before_hashing(world, tmp_path):
+    """The same check as above, where root (who writes into read-only folders) meets it too."""
+    got = cli("pin-data", "--root", str(world["root"]), "--dataset", "cbis-ddsm", "--out",
+              str(world["ph"] / "cases.csv" / "m.csv"))
+    assert got.returncode == 1
+    folder = world["ph"] / "cases.csv"
+    assert _error_line(got) == f"mammo-kt: error: cannot write to --out (its folder) {folder}: File exists"
+    assert "hashing" not in got.stderr
 
 
 def test_help_is_fast_plain_and_complete():
