@@ -20,7 +20,8 @@ import numpy as np
 
 from .generic import read_csv_strings
 from .imageio import polygon_mask
-from .records import BENIGN, MALIGNANT, DataError, Exclusion, LoadResult, MassRecord, OnError, load_rows
+from .records import (BENIGN, MALIGNANT, DataError, Exclusion, LoadResult, MassRecord, OnError,
+                      check_on_error, load_rows)
 
 __all__ = ["CLASSIFICATION_LABELS", "IMAGE_VIEWS", "REQUIRED_COLUMNS", "balanced_draw", "load_bcdr",
            "parse_points", "polygon_mask"]
@@ -95,6 +96,7 @@ def load_bcdr(outlines_csv: str | Path, image_root: str | Path | None = None, *,
     (stage ``"filter"``). A bad row raises :class:`DataError` with its row, or is excluded with
     ``on_error="skip"``; a missing required column always raises.
     """
+    check_on_error(on_error)
     if not _SUBSET_RE.match(subset):
         raise ValueError(f"subset must look like 'D01' or 'F01', got {subset!r}")
     csv_file = Path(outlines_csv)

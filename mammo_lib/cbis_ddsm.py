@@ -28,7 +28,8 @@ import pandas as pd
 from .progress import tqdm
 from .generic import read_csv_strings
 from .imageio import binary_mask, read_dicom_header, read_image
-from .records import BENIGN, MALIGNANT, DataError, LoadResult, MassRecord, OnError, handle_error, load_rows
+from .records import (BENIGN, MALIGNANT, DataError, LoadResult, MassRecord, OnError,
+                      check_on_error, handle_error, load_rows)
 
 __all__ = ["PATHOLOGY_LABELS", "REQUIRED_COLUMNS", "SeriesIndex", "label_counts", "load_cbis_ddsm",
            "read_description_csv", "split_from_filename"]
@@ -285,6 +286,7 @@ def load_cbis_ddsm(csv_files: Sequence[str | Path] | str | Path, dicom_root: str
     ``mask_size``; a mask size differing by up to ``mask_size_tolerance`` is accepted here and
     resized (with a note) by :func:`mammo_lib.imageio.load_record`.
     """
+    check_on_error(on_error)
     if isinstance(csv_files, (str, Path)):
         csv_files = [csv_files]
     if not csv_files:

@@ -27,12 +27,13 @@ import os
 import typing
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, create_model, model_validator
 
 from .imageio import DEFAULT_INTENSITY, INTENSITY_MODES
+from .options import MAX_ROI_SIZE, MIN_ROI_SIZE
 
 PROFILE_NAMES = ("smoke", "demo", "full")
 ENV_PROFILE = "MAMMO_PROFILE"
@@ -148,6 +149,10 @@ def _from_dataclass(cls: type, name: str, *, skip: Sequence[str] = (), partial: 
     return create_model(name, __base__=_Section, **spec)
 
 
+#: A beta of Eq. 5 in a profile's grid: finite and >= 0, as :class:`~mammo_lib.training.TrainConfig` needs.
+_Beta = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 @functools.cache
 def profile_model() -> type[BaseModel]:
     """The pydantic model of a whole profile (built once, from the dataclasses the sections feed).
@@ -204,8 +209,8 @@ def profile_model() -> type[BaseModel]:
     class CV(_Section):
         n_splits: StrictInt = Field(5, ge=2)
         conditions: list[Literal["A", "B"]] = ["A", "B"]
-        beta_grid: list[float] = [0, 2, 8, 32, 128]
-        beta_grid_at: list[float] = [1000]
+        beta_grid: list[_Beta] = [0, 2, 8, 32, 128]          # Eq. 5 weights: finite, >= 0
+        beta_grid_at: list[_Beta] = [1000]
         # The design (docs/DECISIONS.md, "The instrument"): trunk and fold seeds are offsets added
         # to the profile's seed; each trunk seed pre-trains its own generic and DDSM trunk.
         trunk_seeds: list[StrictInt] = Field(default_factory=lambda: [0], min_length=1)
@@ -237,7 +242,7 @@ def profile_model() -> type[BaseModel]:
     class Table1(_Section):
         n_splits: StrictInt = Field(5, ge=2)
         epochs: Optional[StrictInt] = Field(None, ge=1)     # None: train.epochs
-        roi_size: Optional[StrictInt] = Field(None, ge=8)   # None: the profile's roi_size
+        roi_size: Optional[StrictInt] = Field(None, ge=MIN_ROI_SIZE, le=MAX_ROI_SIZE)  # None: the profile's
 
     class Explain(_Section):
         n_cases: StrictInt = Field(2, ge=1)
@@ -279,7 +284,7 @@ def profile_model() -> type[BaseModel]:
 class RoiSpec(_Section):
     """How ROIs are made (Sec. 3.2): side after resizing, minimum context, intensity scaling."""
 
-    roi_size: StrictInt = Field(224, ge=8)
+    roi_size: StrictInt = Field(224, ge=MIN_ROI_SIZE, le=MAX_ROI_SIZE)  # mammo_lib.options: one source
     min_context: StrictInt = Field(224, ge=1)
     intensity: Literal[INTENSITY_MODES] = DEFAULT_INTENSITY  # type: ignore[valid-type]
 

@@ -45,18 +45,9 @@ LESION, BACKGROUND = "Lesion", "Background"
 #: ``"subtract_clip"`` is the former rule (variance stretched to the ROI's range, Background the
 #: clipped difference); ``"difference"`` is its legacy variant without rescaling.
 BackgroundRule = Literal["soft", "otsu", "subtract_clip", "difference", "unit_difference"]
-BACKGROUND_RULES = ("soft", "otsu", "subtract_clip", "difference")
-
-#: Former names of rules, accepted and recorded under the canonical name.
-BACKGROUND_RULE_ALIASES: dict[str, str] = {"unit_difference": "subtract_clip"}
-
-#: The rule used wherever none is given (this module, the CLI, the pipeline's callers and figures).
-#: The only place to change it. The complementary ``"soft"`` split (Sec. 4.2: Lesion and Background
-#: "divide the ROI into mass area and no-mass area"; ``docs/DECISIONS.md``), fixed in advance rather
-#: than picked by a pixel-change score: the sanity table (:func:`mammo_lib.sanity.explanation_sanity`)
-#: reports how each rule fares, and while no rule passes the explanation is not presented as
-#: evidence (``results/REPORT.md``).
-DEFAULT_BACKGROUND_RULE: str = "soft"
+# BACKGROUND_RULES, BACKGROUND_RULE_ALIASES and DEFAULT_BACKGROUND_RULE live in mammo_lib.options
+# (importable without torch: the command line lists them).
+from .options import BACKGROUND_RULE_ALIASES, BACKGROUND_RULES, DEFAULT_BACKGROUND_RULE  # noqa: E402
 
 #: Default percentile of the variance map that maps to full *Lesion* weight in rule ``"soft"``.
 DEFAULT_SOFT_PERCENTILE = 99.0

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import pandas as pd
 
-from .records import BENIGN, MALIGNANT, DataError, LoadResult, MassRecord, OnError, load_rows
+from .records import BENIGN, MALIGNANT, DataError, LoadResult, MassRecord, OnError, check_on_error, load_rows
 
 __all__ = ["LABEL_VALUES", "REQUIRED_COLUMNS", "load_generic", "parse_label", "read_csv_strings"]
 
@@ -124,6 +124,7 @@ def load_generic(csv_path: str | Path, *, base_dir: str | Path | None = None, on
     (leakage) always raises :class:`DataError`; a bad row raises or, with ``on_error="skip"``,
     becomes an exclusion.
     """
+    check_on_error(on_error)
     csv_file = Path(csv_path)
     base = csv_file.parent if base_dir is None else Path(base_dir)
     if not base.is_dir():

@@ -33,13 +33,15 @@ from skimage.draw import polygon
 from .records import DataError, MassRecord
 
 __all__ = [
-    "INTENSITY_MODES", "DEFAULT_INTENSITY", "MAX_PIXELS", "MIN_IMAGE_SIDE", "NEAR_FULL_MASK", "IntensityMode", "LoadedCase", "read_image", "read_dicom_header", "to_unit_float",
-    "polygon_mask", "resize_nearest", "binary_mask", "load_record",
+    "INTENSITY_MODES", "DEFAULT_INTENSITY", "MAX_PIXELS", "MIN_IMAGE_SIDE", "NEAR_FULL_MASK", "IntensityMode",
+    "LoadedCase", "read_image", "read_dicom_header", "to_unit_float",
+    "polygon_mask", "resize_nearest", "binary_mask", "load_record", "read_unit_float", "image_notes",
+    "GREYSCALE_PHOTOMETRIC", "MAMMOGRAPHY_MODALITY", "NO_TISSUE_LEVEL",
 ]
 
 IntensityMode = Literal["minmax", "percentile", "dtype"]
-#: The values ``intensity`` accepts (:func:`to_unit_float`).
-INTENSITY_MODES: tuple[str, ...] = ("minmax", "percentile", "dtype")
+#: The values ``intensity`` accepts (:func:`to_unit_float`) and the default (mammo_lib.options).
+from .options import DEFAULT_INTENSITY, INTENSITY_MODES  # noqa: E402
 
 #: Largest image decoded, in pixels, checked from the file's header before any pixel is decoded
 #: (docs/DECISIONS.md "Data-side fault cases"): 64 Mpx = 2**26, twice a full-field mammogram of
@@ -50,12 +52,16 @@ MIN_IMAGE_SIDE = 2
 #: A mask covering at least this fraction of its image gets a note (an inverted mask?); a mask
 #: covering all of it is an error (no background: docs/DECISIONS.md).
 NEAR_FULL_MASK = 0.9
+#: DICOM PhotometricInterpretation values read as grey levels; any other (PALETTE COLOR, RGB, YBR_*)
+#: is refused: its values are colour indices or components, not intensities.
+GREYSCALE_PHOTOMETRIC: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2")
+#: DICOM Modality of a mammogram; an image of another modality (CT, MR, ...) gets a note.
+MAMMOGRAPHY_MODALITY = "MG"
+#: A mask region whose pixels all lie within this fraction of the image's range above its darkest
+#: value holds no tissue (the mask is in the air outside the breast): the case gets a note.
+NO_TISSUE_LEVEL = 0.01
 #: Rows converted at a time by :func:`to_unit_float` (bounds the float64 intermediate to ~8 MB).
 _CHUNK_PIXELS = 2 ** 20
-#: The library's one default intensity scaling (docs/DECISIONS.md, "Profiles"): robust percentile
-#: scaling, since ``minmax`` leaks bright calcifications into the mass's intensity (see
-#: :func:`to_unit_float`). Every shipped profile sets its own (phantom ``dtype``, real ``percentile``).
-DEFAULT_INTENSITY: IntensityMode = "percentile"
 
 #: Exceptions the readers (PIL, tifffile, pydicom, struct) raise on unreadable or truncated files.
 _READ_ERRORS: tuple[type[BaseException], ...] = (
@@ -126,6 +132,11 @@ def _dicom_pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
         raise DataError(f"multi-frame DICOM ({frames} frames) is not supported", path)
     if int(getattr(ds, "SamplesPerPixel", 1)) != 1:
         raise DataError(f"expected a greyscale DICOM, got SamplesPerPixel={ds.SamplesPerPixel}", path)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric not in GREYSCALE_PHOTOMETRIC:
+        raise DataError(f"PhotometricInterpretation {photometric}: the stored values are indices into a colour "
+                        f"table, not grey levels; expected one of {GREYSCALE_PHOTOMETRIC} (not read as greyscale)",
+                        path)
     _check_pixels((int(ds.Rows), int(ds.Columns)), path)
     _check_bits_stored(ds, path)
     arr = ds.pixel_array
@@ -265,6 +276,43 @@ def _scale_rows(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return out
 
 
+def read_unit_float(path: str | Path, intensity: IntensityMode = DEFAULT_INTENSITY) -> np.ndarray:
+    """:func:`read_image` then :func:`to_unit_float` (DICOM BitsStored for ``"dtype"``); every
+    failure, NaN / infinite pixels included, is a :class:`DataError` naming ``path``."""
+    raw = read_image(path)
+    bits = _stored_bits(path) if intensity == "dtype" else None
+    try:
+        return to_unit_float(raw, intensity, bits=bits)
+    except (ValueError, TypeError) as err:
+        raise DataError(str(err), path) from err
+
+
+def image_notes(path: str | Path, image: Optional[np.ndarray] = None,
+                mask: Optional[np.ndarray] = None) -> list[str]:
+    """Notes on an image that reads but may be the wrong input (docs/DECISIONS.md, "Data-side
+    fault cases"): a DICOM whose Modality is not MG (mammography), and, given the unit-float
+    ``image`` and its ``mask``, a mask region with no tissue (every pixel within
+    :data:`NO_TISSUE_LEVEL` of the image's range above its darkest value: air outside the breast).
+
+    >>> image_notes("x.png", np.array([[0.0, 1.0], [0.0, 0.0]]), np.array([[1, 0], [0, 0]]))[0][:26]
+    'no tissue under the mask: '
+    >>> image_notes("x.png", np.array([[0.0, 1.0], [0.0, 0.0]]), np.array([[0, 1], [0, 0]]))
+    []
+    """
+    notes = []
+    if Path(path).is_file() and _sniff(Path(path)) == "dicom":
+        modality = str(getattr(read_dicom_header(path), "Modality", "") or "").strip().upper()
+        if modality and modality != MAMMOGRAPHY_MODALITY:
+            notes.append(f"DICOM Modality is {modality}, not {MAMMOGRAPHY_MODALITY} (mammography): "
+                         "is this a mammogram?")
+    if image is not None and mask is not None and mask.any():
+        lo, hi = float(image.min()), float(image.max())
+        if float(image[mask > 0].max()) <= lo + NO_TISSUE_LEVEL * (hi - lo):
+            notes.append("no tissue under the mask: its pixels are all at the image's darkest level "
+                         "(mask in the air outside the breast?)")
+    return notes
+
+
 def _edge_lattice_points(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every integer point on the closed polygon's edges (integer vertices): gcd(|dx|, |dy|) per edge."""
     dx, dy = np.roll(x, -1) - x, np.roll(y, -1) - y
@@ -347,6 +395,11 @@ def _fit_to(arr: np.ndarray, shape: tuple[int, int], what: str, tolerance: float
     if rel > tolerance:
         raise DataError(f"{what} size {arr.shape[0]}x{arr.shape[1]} does not match image size "
                         f"{shape[0]}x{shape[1]} (differs by {rel:.1%} > {tolerance:.0%})", path)
+    beyond = int(np.count_nonzero(arr[shape[0]:, :])) + int(np.count_nonzero(arr[:shape[0], shape[1]:]))
+    if beyond:
+        raise DataError(f"{what} size {arr.shape[0]}x{arr.shape[1]} is larger than the image {shape[0]}x{shape[1]} "
+                        f"and {beyond} of its foreground pixel(s) lie beyond the image's last row or column: "
+                        "resizing would move them onto the image (a mask outside the image is an error)", path)
     notes.append(f"{what} resized from {arr.shape[0]}x{arr.shape[1]} to {shape[0]}x{shape[1]} (nearest)")
     return resize_nearest(arr, shape)
 
@@ -397,6 +450,7 @@ def load_record(rec: MassRecord, intensity: IntensityMode = DEFAULT_INTENSITY, *
             image = to_unit_float(raw, intensity, bits=bits)
         except (ValueError, TypeError) as err:
             raise DataError(str(err), rec.image_path) from err
+        del raw
         if rec.mask_path:
             stored = read_image(rec.mask_path)
             mask = binary_mask(stored, rec.mask_path)
@@ -411,6 +465,7 @@ def load_record(rec: MassRecord, intensity: IntensityMode = DEFAULT_INTENSITY, *
         if not mask.any():
             raise DataError("empty mask", rec.mask_path or rec.image_path)
         _check_coverage(mask, notes, rec.mask_path or rec.image_path)
+        notes += image_notes(rec.image_path, image, mask)
         confounders = None
         conf_path = rec.meta.get("confounder_mask_path")
         if conf_path:

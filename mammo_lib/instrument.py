@@ -38,7 +38,6 @@ predictions between the training-like and the reversed rendering, and a mask-onl
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -55,7 +54,7 @@ from .config import code_digest
 from .metrics import classification_metrics
 from .model import _TRAINABLE_PREFIXES
 from .stand_in import energy_share
-from .io import save_torch, to_jsonable, write_json
+from .io import read_done_marker, save_torch, to_jsonable, write_json
 from .training import TrainConfig
 from .trunk_cache import TrunkCache, group4_maps_cached, predict_cached, train_heads
 
@@ -378,8 +377,8 @@ class Instrument:
         def read_back(i: int) -> Optional[dict[str, Any]]:
             done = dirs[i] / "result.json"
             if done.exists():
-                saved = json.loads(done.read_text())
-                if saved.get("key") == wants[i]:
+                saved = read_done_marker(done, "run result")  # damaged: warned, None, trained again
+                if saved is not None and saved.get("key") == wants[i]:
                     return saved
             return None
 

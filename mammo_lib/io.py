@@ -19,17 +19,69 @@ This module is a leaf: it imports nothing from ``mammo_lib``.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 T = TypeVar("T")
 
 __all__ = ["default_file_mode", "default_dir_mode", "atomic_write", "write_text", "write_json", "to_jsonable",
-           "write_csv", "save_figure", "save_torch", "atomic_dir"]
+           "write_csv", "save_figure", "save_torch", "atomic_dir", "DiskFullError", "read_done_marker"]
+
+#: errno values that mean the file system has no room left (disk full, quota exceeded).
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFullError(OSError):
+    """The disk (or quota) is full while writing ``filename``: one line saying so and naming the
+    file, instead of ``No space left on device`` with no path or torch's ``unexpected pos``."""
+
+    def __init__(self, path: str | os.PathLike, detail: str = "") -> None:
+        try:
+            free = f"; {shutil.disk_usage(Path(path).parent).free} bytes free there"
+        except OSError:
+            free = ""
+        super().__init__(errno.ENOSPC, f"the disk is full: could not write {path} "
+                                       f"({detail or 'No space left on device'}{free}); free some space and run "
+                                       "again (finished work is kept)")
+
+
+def _is_disk_full(err: BaseException) -> bool:
+    """An OSError with ENOSPC / EDQUOT, or torch's writer failing on a full disk (``unexpected pos``,
+    ``file write failed``), also when chained."""
+    seen = 0
+    while err is not None and seen < 5:
+        if isinstance(err, OSError) and err.errno in _FULL:
+            return True
+        text = str(err)
+        if isinstance(err, RuntimeError) and ("unexpected pos" in text or "file write failed" in text
+                                              or "No space left" in text):
+            return True
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return False
+
+
+def read_done_marker(path: str | os.PathLike, what: str = "result") -> Optional[dict]:
+    """The JSON object a finished run wrote last (its ``result.json``), or None with a warning
+    naming ``path`` when it cannot be read back (torn, not JSON, not an object): the caller
+    treats it like a damaged checkpoint and computes the run again (docs/DECISIONS.md,
+    "Data-side fault cases")."""
+    path = Path(path)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        warnings.warn(f"damaged {what} {path} ({type(err).__name__}: {err}); training it again", stacklevel=2)
+        return None
+    if not isinstance(saved, dict):
+        warnings.warn(f"damaged {what} {path} (holds a JSON {type(saved).__name__}, not an object); training it "
+                      "again", stacklevel=2)
+        return None
+    return saved
 
 
 def default_file_mode() -> int:
@@ -69,6 +121,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, suffi
         write(tmp)
         os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        if _is_disk_full(err) and not isinstance(err, DiskFullError):
+            raise DiskFullError(path, str(getattr(err, "strerror", None) or err)) from err
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -170,7 +226,12 @@ def atomic_dir(target: str | os.PathLike, build: Callable[[Path], T], *,
     trash: Optional[Path] = None
     try:
         os.chmod(tmp, default_dir_mode())
-        result = build(tmp)
+        try:
+            result = build(tmp)
+        except (OSError, RuntimeError) as err:
+            if _is_disk_full(err) and not isinstance(err, DiskFullError):
+                raise DiskFullError(target, str(getattr(err, "strerror", None) or err)) from err
+            raise
         if target.exists():
             trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, trash / "old")

@@ -9,6 +9,7 @@ whose published hashes are unknown) can only be checked for presence and size.
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -92,7 +93,16 @@ def read_manifest(manifest_csv: str | Path) -> pd.DataFrame:
     manifest_csv = Path(manifest_csv)
     if not manifest_csv.is_file():
         raise DataError("manifest not found", manifest_csv)
-    df = pd.read_csv(manifest_csv, dtype=str, keep_default_na=False)
+    what = f"not a manifest CSV (UTF-8 text with the columns {', '.join(MANIFEST_COLUMNS)})"
+    try:
+        text = manifest_csv.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{what}: byte 0x{err.object[err.start]:02x} at offset {err.start} is not UTF-8 text",
+                        manifest_csv) from err
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{what}: {type(err).__name__}: {' '.join(str(err).split())[:200]}", manifest_csv) from err
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"missing required column(s) {missing}", manifest_csv)

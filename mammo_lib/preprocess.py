@@ -51,6 +51,8 @@ _STR_COLUMNS = ["case_id", "patient_id", "split", "dataset", "source_file", "var
 
 _EXCL_STR_COLUMNS = ["source_file", "reason", "case_id", "stage"]
 _FILES = ("arrays.npz", "index.csv", "exclusions.csv", "params.json")
+#: Members every per-record file of an unfinished run holds (:func:`_process_one`).
+_PARTIAL_MEMBERS = ("meta", "image", "mask")
 
 #: What reading a damaged ``.npz`` raises (truncated zip, torn member, bad pickle-free header).
 _NPZ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
@@ -404,6 +406,9 @@ def _drop_damaged_partials(partial: Path, n: int) -> None:
             with np.load(path) as z:
                 for name in z.files:
                     z[name]
+                absent = sorted(set(_PARTIAL_MEMBERS) - set(z.files))
+            if absent:
+                raise KeyError(f"members {absent} absent (has {sorted(z.files)})")
         except _NPZ_ERRORS as err:
             warnings.warn(f"damaged partial ROI file {path} ({type(err).__name__}: {err}); recomputing it",
                           stacklevel=3)

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional, Sequence
@@ -29,7 +30,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from torch import nn
 
 from .progress import tqdm
-from .io import save_torch, to_jsonable, write_csv, write_json
+from .io import read_done_marker, save_torch, to_jsonable, write_csv, write_json
 from .metrics import classification_metrics
 from .model import WeightsUnavailableError, build_model
 from .training import TensorData, TrainConfig, predict, roi_spec_of, train_model
@@ -99,25 +100,120 @@ def make_folds(labels: Any, groups: Any = None, n_splits: int = 5, seed: int = 0
         raise ValueError(f"each class needs at least n_splits={n_splits} samples, smallest has {counts.min()}")
     if g is not None and len(np.unique(g)) < n_splits:
         raise ValueError(f"need at least n_splits={n_splits} distinct groups (patients), got {len(np.unique(g))}")
+    return _kfold(y, g, n_splits, seed)
+
+
+def _kfold(y: np.ndarray, g: Optional[np.ndarray], n_splits: int, seed: int) -> np.ndarray:
+    """Fold of every sample from ``StratifiedGroupKFold`` / ``StratifiedKFold`` (shuffled, ``seed``)."""
     folds = np.full(y.size, -1, dtype=np.int64)
     for k, (_, test) in enumerate(_splitter(n_splits, g is not None, seed).split(np.zeros(y.size), y, g)):
         folds[test] = k
     return folds
 
 
+def _units(y: np.ndarray, g: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Unit (patient, else case) of every case and the label of every unit (malignant when any case is)."""
+    units = np.arange(y.size) if g is None else np.unique(g, return_inverse=True)[1].reshape(-1)
+    label = np.zeros(int(units.max()) + 1 if units.size else 0, np.int64)
+    np.maximum.at(label, units, y)
+    return units, label
+
+
+#: Cases of each class a training part must keep for its inner split: one on each side.
+MIN_PER_CLASS_INNER = 2
+
+
+def min_cases_per_class(n_splits: int) -> int:
+    """The fewest cases of a class that ``n_splits``-fold cross-validation with an inner
+    train / validation split can use: ``n_splits`` for the test folds, and every training part
+    (``n - ceil(n / n_splits)`` cases of the class, stratified folds) must keep
+    :data:`MIN_PER_CLASS_INNER`.
+
+    >>> [min_cases_per_class(k) for k in (2, 3, 5)]
+    [4, 3, 5]
+    """
+    n = max(int(n_splits), 1)
+    while n - -(-n // n_splits) < MIN_PER_CLASS_INNER:
+        n += 1
+    return n
+
+
+def check_cv_sizes(labels: Any, n_splits: int, groups: Any = None, *, what: str = "n_splits") -> None:
+    """``ValueError`` before any work when ``labels`` (and ``groups``, patient ids) are too few for
+    ``n_splits``-fold cross-validation with an inner split (:func:`min_cases_per_class`); the
+    message gives the cases of each class, what is needed, and the largest ``n_splits`` that
+    would work. ``what`` names the setting in the message (the CLI's ``--folds``).
+
+    >>> check_cv_sizes([0] * 8 + [1] * 4, 2)
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    counts = {c: int((y == c).sum()) for c in (0, 1)}
+    have = f"{counts[0]} benign and {counts[1]} malignant case(s)"
+    need = min_cases_per_class(n_splits)
+    if min(counts.values()) < need:
+        fits = [k for k in range(2, max(counts.values()) + 1) if min_cases_per_class(k) <= min(counts.values())]
+        advice = f"use {what} {max(fits)}" if fits else (
+            f"add cases: at least {min_cases_per_class(2)} of each class are needed for the smallest, 2-fold, "
+            "cross-validation")
+        raise ValueError(f"{have} are too few for {what} {n_splits}: each class needs at least {need} "
+                         f"({n_splits} for the test folds, and {MIN_PER_CLASS_INNER} left in every training part "
+                         f"for its train/validation split); {advice}")
+    if groups is not None:
+        n_groups = len(set(np.asarray(groups).astype(str).tolist()))
+        if n_groups < n_splits:
+            raise ValueError(f"{have} from {n_groups} patient(s) are too few for {what} {n_splits}: it needs at "
+                             f"least {n_splits} patients (no patient is in two folds)")
+
+
 def inner_split(labels: Any, groups: Any = None, val_fraction: float = 0.2,
                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Stratified (and, with ``groups``, patient-grouped) train / validation split of a training
-    part (Sec. 3.1: 80:20). One fold of a k-fold split with k = round(1 / val_fraction) is the
-    validation part. Returns sorted positions ``(train_idx, val_idx)`` into ``labels``."""
+    part (Sec. 3.1: 80:20). Returns sorted positions ``(train_idx, val_idx)`` into ``labels``.
+
+    Where each class has at least k = round(1 / val_fraction) cases (and k patients), one fold of
+    a k-fold split is the validation part. Smaller data (docs/DECISIONS.md, "Small data"), a
+    stratified shuffle split of the patients (or cases): ``round(val_fraction * n)`` of each
+    class, at least one and at most all but one, so that both sides hold both classes; a patient
+    counts as malignant when any of its cases is. Fewer than :data:`MIN_PER_CLASS_INNER`
+    patients (cases) of a class is a ``ValueError`` giving the counts.
+    """
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction <= 0.5:
         raise ValueError(f"val_fraction must be in (0, 0.5], got {val_fraction!r}")
     k = int(round(1.0 / val_fraction))
-    try:
-        folds = make_folds(labels, groups, n_splits=k, seed=seed)
-    except ValueError as err:
-        raise ValueError(f"inner_split with val_fraction={val_fraction} uses {k} folds: {err}") from err
-    return np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
+    y, g = _check_labels_groups(labels, groups)
+    require_both_classes(y, "the training part of a fold")
+    counts = np.unique(y, return_counts=True)[1]
+    if counts.min() >= k and (g is None or len(np.unique(g)) >= k):
+        folds = _kfold(y, g, k, seed)
+        return np.flatnonzero(folds != 0), np.flatnonzero(folds == 0)
+    return _small_inner_split(y, g, val_fraction, seed)
+
+
+def _small_inner_split(y: np.ndarray, g: Optional[np.ndarray], val_fraction: float,
+                       seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`inner_split` of a training part too small for its k-fold split."""
+    units, unit_label = _units(y, g)                         # a patient with a malignant case is malignant
+    per = {c: np.flatnonzero(unit_label == c) for c in (0, 1)}
+    if g is not None and min(len(v) for v in per.values()) < MIN_PER_CLASS_INNER:
+        cases = {c: int((y == c).sum()) for c in (0, 1)}
+        if min(cases.values()) >= MIN_PER_CLASS_INNER:
+            warnings.warn(f"inner train/validation split by case, not by patient: the training part holds "
+                          f"{len(per[0])} benign and {len(per[1])} malignant patient(s) ({cases[0]} and {cases[1]} "
+                          "cases), too few to put one of each class on each side; a patient's cases may be on both "
+                          "sides (model selection only: the test fold stays patient-disjoint)", stacklevel=3)
+            return _small_inner_split(y, None, val_fraction, seed)
+    what = "case(s)" if g is None else "patient(s)"
+    if min(len(v) for v in per.values()) < MIN_PER_CLASS_INNER:
+        raise ValueError(f"inner train/validation split: the training part holds {len(per[0])} benign and "
+                         f"{len(per[1])} malignant {what}; both sides need one of each class, so "
+                         f"{MIN_PER_CLASS_INNER} of each (use fewer folds or add cases)")
+    rng = np.random.default_rng(seed)
+    val_units = []
+    for c in (0, 1):
+        n_val = min(max(int(round(val_fraction * len(per[c]))), 1), len(per[c]) - 1)
+        val_units.append(rng.permutation(per[c])[:n_val])
+    is_val = np.isin(units, np.concatenate(val_units))
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,6 +346,7 @@ def run_cv(data: Any, specs: Sequence[RunSpec], out_dir: str | Path, *, arch: st
     case_ids = np.asarray(data.index["case_id"].astype(str))
     if len(set(case_ids)) != len(case_ids):
         raise ValueError("case_id values must be unique in the cross-validation data")
+    check_cv_sizes(labels, n_splits, groups)
     folds = make_folds(labels, groups, n_splits=n_splits, seed=seed)
     fold_frame = pd.DataFrame({"case_id": case_ids, "label": labels, "fold": folds})
     if groups is not None:
@@ -285,7 +382,9 @@ def _load_fold(fold_dir: Path, key: dict[str, Any]) -> tuple[Optional[dict[str, 
     res, pred = fold_dir / "result.json", fold_dir / "predictions.csv"
     if not (res.exists() and pred.exists()):
         return None, None
-    saved = json.loads(res.read_text())
+    saved = read_done_marker(res, "fold result")
+    if saved is None:  # damaged: warned, trained again
+        return None, None
     if saved.get("key") != to_jsonable(key):
         raise ValueError(f"{res}: made with other settings (spec, arch, folds or data); delete "
                          f"{fold_dir} or use another out_dir")

@@ -10,9 +10,11 @@ import csv
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Optional
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 #: Integer class labels used everywhere in the package.
 BENIGN, MALIGNANT = 0, 1
@@ -102,10 +104,14 @@ class LoadResult:
     records: list[MassRecord] = field(default_factory=list)
     exclusions: list[Exclusion] = field(default_factory=list)
 
-    def to_frame(self) -> pd.DataFrame:
+    def to_frame(self) -> "pd.DataFrame":
+        import pandas as pd
+
         return pd.DataFrame([r.to_row() for r in self.records])
 
-    def exclusions_frame(self) -> pd.DataFrame:
+    def exclusions_frame(self) -> "pd.DataFrame":
+        import pandas as pd
+
         cols = ["source_file", "source_row", "reason", "case_id", "stage", "source_line"]
         return pd.DataFrame([asdict(e) for e in self.exclusions], columns=cols)
 
@@ -116,6 +122,16 @@ class LoadResult:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+def check_on_error(on_error: object) -> None:
+    """``ValueError`` unless ``on_error`` is ``"raise"`` or ``"skip"``: checked when a loader starts,
+    not when its first bad row comes.
+
+    >>> check_on_error("skip")
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
 
 
 def handle_error(err: DataError, on_error: OnError, result: LoadResult,
@@ -164,6 +180,7 @@ def load_rows(rows: list[dict[str, str]], csv_file: str | Path, build: RowBuilde
     >>> load_rows([], "none.csv", lambda row, n: None, "raise", LoadResult())
     []
     """
+    check_on_error(on_error)
     csv_file = Path(csv_file)
     lines = csv_record_lines(csv_file) if rows else None
     if lines is not None and len(lines) != len(rows):

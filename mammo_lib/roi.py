@@ -21,11 +21,7 @@ from skimage.transform import resize
 Variant = Literal["mass_centred", "original", "double_box", "overlap_0.9"]
 #: ROI variants of Table 1 (paper Sec. 3.2); ``mass_centred`` is the paper's own.
 VARIANTS: tuple[str, ...] = ("mass_centred", "original", "double_box", "overlap_0.9")
-#: Smallest ROI side :func:`mammo_lib.preprocess.preprocess` accepts: both architectures
-#: (``mammo_lib.model.ARCHS``, torchvision DenseNet) halve the map 5 times (stem conv, max-pool,
-#: 3 transitions), so 2**5 = 32 px is the smallest side that still leaves a whole group-4 pixel
-#: (1 x 1, Eq. 3 map) with every halving exact; below 29 px the last transition has nothing to pool.
-MIN_ROI_SIZE = 2 ** 5
+from .options import MAX_ROI_SIZE, MIN_ROI_SIZE  # noqa: E402,F401 (ROI side bounds, one source)
 #: Variants whose crop is drawn at random (they need an ``rng``).
 RANDOM_VARIANTS: frozenset[str] = frozenset({"overlap_0.9"})
 

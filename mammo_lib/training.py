@@ -85,6 +85,31 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 # --------------------------------------------------------------------------------------------
 # Configuration and data
 # --------------------------------------------------------------------------------------------
+def check_device(device: object, what: str = "device") -> str:
+    """``device`` (``cpu``, ``cuda``, ``cuda:N``) when this machine has it, else ``ValueError``
+    naming ``what`` and saying what is there (checked before any work, so a run does not fail
+    deep in torch after its data are prepared).
+
+    >>> check_device("cpu")
+    'cpu'
+    """
+    from .options import parse_device
+
+    try:
+        text = parse_device(device)
+    except ValueError as err:
+        raise ValueError(f"{what}: {err}") from None
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"{what} {text}: no CUDA GPU is available to torch on this machine "
+                             f"(torch.cuda.is_available() is False; torch {torch.__version__}); use cpu")
+        index = int(text.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"{what} {text}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    return text
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a training run (stored in checkpoints; a resume needs equality).
@@ -176,6 +201,7 @@ class TrainConfig:
         check_amp(self.amp, "TrainConfig.amp")
         if not isinstance(self.channels_last, bool):
             raise TypeError(f"TrainConfig.channels_last must be a bool, got {self.channels_last!r}")
+        self.device = check_device(self.device, "TrainConfig.device")
         if self.method == "transfer" and self.input == "mask":
             raise ValueError("method='transfer' needs ROI input: a mask-only model (input='mask') is fine-tuned")
 

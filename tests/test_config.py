@@ -15,7 +15,9 @@ FAILING = [
     # invalid values: named by their key path, before any work
     ("demo", {"intensity": "foo"}, ConfigError, r"intensity: Input should be 'minmax', 'percentile' or 'dtype'"),
     ("demo", {"roi_size": True}, ConfigError, r"roi_size: Input should be a valid integer \(got True\)"),
-    ("demo", {"roi_size": 7}, ConfigError, r"roi_size: Input should be greater than or equal to 8 \(got 7\)"),
+    ("demo", {"roi_size": 7}, ConfigError, r"roi_size: Input should be greater than or equal to 32 \(got 7\)"),
+    ("demo", {"cv": {"beta_grid": [0, -8]}}, ConfigError,
+     r"cv.beta_grid.1: Input should be greater than or equal to 0"),
     ("demo", {"arch": "resnet"}, ConfigError, r"arch: Input should be"),
     ("demo", {"train": {"optimizer": "adamw"}}, ConfigError, r"train.optimizer: Input should be 'adam' or 'sgd'"),
     ("demo", {"cv": {"conditions": ["C"]}}, ConfigError, r"cv.conditions.0: Input should be 'A' or 'B'"),
@@ -170,7 +172,8 @@ def test_train_defaults_are_trainconfigs(name, monkeypatch):
     from mammo_lib.training import TrainConfig
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
-    cfg = load_config(name, {"data_root": "/data"} if name == "full" else None)
+    # device cpu: TrainConfig refuses the full profile's cuda on a machine without a GPU
+    cfg = load_config(name, {"data_root": "/data", "device": "cpu"} if name == "full" else None)
     written = cfg.raw["train"]
     sec = cfg.section("train")
     for f in fields(TrainConfig):

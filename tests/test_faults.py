@@ -332,3 +332,133 @@ def test_cbis_unreadable_dicom_and_missing_mask_series(tmp_path):
     with pytest.raises(DataError, match="unreadable DICOM file") as info:
         load_cbis_ddsm(csvs, root, progress=False)
     assert info.value.file == str(cut)
+
+
+# --- issue 21: small data, damaged results, full disks, silently wrong input (library side) ---------
+def test_inner_split_of_a_small_training_part_puts_both_classes_on_each_side():
+    from mammo_lib.protocol import inner_split
+
+    y = np.array([0, 0, 0, 0, 1, 1])
+    tr, va = inner_split(y, seed=3)
+    # val: round(0.2 * 4) = 1 benign, round(0.2 * 2) = 0 -> at least 1 malignant
+    assert sorted(y[va].tolist()) == [0, 1] and sorted(y[tr].tolist()) == [0, 0, 0, 1]
+    assert np.array_equal(np.sort(np.concatenate([tr, va])), np.arange(6))
+    with pytest.raises(ValueError, match=re.escape(
+            "inner train/validation split: the training part holds 3 benign and 1 malignant case(s); both sides "
+            "need one of each class, so 2 of each (use fewer folds or add cases)")):
+        inner_split(np.array([0, 0, 0, 1]))
+    # patients: 2 malignant cases of one patient -> by case, with a warning
+    with pytest.warns(UserWarning, match="inner train/validation split by case, not by patient"):
+        tr, va = inner_split(np.array([0, 0, 0, 1, 1]), np.array(["a", "b", "c", "d", "d"]))
+    assert sorted(np.array([0, 0, 0, 1, 1])[va].tolist()) == [0, 1]
+
+
+def test_inner_split_of_enough_data_is_the_k_fold_split_as_before():
+    from mammo_lib.protocol import inner_split
+
+    y = np.array([0] * 12 + [1] * 9)
+    g = np.array([f"p{i // 2}" for i in range(21)])
+    tr, va = inner_split(y, g, val_fraction=0.2, seed=4)
+    folds = make_folds(y, g, n_splits=5, seed=4)
+    assert np.array_equal(va, np.flatnonzero(folds == 0)) and np.array_equal(tr, np.flatnonzero(folds != 0))
+
+
+def test_too_small_data_is_refused_with_the_counts_and_the_folds_that_fit():
+    from mammo_lib.protocol import check_cv_sizes, min_cases_per_class
+
+    # k test folds, and n - ceil(n / k) >= 2 left in every training part: k = 2 needs 4, k = 3 needs 3
+    assert [min_cases_per_class(k) for k in (2, 3, 4, 5)] == [4, 3, 4, 5]
+    y = np.array([0] * 8 + [1] * 3)
+    with pytest.raises(ValueError, match=re.escape(
+            "8 benign and 3 malignant case(s) are too few for n_splits 2: each class needs at least 4 (2 for the "
+            "test folds, and 2 left in every training part for its train/validation split); use n_splits 3")):
+        check_cv_sizes(y, 2)
+    check_cv_sizes(y, 3)
+    with pytest.raises(ValueError, match=re.escape("from 2 patient(s) are too few for n_splits 3")):
+        check_cv_sizes(y, 3, groups=["a"] * 5 + ["b"] * 6)
+
+
+def test_mask_beyond_the_image_is_refused_and_a_padded_mask_still_resized(tmp_path):
+    img = _good_image(tmp_path)
+    beyond = np.zeros((SHAPE[0] + 2, SHAPE[1]), np.uint8)
+    beyond[SHAPE[0]:, 10:13] = 255                                          # 6 pixels, all beyond row 47
+    with pytest.raises(DataError, match=re.escape(
+            "mask size 50x64 is larger than the image 48x64 and 6 of its foreground pixel(s) lie beyond the image's "
+            "last row or column: resizing would move them onto the image")):
+        load_record(_record(tmp_path, img, beyond))
+    padded = np.zeros((SHAPE[0] + 2, SHAPE[1]), np.uint8)
+    padded[10:20, 15:30] = 255
+    case = load_record(_record(tmp_path, img, padded, cid="p"))
+    assert case.notes == ["mask resized from 50x64 to 48x64 (nearest)"]
+
+
+def test_palette_colour_refused_and_non_mg_modality_noted(tmp_path):
+    pal = write_dicom(tmp_path / "pal.dcm", ramp(SHAPE, np.uint16, step=5), photometric="PALETTE COLOR")
+    with pytest.raises(DataError, match="PhotometricInterpretation PALETTE COLOR: the stored values are indices"):
+        read_image(pal)
+    ct = write_dicom(tmp_path / "ct.dcm", ramp(SHAPE, np.uint16, step=5))
+    ds = pydicom.dcmread(ct)
+    ds.Modality = "CT"
+    ds.save_as(ct)
+    assert load_record(_record(tmp_path, ct)).notes == [
+        "DICOM Modality is CT, not MG (mammography): is this a mammogram?"]
+    ds.Modality = "MG"
+    ds.save_as(ct)
+    assert load_record(_record(tmp_path, ct)).notes == []
+
+
+def test_mask_with_no_tissue_is_noted(tmp_path):
+    arr = ramp(SHAPE, np.uint16, step=5)
+    arr[:, :20] = 0                                                         # air on the left
+    img = write_png(tmp_path / "air.png", arr)
+    in_air, on_tissue = rect_mask(SHAPE, 10, 20, 2, 12), rect_mask(SHAPE, 10, 20, 25, 35)
+    note = ("no tissue under the mask: its pixels are all at the image's darkest level (mask in the air outside the "
+            "breast?)")
+    assert load_record(_record(tmp_path, img, in_air)).notes == [note]
+    assert load_record(_record(tmp_path, img, on_tissue, cid="t")).notes == []
+
+
+def test_damaged_result_json_warns_and_is_recomputed(tmp_path):
+    from mammo_lib.io import read_done_marker
+
+    path = tmp_path / "result.json"
+    path.write_text('{"key": ')
+    with pytest.warns(UserWarning, match=re.escape(f"damaged result {path} (JSONDecodeError: Expecting value: line 1 "
+                                                   "column 9 (char 8)); training it again")):
+        assert read_done_marker(path) is None
+    path.write_text("[1, 2]\n")
+    with pytest.warns(UserWarning, match=re.escape(f"damaged result {path} (holds a JSON list, not an object)")):
+        assert read_done_marker(path) is None
+    path.write_text('{"key": 1}\n')
+    assert read_done_marker(path) == {"key": 1}
+
+
+def test_disk_full_is_one_error_naming_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from mammo_lib import io as mio
+
+    def full(tmp: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "cache" / "x.npz"
+    with pytest.raises(mio.DiskFullError, match=re.escape(f"the disk is full: could not write {target} (No space "
+                                                          "left on device; ")):
+        mio.atomic_write(target, full)
+    assert [p.name for p in target.parent.iterdir()] == []                  # no temporary file left
+    monkeypatch.setattr(torch, "save", lambda obj, f: (_ for _ in ()).throw(
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")))
+    with pytest.raises(mio.DiskFullError, match=re.escape(
+            f"could not write {tmp_path / 'last.pt'} ([enforce fail at inline_container.cc:672] . unexpected pos")):
+        mio.save_torch({"a": 1}, tmp_path / "last.pt")
+    monkeypatch.setattr(torch, "save", lambda obj, f: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="^other$"):                      # not every RuntimeError is a full disk
+        mio.save_torch({"a": 1}, tmp_path / "last.pt")
+
+
+def test_schema_bounds_come_from_the_library():
+    from mammo_lib.config import RoiSpec
+    from mammo_lib.roi import MAX_ROI_SIZE, MIN_ROI_SIZE
+
+    meta = {type(m).__name__: m for m in RoiSpec.model_fields["roi_size"].metadata}
+    assert (meta["Ge"].ge, meta["Le"].le) == (MIN_ROI_SIZE, MAX_ROI_SIZE) == (32, 2048)

@@ -79,7 +79,8 @@ def test_valid_modes_and_dict_round_trip():
 
 
 def test_profile_keys_flow_into_train_config(tmp_path):
-    full = train_config(load_config("full", overrides={"data_root": str(tmp_path)}, honour_env=False))
+    # device cpu: TrainConfig refuses cuda on a machine without a GPU (issue 21)
+    full = train_config(load_config("full", overrides={"data_root": str(tmp_path), "device": "cpu"}, honour_env=False))
     assert (full.amp, full.channels_last) == ("bf16", True)
     demo = train_config(load_config("demo", honour_env=False))
     assert (demo.amp, demo.channels_last) == ("off", False)

@@ -30,7 +30,9 @@ INNER_FAIL_CASES = [
     (dict(labels=[0, 1] * 10, val_fraction=0.0), "val_fraction must be"),
     (dict(labels=[0, 1] * 10, val_fraction=0.7), "val_fraction must be"),
     (dict(labels=[0, 1] * 10, val_fraction=True), "val_fraction must be"),
-    (dict(labels=[0, 1] * 3, val_fraction=0.2), "uses 5 folds: each class needs"),
+    # 3 of each class now split 1:2 / 2:1 (small data); one malignant case cannot be on both sides
+    (dict(labels=[0, 1, 0], val_fraction=0.2), r"the training part holds 2 benign and 1 malignant case\(s\)"),
+    (dict(labels=[0, 0, 0], val_fraction=0.2), r"the training part of a fold has 1 class\(es\)"),
 ]
 
 SPEC_FAIL_CASES = [
