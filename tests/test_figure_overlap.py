@@ -244,6 +244,12 @@ SMOKE_FIGURES: dict[str, Callable[[], Figure]] = {
         model="DDSM-initialised knowledge-transfer model, fold 0"),
     "fig9_framework": lambda: figures.fig9_framework(ROI, LESION_IMG, BACKGROUND_IMG, _explanation(1), mask=MASK,
                                                      true_label="malignant", background_rule="subtract_clip"),
+    "table2_mechanism": lambda: figures.mechanism_figure(
+        pd.DataFrame({"arm": ["fine-tune", "knowledge transfer (beta 32)", "KT, uniform target",
+                              "positive control, fine-tune", "positive control, KT"],
+                      "logit effect passthrough": [0.9, 1.1, 1.0, 0.0, 0.0],
+                      "logit effect own": [0.8, 0.2, 0.3, 1.2, 0.4]}),
+        title="Condition B, DDSM trunk seed 0: the calcification's effect on the logit margin"),
     "explanation_grid": lambda: figures.explanation_grid(
         [_grid_case(0), _grid_case(1)], labels=("fine-tune", "knowledge transfer"),
         title="DDSM-initialised models, fold 0 (explanations of the knowledge-transfer model)"),
