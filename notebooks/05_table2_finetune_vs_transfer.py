@@ -38,14 +38,12 @@ cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also
 # %% [markdown]
 # ## Step 1: train every model of the comparison
 #
-# Five-fold cross-validation, stratified and grouped by patient, with an 80:20 inner split for
-# model selection (Sec. 3.1), repeated for every fold seed (`cv.fold_seeds`) and every pre-trained
-# trunk seed (`cv.trunk_seeds`). In every fold the whole beta grid of Eq. 5 is trained (beta = 0 is
-# fine-tuning), the nulls (shuffled teacher, uniform and off-centre targets) and the positive control
-# (a classifier on group 4's own channels) at the pre-specified beta. On the phantom there are two
-# conditions: **A**, confounders independent of the label (the paper's assumption), and **B**, a
-# calcification shortcut in training, scored on a neutral and on a reversed rendering of the same
-# test masses.
+# Five-fold cross-validation grouped by patient, 80:20 inner split (Sec. 3.1), for every fold seed
+# (`cv.fold_seeds`) and pre-trained trunk seed (`cv.trunk_seeds`). Each fold trains the whole beta
+# grid of Eq. 5 (beta 0 is fine-tuning), and at the pre-specified beta the nulls (shuffled, uniform,
+# off-centre targets) and the positive control (classifier on group 4's own channels). Conditions:
+# **A**, confounders independent of the label (the paper's assumption); **B**, a calcification
+# shortcut in training, scored on a neutral and on a reversed rendering of the test masses.
 
 # %%
 out = pipeline.step_table2(cfg, progress=progress)
@@ -64,13 +62,11 @@ out["trunks"]
 # %% [markdown]
 # ## Step 3: the pre-specified primary analysis
 #
-# Knowledge transfer at the fixed beta declared in the profile (`cv.primary_beta`) minus fine-tuning,
-# and the trend over the grid, per condition, starting network and outcome (in condition B: neutral
-# accuracy, flip rate and reversed-rendering accuracy). `p_corrected`: Nadeau-Bengio corrected
-# resampled t, Holm-adjusted; `p_paired_t (paper-comparable)`: the plain paired t; `mde`: the
-# smallest effect detectable at 80 % power. The controls family compares knowledge transfer with
-# every null and gives the positive control; the secondary family is the paper's per-fold choice of
-# beta on the inner split.
+# KT at the beta declared in the profile (`cv.primary_beta`) minus fine-tuning, and the trend over
+# the grid, per condition, start and outcome (B: neutral accuracy, flip rate, reversed accuracy).
+# `p_corrected`: Nadeau-Bengio corrected t, Holm-adjusted; `p_paired_t (paper-comparable)`: plain
+# paired t; `mde`: smallest effect detectable at 80 % power. The controls family sets KT against
+# every null and shows the positive control; the secondary family is the paper's per-fold beta.
 
 # %%
 display(out["primary"])

@@ -34,13 +34,11 @@ cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also
 # %% [markdown]
 # ## Step 1: the tests, per condition and starting network
 #
-# The paired t-test and the Wilcoxon signed-rank test over the five folds, McNemar's test on the
-# pooled lesions, and a bootstrap confidence interval of the accuracy difference; knowledge transfer
-# is also tested against the shuffled teacher. Only the paired t-test is consistent with the paper's
-# values (`docs/DECISIONS.md`: significance test): five-fold Wilcoxon cannot go below p = 0.0625.
-# These tests are on the default replicate with beta chosen per fold, the paper's procedure; the
-# pre-specified analysis over every trunk and fold seed, with the Nadeau-Bengio correction and Holm,
-# is `table2_primary` (notebook 05).
+# Paired t-test and Wilcoxon over the five folds, McNemar on pooled lesions, bootstrap CI of the
+# difference; KT also against the shuffled teacher. Only the paired t-test fits the paper's values
+# (`docs/DECISIONS.md`: significance test; five-fold Wilcoxon cannot go below p = 0.0625). These use
+# the default replicate with beta chosen per fold (the paper's procedure); the pre-specified analysis
+# over every trunk and fold seed (Nadeau-Bengio, Holm) is `table2_primary` (notebook 05).
 
 # %%
 pipeline.step_significance(cfg, progress=progress)

@@ -152,7 +152,7 @@ def test_jobs_in_separate_processes_equal_one_process(cfg, tmp_path):
 def test_two_processes_on_one_job_train_it_once(cfg):
     _clean(cfg)
     code = ("import json,sys; from mammo_lib.config import load_config; from mammo_lib import jobs; "
-            f"c=load_config('smoke', {json.dumps({'work_dir': str(cfg.work_dir), 'results_dir': str(cfg.results_dir), 'train': {'epochs': 1}, 'pretrain': {'epochs': 1}, 'cv': ONE_REPLICATE})}); "
+            f"c=load_config('smoke', {({'work_dir': str(cfg.work_dir), 'results_dir': str(cfg.results_dir), 'train': {'epochs': 1}, 'pretrain': {'epochs': 1}, 'cv': ONE_REPLICATE})!r}); "
             "o=jobs.run_job(c, 'imagenet_transfer', 0, progress=False); "
             "print(json.dumps({'status': o.status, 'trained': o.trained, 'acc': o.runs['accuracy'].tolist()}))")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE,
