@@ -19,7 +19,11 @@ DDSM-like set) and every outer fold k:
    off-centre (rolled) target, and the oracle target (the mask pooled to the grid);
 5. the positive control (``positive``): fine-tuning and knowledge transfer at the same point with
    a classifier that reads only group 4's own channels (:data:`POSITIVE_HEAD`), trained together;
-6. every model predicts the test fold under every rendering of the condition.
+6. every model predicts the test fold under every rendering of the condition;
+7. the oracle analysis (a condition with ``oracle_val``, B): the same grid runs select their
+   epoch, and knowledge transfer its beta, on the neutral rendering of the inner validation cases
+   (information a real study would not have: labelled "oracle"), fine-tuning alike
+   (``<init>_nselft``, ``<init>_nselkt``); the training is the same, only the selected epoch differs.
 
 The design's replicates (``docs/DECISIONS.md``): one :class:`Instrument` per trunk seed (its own
 pre-trained trunks, :class:`InstrumentData`) and fold seed (``seed``: folds and inner splits);
@@ -66,7 +70,9 @@ GATE_MASK_ONLY = 0.80
 METHOD_LABELS = {"finetune": "fine-tune", "transfer": "knowledge transfer", "shuffled": "KT, shuffled teacher",
                  "oracle": "KT, oracle target", "uniform": "KT, uniform target", "rolled": "KT, off-centre (rolled) target",
                  "ownft": "positive control (own channels), fine-tune",
-                 "ownkt": "positive control (own channels), knowledge transfer"}
+                 "ownkt": "positive control (own channels), knowledge transfer",
+                 "nselft": "oracle selection (neutral inner split), fine-tune",
+                 "nselkt": "oracle selection (neutral inner split), knowledge transfer"}
 #: Control targets of Eq. 5 (:func:`mammo_lib.trunk_cache.train_heads`): the nulls and the oracle.
 CONTROL_TARGETS = ("shuffled", "oracle", "uniform", "rolled")
 #: Nulls: targets that carry no case-specific mask location (``docs/DECISIONS.md``).
@@ -116,6 +122,9 @@ class Condition:
     primary: str
     flip_pair: Optional[tuple[str, str]] = None
     in_distribution: Optional[str] = None
+    #: A rendering of the inner validation cases on which the oracle analysis selects the epoch
+    #: of every grid run and knowledge transfer's beta (neutral: no shortcut); ``None``: none.
+    oracle_val: Optional[str] = None
 
 
 #: The phantom's two conditions. Renderings are the phantom's: ``train`` (``cases.csv``, the
@@ -127,7 +136,8 @@ PHANTOM_CONDITIONS = (
               flip_pair=("in distribution", "another draw"), in_distribution="in distribution"),
     Condition("B", "calcification shortcut in training: P(calc | malignant) 0.9, benign 0.1",
               train="train", tests={"in distribution": "train", "neutral": "shifted", "reversed": "reversed"},
-              primary="neutral", flip_pair=("in distribution", "reversed"), in_distribution="in distribution"),
+              primary="neutral", flip_pair=("in distribution", "reversed"), in_distribution="in distribution",
+              oracle_val="shifted"),
 )
 #: Real data: one condition, the test folds of the data as they are.
 REAL_CONDITION = Condition("real", "real data as it is", train="data", tests={"test": "data"}, primary="test")
@@ -354,12 +364,15 @@ class Instrument:
 
     def _fit(self, out: UnitRows, cond: Condition, init: str, k: int, members: Sequence[tuple[str, TrainConfig, str, str]],
              factory: Callable[[int], torch.nn.Module], cache: Mapping[str, TrunkCache], score_cond: Condition, *,
-             group: Optional[str], mode: str, wait: bool, bar: Any) -> list[Optional[dict[str, Any]]]:
+             group: Optional[str], mode: str, wait: bool, bar: Any,
+             oracle: bool = False) -> list[Optional[dict[str, Any]]]:
         """Read back runs ``members`` (``(run, cfg, target, spec)``) with the same keys, or
         (``mode="train"``) train those not done, together (:func:`~mammo_lib.trunk_cache.train_heads`),
         under one lock: ``<run folder>.lock`` for a single run, ``<fold folder>/<group>.lock`` for a
         group (the beta grid, the controls). A run's key names the runs it trained with, so its
-        numbers never depend on which job trained it."""
+        numbers never depend on which job trained it. ``oracle``: also select every run's epoch on
+        ``score_cond.oracle_val`` (step 7), saved beside the run as ``"oracle"`` (row, predictions)
+        and ``head_oracle.pt``."""
         data = self.data
         tr, va, te = self.splits[k]
         names = [m[0] for m in members]
@@ -370,7 +383,8 @@ class Instrument:
             key = {"cfg": tcfg.to_dict(), "target": target, "condition": cond.name, "init": init, "fold": k,
                    "test": [data.ids[i] for i in te], "val": [data.ids[i] for i in va], "seed": self.seed,
                    "shuffle_seed": self.shuffle_seed, "code": CODE, "cache": cache_digest,
-                   "trained_with": names, **({"tags": self.tags} if self.tags else {})}
+                   "trained_with": names, **({"tags": self.tags} if self.tags else {}),
+                   **({"oracle_val": score_cond.oracle_val} if oracle else {})}
             keys.append(key)
             wants.append(to_jsonable(key))
 
@@ -404,25 +418,36 @@ class Instrument:
             if not todo:
                 return finish(saved)
             models = [factory(m[1].seed) for m in members]
+            also = cache[score_cond.oracle_val].subset(va) if oracle else None
             results = train_heads(models, cache[score_cond.train].subset(tr), cache[score_cond.train].subset(va),
                                   [m[1] for m in members], targets=[m[2] for m in members],
-                                  shuffle_seed=self.shuffle_seed)
+                                  shuffle_seed=self.shuffle_seed, select_also=also)
+            prefixes = _TRAINABLE_PREFIXES["group4+classifier"]
             for i in todo:  # runs already done (an interrupted group) were trained the same way: kept
                 run, tcfg, target, spec = members[i]
                 res = results[i]
-                scores, probs = _score(res.model, cache, data.labels, data.masks, score_cond, te, tcfg)
-                row = {"condition": cond.name, "init": init, **self.tags, "fold": k, "run": run, "spec": spec,
-                       "target": target,
-                       "form": tcfg.distance_form, "beta": tcfg.beta if tcfg.method == "transfer" else 0.0,
-                       "val_accuracy": res.best_val_accuracy, "val_loss": res.best_val_loss,
-                       "best_epoch": res.best_epoch, "epochs": len(res.history), "wall_s": res.wall_s / len(members),
-                       "n_train": len(tr), "n_val": len(va), "n_test": len(te), **scores,
-                       **_metrics_row(probs[score_cond.primary], data.labels[te])}
-                pred = {name: p[:, 1].tolist() for name, p in probs.items()}
-                head = {k2: v for k2, v in res.model.state_dict().items()
-                        if k2.startswith(_TRAINABLE_PREFIXES["group4+classifier"])}
+
+                def scored(model: torch.nn.Module, acc: float, loss: float, epoch: int) -> tuple[dict, dict]:
+                    scores, probs = _score(model, cache, data.labels, data.masks, score_cond, te, tcfg)
+                    row = {"condition": cond.name, "init": init, **self.tags, "fold": k, "run": run, "spec": spec,
+                           "target": target,
+                           "form": tcfg.distance_form, "beta": tcfg.beta if tcfg.method == "transfer" else 0.0,
+                           "val_accuracy": acc, "val_loss": loss,
+                           "best_epoch": epoch, "epochs": len(res.history), "wall_s": res.wall_s / len(members),
+                           "n_train": len(tr), "n_val": len(va), "n_test": len(te), **scores,
+                           **_metrics_row(probs[score_cond.primary], data.labels[te])}
+                    return row, {name: p[:, 1].tolist() for name, p in probs.items()}
+
+                row, pred = scored(res.model, res.best_val_accuracy, res.best_val_loss, res.best_epoch)
+                head = {k2: v for k2, v in res.model.state_dict().items() if k2.startswith(prefixes)}
                 save_torch(head, dirs[i] / "head.pt")
                 sv = {"key": keys[i], "row": row, "prob_malignant": pred}
+                if res.also is not None:  # the oracle's epoch: the same network, another selected state
+                    res.model.load_state_dict(res.also.state, strict=False)
+                    o_row, o_pred = scored(res.model, res.also.val_accuracy, res.also.val_loss, res.also.best_epoch)
+                    save_torch({k2: v for k2, v in res.also.state.items() if k2.startswith(prefixes)},
+                               dirs[i] / "head_oracle.pt")
+                    sv["oracle"] = {"row": o_row, "prob_malignant": o_pred}
                 write_json(dirs[i] / "result.json", sv)
                 out.trained += 1
                 saved[i] = to_jsonable(sv)
@@ -460,8 +485,9 @@ class Instrument:
             tcfg = base.replace(method="finetune" if pt.is_finetune else "transfer", beta=pt.beta,
                                 distance_form=pt.form)
             members.append((f"grid:{pt.name}", tcfg, "teacher", f"{init}_finetune" if pt.is_finetune else ""))
+        oracle = cond.oracle_val is not None and cond.oracle_val in data.caches[init]
         saved_all = self._fit(out, cond, init, k, members, data.inits[init], data.caches[init], cond,
-                              group="grid", mode=mode, wait=wait, bar=bar)
+                              group="grid", mode=mode, wait=wait, bar=bar, oracle=oracle)
         for pt, saved in zip(self.grid, saved_all):
             if saved is None or (finetune_only and not pt.is_finetune):
                 continue
@@ -494,13 +520,24 @@ class Instrument:
         if any(sv is None for sv in controls) or any(sv is None for sv in positive):
             out.missing.append("transfer")  # read back without its controls: the transfer job is not done
             return out
-        out.choices.append({"condition": cond.name, "init": init, **self.tags, "fold": k, "form": best["form"],
-                            "beta": best["beta"], "val_accuracy": best["val_accuracy"],
-                            "control_form": ctrl["form"], "control_beta": ctrl["beta"]})
+        choice = {"condition": cond.name, "init": init, **self.tags, "fold": k, "form": best["form"],
+                  "beta": best["beta"], "val_accuracy": best["val_accuracy"],
+                  "control_form": ctrl["form"], "control_beta": ctrl["beta"]}
+        if oracle:  # step 7: both arms at the epoch, and KT at the beta, best on the neutral inner split
+            o = {r: sv["oracle"] for r, sv in grid_saved.items()}
+            o_best = _choose(pd.DataFrame([v["row"] for v in o.values()]))
+            ft_run = f"grid:{next(p for p in self.grid if p.is_finetune).name}"
+            choice.update({"oracle_form": o_best["form"], "oracle_beta": o_best["beta"],
+                           "oracle_val_accuracy": o_best["val_accuracy"]})
+        out.choices.append(choice)
         # knowledge transfer = the chosen grid point, filed again under the Table 2 spec name
         self._record(out, grid_saved[best["run"]], cond, te, spec=f"{init}_transfer", run=f"transfer({best['run']})")
         for saved in [*controls, *positive]:
             self._record(out, saved, cond, te)
+        if oracle:
+            self._record(out, o[ft_run], cond, te, spec=f"{init}_nselft", run=f"oracle-selected({ft_run})")
+            self._record(out, o[o_best["run"]], cond, te, spec=f"{init}_nselkt",
+                         run=f"oracle-selected({o_best['run']})")
         return out
 
     def mask_unit(self, cond: Condition, k: int, *, mode: str = "train", wait: bool = True, bar: Any = None) -> UnitRows:

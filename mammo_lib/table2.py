@@ -462,7 +462,7 @@ def summary(res: Any, condition: str, trunks: dict[str, Any]) -> pd.DataFrame:
         row = {"spec": spec, "init_used": trunks.get(init, {}).get("note", "") if spec != "mask_only" else "mask input",
                "n_folds": len(g), "acc_mean": g["accuracy"].mean(), "acc_std": g["accuracy"].std(ddof=1),
                **{c: int(g[c].sum()) for c in ("tn", "fp", "fn", "tp")}, "n_test": int(g["n_test"].sum()),
-               "beta per fold": ", ".join(f"{b:g}" for b in g["beta"]) if spec.endswith(("transfer", "shuffled", "oracle", "uniform", "rolled", "ownkt")) else ""}
+               "beta per fold": ", ".join(f"{b:g}" for b in g["beta"]) if spec.endswith(("transfer", "shuffled", "oracle", "uniform", "rolled", "ownkt", "nselkt")) else ""}
         for c in g.columns:
             if c.startswith("acc ") or c in ("flip rate", "energy share on mass", "d4 (test)"):
                 row[c] = g[c].mean()
@@ -579,6 +579,8 @@ def _comparisons(controls: Sequence[str], positive: bool) -> list[tuple[str, str
     if positive:
         out.append(("controls", "positive control (own channels)", "ownkt", "ownft",
                     "own-channel KT - own-channel fine-tune"))
+    out.append(("oracle", "oracle: epoch and beta selected on the neutral rendering of the inner split",
+                "nselkt", "nselft", "KT (oracle-selected beta and epoch) - fine-tune (oracle-selected epoch)"))
     return out
 
 
@@ -615,6 +617,8 @@ def primary_analysis(cfg: Config, design: Design, trunk_tab: pd.DataFrame) -> tu
                     continue
                 for fam, analysis, a, b, comp in comps:
                     m = _paired(pool, init, a, b, col, point, ft_run)
+                    if fam == "oracle" and m.empty:  # a condition without a neutral inner split (A)
+                        continue
                     d = 100 * (m["a"].to_numpy(float) - m["b"].to_numpy(float))
                     n_tr = float((m["n_train"] + m["n_val"]).mean()) if len(m) else np.nan
                     row = {"family": fam, "analysis": analysis, "condition": c.name, "init": init, "outcome": label,
@@ -668,7 +672,7 @@ def primary_analysis(cfg: Config, design: Design, trunk_tab: pd.DataFrame) -> tu
     table["p_corrected"] = np.nan
     for fam, idx in table.groupby("family").groups.items():
         table.loc[idx, "p_corrected"] = holm(table.loc[idx, "p_nadeau_bengio"].to_numpy(float))
-    order = {"primary": 0, "controls": 1, "secondary": 2}
+    order = {"primary": 0, "controls": 1, "secondary": 2, "oracle": 3}
     table = table.sort_values("family", key=lambda s: s.map(order), kind="mergesort").reset_index(drop=True)
     return table[list(PRIMARY_COLUMNS)], pd.DataFrame(per_trunk)
 
@@ -761,6 +765,12 @@ def design_verdict(cfg: Config, trunk_tab: pd.DataFrame, primary: pd.DataFrame, 
                 out.append("positive control (classifier on group 4's own channels), KT - fine-tune: " + ", ".join(
                     f"{r['outcome']} {r['difference']:+.1f} (p_corrected = {_fmt_p(r['p_corrected'])})"
                     for _, r in pos.iterrows()))
+            orc = sub[sub["family"] == "oracle"]
+            if len(orc):
+                out.append("oracle analysis (epoch and beta selected on the neutral inner split, not a result), KT - "
+                           "fine-tune: " + ", ".join(
+                               f"{r['outcome']} {r['difference']:+.1f} (p_corrected = {_fmt_p(r['p_corrected'])})"
+                               for _, r in orc.iterrows()))
             verdict = ("**Knowledge transfer helps here** (it beats fine-tuning and every null)." if helps_any else
                        "**No effect of knowledge transfer detected here** beyond fine-tuning and the nulls.")
             lines.append(head + f" ({int(sub.iloc[0]['n'])} units = folds x fold seeds x trunks). "

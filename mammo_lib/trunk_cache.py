@@ -238,6 +238,20 @@ class HeadResult:
     best_val_accuracy: float
     best_val_loss: float
     wall_s: float
+    #: The selection on a second validation set (:func:`train_heads`'s ``select_also``): the
+    #: network's head state at that epoch, the epoch and its accuracy and loss there.
+    also: Optional["AlsoSelected"] = None
+
+
+@dataclass
+class AlsoSelected:
+    """A second epoch selection of the same training run, on another validation set (for example
+    the neutral rendering of the inner validation cases: the oracle analysis of Table 2)."""
+
+    state: dict[str, Tensor]
+    best_epoch: int
+    val_accuracy: float
+    val_loss: float
 
 
 def _flip_codes(augment: Sequence[str], n: int, gen: torch.Generator, n_flips: int) -> Tensor:
@@ -521,7 +535,7 @@ def train_head(model: nn.Module, train: TrunkCache, val: TrunkCache, cfg: TrainC
 
 def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache, cfgs: Sequence[TrainConfig], *,
                 targets: Optional[Sequence[Target]] = None, shuffle_seed: int = 0,
-                progress: bool = False) -> list[HeadResult]:
+                progress: bool = False, select_also: Optional[TrunkCache] = None) -> list[HeadResult]:
     """Train group 4 + classifier of several networks together (in place), e.g. the beta grid of
     one fold: the same batches and flips for all, one :class:`StackedHead` step for all.
 
@@ -533,6 +547,11 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
     ``cfg.patience``, stops on its own. Trained in float32 or ``cfg.amp`` autocast (one loss scale
     for all with fp16); the head ignores ``channels_last`` (7x7 maps). ``wall_s`` of every result
     is the time of the whole group.
+
+    ``select_also``: a second validation set (the same cases as ``val`` under another rendering,
+    or others) on which every network also selects an epoch by the same rule, among the epochs it
+    trained (its patience still counts on ``val``): the training is the same, only the selected
+    state differs; it comes back in :attr:`HeadResult.also` and the model keeps ``val``'s choice.
 
     >>> from mammo_lib.model import build_model
     >>> from mammo_lib.training import TrainConfig
@@ -557,6 +576,8 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
         raise ValueError(f"networks trained together may differ only in {PER_NETWORK_FIELDS}; they differ in {diff}")
     if len(train) < 2 or len(val) < 1:
         raise ValueError(f"need >= 2 training and >= 1 validation cases, got {len(train)} and {len(val)}")
+    if select_also is not None and len(select_also) < 1:
+        raise ValueError("select_also needs >= 1 validation case")
     t0 = time.perf_counter()
     cfg, n_nets = cfgs[0], len(models)
     device = torch.device(cfg.device)
@@ -568,6 +589,11 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
     perm = derangement(len(train), shuffle_seed) if any(u and t == "shuffled" for u, t in zip(use_kt, targets)) else None
     # the training cache lives on the device: one copy, then every batch is an index there
     feats, val_feats = train.features.to(device), val.features[:, 0].to(device)
+    also_feats = None if select_also is None else select_also.features[:, 0].to(device)
+    also_key: list[Optional[tuple[float, float]]] = [None] * n_nets
+    also_state: list[Optional[dict[str, Tensor]]] = [None] * n_nets
+    also_epoch = [-1] * n_nets
+    also_hist: list[dict[int, tuple[float, float]]] = [{} for _ in models]
     teacher, oracle = train.teacher_maps.to(device), train.oracle_maps.to(device)
     perm_d = None if perm is None else torch.as_tensor(perm).to(device)
     rolled = (rolled_maps(train.teacher_maps, train.flips).to(device)
@@ -618,6 +644,7 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
             backward_step(total, optimizer, scaler)
         head.eval()
         probs = _stacked_predict(head, val_feats, cfg.amp)
+        also_probs = None if also_feats is None else _stacked_predict(head, also_feats, cfg.amp)
         seconds = time.perf_counter() - e0
         yv = val.labels
         epoch_sums = {k: v.tolist() for k, v in sums.items()}  # one host transfer per epoch
@@ -639,6 +666,16 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
                 best_state[g] = snapshot
             else:
                 since[g] += 1
+            if also_probs is not None:
+                ya, pa = select_also.labels, also_probs[g]
+                a_loss = float(-np.log(np.clip(pa[np.arange(len(ya)), ya], 1e-12, None)).mean())
+                a_acc = float((pa.argmax(1) == ya).mean())
+                also_hist[g][epoch] = (a_acc, a_loss)
+                if _better(a_acc, a_loss, also_key[g], cfg.selection_metric):
+                    also_key[g], also_epoch[g] = (a_acc, a_loss), epoch
+                    if snapshot is None:
+                        snapshot = {k: v.detach().clone() for k, v in head.state_dict().items()}
+                    also_state[g] = snapshot
             if cfg.patience is not None and since[g] >= cfg.patience:
                 active[g] = False
     wall = time.perf_counter() - t0
@@ -649,7 +686,15 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
             raise RuntimeError(f"stacked head state does not fit the network: {missing.unexpected_keys[:5]}")
         hist = pd.DataFrame(histories[g])
         best = hist.loc[hist["epoch"] == best_epoch[g]].iloc[0]
-        out.append(HeadResult(model, hist, best_epoch[g], float(best["val_accuracy"]), float(best["val_loss"]), wall))
+        also = None
+        if select_also is not None:
+            a_acc, a_loss = also_hist[g][also_epoch[g]]
+            also = AlsoSelected(head.state_of(g, also_state[g]),
+                                also_epoch[g], a_acc, a_loss)
+            hist["also_val_accuracy"] = hist["epoch"].map(lambda e: also_hist[g][e][0])
+            hist["also_val_loss"] = hist["epoch"].map(lambda e: also_hist[g][e][1])
+        out.append(HeadResult(model, hist, best_epoch[g], float(best["val_accuracy"]), float(best["val_loss"]), wall,
+                              also))
     return out
 
 
@@ -666,7 +711,7 @@ def _stacked_predict(head: StackedHead, feats: Tensor, amp: str, batch_size: int
     return [torch.cat(o).numpy() for o in out]
 
 
-__all__ = ["FLIPS", "TARGETS", "DamagedCacheError", "TrunkCache", "HeadResult", "build_cache", "train_head",
+__all__ = ["FLIPS", "TARGETS", "DamagedCacheError", "TrunkCache", "HeadResult", "AlsoSelected", "build_cache", "train_head",
            "train_heads", "StackedHead", "PER_NETWORK_FIELDS", "predict_cached",
            "group4_maps_cached", "trunk_forward", "group4_activation", "head_logits", "head_loss",
            "derangement", "rolled_maps", "CHANNEL_SETS"]

@@ -8,13 +8,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mammo_lib.instrument import (BetaPoint, Condition, Instrument, InstrumentData, _choose, beta_grid, calibration_gate,
                                   gate_passes, run_instrument)
 from mammo_lib.model import build_model
 from mammo_lib.stand_in import SHAPES, energy_share, mass_cells, shape_task
 from mammo_lib.training import TrainConfig
-from mammo_lib.trunk_cache import build_cache
+from mammo_lib.trunk_cache import build_cache, predict_cached
 
 GRID_FAIL_CASES = [
     (dict(paper=(2, 8), at=()), "must contain 0"),
@@ -359,6 +360,7 @@ def _design_result():
 
     vals = {0: {"ft": [0.60, 0.62, 0.58], "kt": [0.70, 0.71, 0.69], "sh": [0.60, 0.60, 0.60], "at": [0.5] * 3},
             1: {"ft": [0.90] * 3, "kt": [0.40, 0.41, 0.39], "sh": [0.9] * 3, "at": [0.5] * 3}}
+    oracle = {"nselft": [0.50, 0.50, 0.50], "nselkt": [0.55, 0.56, 0.57]}  # oracle analysis: 5, 6, 7 points
     rows = []
     for t, v in vals.items():
         for k in range(3):
@@ -374,6 +376,9 @@ def _design_result():
                       "acc in distribution": v["kt"][k]},
                      {**base, "run": "control:shuffled:b8", "spec": "imagenet_shuffled", "form": "paper",
                       "beta": 8.0, "acc in distribution": v["sh"][k]}]
+            rows += [{**base, "run": f"oracle-selected(grid:{'b0' if arm == 'nselft' else 'b8'})",
+                      "spec": f"imagenet_{arm}", "form": "paper", "beta": 0.0 if arm == "nselft" else 8.0,
+                      "acc in distribution": oracle[arm][k]} for arm in oracle]
     preds = pd.DataFrame(columns=["condition", "spec", "run", "init", "trunk_seed", "fold_seed", "fold", "test",
                                   "case_id", "label", "pred"])
     cond = tuple(c for c in PHANTOM_CONDITIONS if c.name == "A")
@@ -417,6 +422,10 @@ def test_primary_analysis_by_hand():
     assert sh["difference"] == pytest.approx(10.0) and sh["family"] == "controls"
     sel = table[table["family"] == "secondary"].iloc[0]
     assert sel["difference"] == pytest.approx(10.0)
+    orc = table[table["family"] == "oracle"]   # its own family: Holm over one cell leaves p as it is
+    assert len(orc) == 1 and orc.iloc[0]["difference"] == pytest.approx(6.0)
+    assert orc.iloc[0]["p_corrected"] == pytest.approx(orc.iloc[0]["p_nadeau_bengio"])
+    assert list(table["family"].drop_duplicates()) == ["primary", "controls", "secondary", "oracle"]
     # per trunk: the failing trunk is reported (-50 points) and left out of the pooled row
     pt = per_trunk.set_index("trunk seed")
     assert pt.loc["1", "difference"] == pytest.approx(-50.0) and not pt.loc["1", "used in verdict"]
@@ -438,6 +447,49 @@ def test_design_verdict_follows_the_tables(cv, want, absent):
     assert want in text and absent not in text
     if cv["min_passing_trunks"] == 1:
         assert "accuracy: +10.0 points (95 % CI [" in text
+        assert "oracle analysis (epoch and beta selected on the neutral inner split, not a result), KT - " \
+               "fine-tune: accuracy +6.0 (p_corrected = " in text
         helps = table.loc[table["analysis"] == "vs shuffled teacher", "p_corrected"].iloc[0] < 0.05
         assert ("Knowledge transfer helps here" in text) == bool(
             helps and table.loc[table["analysis"] == "fixed beta", "p_corrected"].iloc[0] < 0.05)
+
+
+def test_oracle_selection_rows_follow_the_neutral_inner_split(tmp_path):
+    """A condition with ``oracle_val``: every grid run also carries the epoch chosen on that
+    rendering of the inner validation cases; ``<init>_nselft`` is beta 0 at that epoch and
+    ``<init>_nselkt`` the grid point that the neutral rows choose (the same rule as
+    knowledge transfer's choice); a condition without it has none."""
+    data = _design_data()
+    kw = dict(train="r", tests={"in distribution": "r", "flipped": "r2"}, primary="flipped",
+              flip_pair=("in distribution", "flipped"), in_distribution="in distribution")
+    with_o, without = Condition("B", "t", oracle_val="r2", **kw), Condition("A", "t", **kw)
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=1e-2, seed=0)
+    grid = [BetaPoint("paper", 0.0), BetaPoint("paper", 8.0), BetaPoint("paper", 32.0)]
+    inst = Instrument(data, [with_o, without], tmp_path, cfg, grid=grid, n_splits=2, seed=3,
+                      tags={"trunk_seed": 0, "fold_seed": 0}, controls=("uniform",),
+                      control_point=BetaPoint("paper", 32.0))
+    res = inst.merge([inst.unit(c, i, k) for c, i, k in inst.units()])
+    b, a = res.runs[res.runs["condition"] == "B"], res.runs[res.runs["condition"] == "A"]
+    assert not a["spec"].isin(["imagenet_nselft", "imagenet_nselkt"]).any()
+    assert res.choices.loc[res.choices["condition"] == "A", "oracle_beta"].isna().all()
+    for k in range(2):
+        saved = {pt.name: json.loads((inst.run_path(with_o, "imagenet", k, f"grid:{pt.name}") / "result.json")
+                                     .read_text()) for pt in grid}
+        orows = pd.DataFrame([s["oracle"]["row"] for s in saved.values()])
+        best = orows.sort_values(["val_accuracy", "val_loss", "beta"], ascending=[False, True, True],
+                                 kind="mergesort").iloc[0]
+        bk = b[b["fold"] == k].set_index("spec")
+        assert bk.loc["imagenet_nselkt", "beta"] == best["beta"]
+        assert bk.loc["imagenet_nselkt", "best_epoch"] == best["best_epoch"]
+        assert bk.loc["imagenet_nselft", "best_epoch"] == saved["b0"]["oracle"]["row"]["best_epoch"]
+        assert bk.loc["imagenet_nselft", "val_accuracy"] == saved["b0"]["oracle"]["row"]["val_accuracy"]
+        # the oracle's val accuracy is measured on the other rendering: recompute from the head
+        net = build_model("small", seed=0)
+        net.load_state_dict(torch.load(inst.run_path(with_o, "imagenet", k, "grid:b0") / "head_oracle.pt"),
+                            strict=False)
+        _, va, _ = inst.splits[k]
+        acc = float((predict_cached(net, data.caches["imagenet"]["r2"].subset(va)).argmax(1)
+                     == data.labels[va]).mean())
+        assert acc == pytest.approx(bk.loc["imagenet_nselft", "val_accuracy"])
+        ch = res.choices[(res.choices["condition"] == "B") & (res.choices["fold"] == k)].iloc[0]
+        assert ch["oracle_beta"] == best["beta"]

@@ -194,3 +194,34 @@ def test_positive_control_head_state_loads_back(cache, tmp_path):
     save_torch(head, tmp_path / "head.pt")
     back = load_head(build_model("small", seed=2, head="gap_own"), tmp_path / "head.pt")
     np.testing.assert_array_equal(predict_cached(back, cache), predict_cached(res.model, cache))
+
+
+def test_select_also_is_a_second_selection_of_the_same_training(cache):
+    """``select_also``: the training and the primary selection are those of a run without it, bit
+    for bit; on the same validation set the second selection is the first; on another set it is
+    the epoch that set's rule picks (best accuracy, ties lower loss), from its own history."""
+    tr, va = cache.subset(range(10)), cache.subset(range(10, 16))
+    other = cache.subset(range(0, 6))  # other cases: another curve
+    cfgs = [TrainConfig(epochs=6, batch_size=4, seed=2, lr=1e-2, method=m, beta=b)
+            for m, b in (("finetune", 0.0), ("transfer", 8.0))]
+    plain = train_heads([build_model("small", seed=1) for _ in cfgs], tr, va, cfgs)
+    same = train_heads([build_model("small", seed=1) for _ in cfgs], tr, va, cfgs, select_also=va)
+    two = train_heads([build_model("small", seed=1) for _ in cfgs], tr, va, cfgs, select_also=other)
+    for p, s, t in zip(plain, same, two):
+        assert p.best_epoch == s.best_epoch == t.best_epoch and p.also is None
+        for k, v in p.model.state_dict().items():
+            assert torch.equal(s.model.state_dict()[k], v) and torch.equal(t.model.state_dict()[k], v), k
+        assert s.also.best_epoch == s.best_epoch and s.also.val_accuracy == s.best_val_accuracy
+        for k, v in s.also.state.items():
+            assert torch.equal(v, s.model.state_dict()[k]), k
+        h = t.history
+        want = h.sort_values(["also_val_accuracy", "also_val_loss"], ascending=[False, True], kind="mergesort").iloc[0]
+        assert t.also.best_epoch == int(want["epoch"]) and t.also.val_accuracy == want["also_val_accuracy"]
+        # the state selected on the other set predicts that set as recorded at its epoch
+        net = build_model("small", seed=1)
+        net.load_state_dict(t.also.state, strict=False)
+        from mammo_lib.trunk_cache import predict_cached
+        acc = float((predict_cached(net, other).argmax(1) == other.labels).mean())
+        assert acc == pytest.approx(t.also.val_accuracy)
+    with pytest.raises(ValueError, match="select_also needs >= 1 validation case"):
+        train_heads([build_model("small", seed=1)], tr, va, cfgs[:1], select_also=cache.subset([]))
