@@ -243,6 +243,8 @@ def _section(rd: Path, title: str, name: str, note: str | None, figs: tuple[str,
         return out + ["_not produced in this run_\n"]
     if family and "family" in df.columns:
         df = df[df["family"] == family].drop(columns=["family"])
+        if df.empty:  # a family this run has no rows of (the oracle analysis without condition B)
+            return []
     out.append(markdown_table(df))
     if note:
         out.append(note + "\n")

@@ -75,24 +75,30 @@ def test_build_report_shows_the_design_first_then_the_verdict(tmp_path):
     the per-trunk rows come before the verdict (Summary); each family shows only its own rows."""
     write_table(pd.DataFrame({"init": ["ddsm", "ddsm"], "seed": [0, 1], "passes": [True, False]}),
                 "table2_trunks", tmp_path)
-    write_table(pd.DataFrame({"family": ["primary", "controls", "secondary"], "analysis": ["fixed beta", "vs uniform target",
-                                                                                        "chosen"],
-                              "difference": [1.5, -2.5, 0.5]}), "table2_primary", tmp_path)
+    write_table(pd.DataFrame({"family": ["primary", "controls", "secondary", "oracle"],
+                              "analysis": ["fixed beta", "vs uniform target", "chosen", "oracle"],
+                              "difference": [1.5, -2.5, 0.5, 3.0]}), "table2_primary", tmp_path)
     write_table(pd.DataFrame({"arm": ["fine-tune"], "logit effect own": [0.25]}), "table2_mechanism", tmp_path)
     (tmp_path / "tables" / "summary.notes.md").write_text("**Gates of every trunk**: verdict here.\n")
     text = build_report(tmp_path, {"profile": "demo", "phantom": True})
     heads = [line for line in text.splitlines() if line.startswith("## ")]
-    assert heads[:6] == ["## Table 2 design: every pre-trained trunk and its gates",
+    assert heads[:7] == ["## Table 2 design: every pre-trained trunk and its gates",
                          "## Pre-specified primary analysis (co-primary outcomes, corrected tests)",
                          "## Controls: the nulls and the positive control",
                          "## Mechanism: where the calcification's effect on the logit goes",
                          "## Secondary: beta chosen per fold on the inner split (the paper's procedure)",
+                         "## Oracle analysis: selection on a neutral rendering of the inner split (labelled oracle)",
                          "## Summary"]
     primary = text.split(heads[1])[1].split(heads[2])[0]
     assert "| analysis | difference |" in primary and "| fixed beta | 1.5 |" in primary
     assert "vs uniform target" not in primary and "family" not in primary.split("\n\n")[1]
     assert "| vs uniform target | -2.5 |" in text.split(heads[2])[1].split(heads[3])[0]
     assert text.index("verdict here") > text.index("| fine-tune | 0.25 |")
+    assert "| oracle | 3 |" in text.split(heads[5])[1].split(heads[6])[0]
+    # a family without rows (no condition B: no oracle analysis) has no section
+    write_table(pd.DataFrame({"family": ["primary"], "analysis": ["fixed beta"], "difference": [1.5]}),
+                "table2_primary", tmp_path)
+    assert "## Oracle analysis" not in build_report(tmp_path, {"profile": "demo", "phantom": True})
     # without the design's tables (an older run) the report starts with the verdict as before
     plain = build_report(tmp_path / "none", {"profile": "demo"})
     assert [line for line in plain.splitlines() if line.startswith("## ")][0] == "## Summary"
