@@ -163,7 +163,8 @@ def test_two_processes_on_one_job_train_it_once(cfg):
         assert p.returncode == 0, se[-2000:]
         outs.append(json.loads(so.strip().splitlines()[-1]))
     assert sum(o["trained"] for o in outs) == RUNS_PER_JOB["imagenet_transfer"]
-    assert outs[0]["acc"] == outs[1]["acc"] and len(outs[0]["acc"]) == 12  # 10 runs + 2 transfer rows
+    # 10 runs + 2 transfer rows + the oracle analysis's 2 rows (condition B: its epoch and beta on the neutral split)
+    assert outs[0]["acc"] == outs[1]["acc"] and len(outs[0]["acc"]) == 14
     # a third call reads everything back
     again = jobs.run_job(cfg, "imagenet_transfer", 0, progress=False)
     assert (again.status, again.trained) == ("done", 0)
@@ -211,7 +212,7 @@ def test_collect_names_exactly_the_missing_jobs(cfg, ran, missing):
     specs = set(col.result.runs["spec"]) - {""}
     want = set()
     for spec, _ in ran:
-        want |= {spec} | ({spec.replace("transfer", m) for m in ("finetune", "shuffled", "oracle")}
+        want |= {spec} | ({spec.replace("transfer", m) for m in ("finetune", "shuffled", "oracle", "nselft", "nselkt")}
                           if spec.endswith("transfer") else set())
     assert specs == want
 
@@ -224,9 +225,9 @@ def test_debug_executor_then_collect_writes_tables(cfg, tmp_path):
                             jobs=[(s, k) for s, k in jobs.all_jobs(cfg) if s != "imagenet_finetune"])
     assert [j.result()["status"] for j in submitted] == ["ran"] * 8
     col = jobs.collect(cfg, tables=True)
-    assert col.complete and "All 10 Table 2 jobs are done (52 run rows merged)" in col.describe()
+    assert col.complete and "All 10 Table 2 jobs are done (60 run rows merged)" in col.describe()
     assert (cfg.results_dir / "tables").is_dir() and col.tables["comparison"] is not None
-    assert len(col.tables["result"].runs) == 52
+    assert len(col.tables["result"].runs) == 60  # 52 + the oracle analysis (condition B: 2 inits x 2 folds x 2)
 
 
 def test_submit_auto_executor_parameters(cfg, tmp_path):
