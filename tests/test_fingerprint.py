@@ -3,6 +3,8 @@ column and size of a difference, what it promises across CPUs (decisions equal, 
 the tolerance), and that it still catches a deliberate change of a loss term."""
 from __future__ import annotations
 
+import json
+
 import hashlib
 import os
 import subprocess
@@ -129,6 +131,17 @@ def test_cli_check_exit_status_and_message(tmp_path, capsys):
     assert main(["--check", str(r), str(tmp_path / "committed" / "fingerprint.json")]) == 1  # old form: the file
     err = capsys.readouterr().err
     assert "a: column 'prob': 1 cell(s) differ, largest difference 0.0765" in err
+    assert "note: the kernels of this run or of the committed one are not recorded" in err
+    # the note says whether the run's kernels are the committed run's
+    committed = json.loads((tmp_path / "committed" / "fingerprint.json").read_text())["numerics"]
+    for numerics, want in [(committed, "this run used the committed run's kernels (aten capability "),
+                           ({**committed, "aten capability": "DEFAULT", "torch threads": 1},
+                            f"this run's kernels are not the committed run's (aten capability: DEFAULT here, "
+                            f"{committed['aten capability']} committed; torch threads: 1 here, "
+                            f"{committed['torch threads']} committed)")]:
+        (r / "provenance.json").write_text(json.dumps({"environment": {"numerics (CPU kernels)": numerics}}))
+        assert main(["--check", str(r), str(tmp_path / "committed")]) == 1
+        assert want in capsys.readouterr().err
 
 
 def test_missing_results_is_a_clear_error(tmp_path, capsys):
