@@ -135,10 +135,10 @@ def test_cli_check_exit_status_and_message(tmp_path, capsys):
     # the note says whether the run's kernels are the committed run's
     committed = json.loads((tmp_path / "committed" / "fingerprint.json").read_text())["numerics"]
     for numerics, want in [(committed, "this run used the committed run's kernels (aten capability "),
-                           ({**committed, "aten capability": "DEFAULT", "torch threads": 1},
+                           ({**committed, "aten capability": "DEFAULT", "torch threads": committed["torch threads"] + 1},
                             f"this run's kernels are not the committed run's (aten capability: DEFAULT here, "
-                            f"{committed['aten capability']} committed; torch threads: 1 here, "
-                            f"{committed['torch threads']} committed)")]:
+                            f"{committed['aten capability']} committed; torch threads: {committed['torch threads'] + 1} "
+                            f"here, {committed['torch threads']} committed)")]:
         (r / "provenance.json").write_text(json.dumps({"environment": {"numerics (CPU kernels)": numerics}}))
         assert main(["--check", str(r), str(tmp_path / "committed")]) == 1
         assert want in capsys.readouterr().err
