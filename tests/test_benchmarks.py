@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ABSENT = ("papermill", "nbval", "jupytext", "submitit", "pytorch_grad_cam")
 STAGES = ("generic_pretrain", "ddsm_pretrain", "trunk_caches", "instrument")
 #: Table 2 specs of condition B (both initialisations, controls, mask only).
-SPECS = {f"{i}_{m}" for i in ("imagenet", "ddsm") for m in ("finetune", "transfer", "shuffled", "oracle")} | {"mask_only"}
+SPECS = ({f"{i}_{m}" for i in ("imagenet", "ddsm") for m in ("finetune", "transfer", "shuffled", "oracle", "nselft", "nselkt")}
+         | {"mask_only"})  # condition B: the oracle analysis's two arms too
 
 
 def test_gpu_table2_tiny_on_cpu(tmp_path):
