@@ -41,7 +41,7 @@ case "$cmd" in
       --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 900 notebooks
     # 3) what they wrote must be what is committed: a stale result cannot land (bit for bit on an
     #    AVX2 CPU; elsewhere decisions equal and numbers within the stated tolerance: docs/DECISIONS.md)
-    "$VENV/bin/python" -m mammo_lib.fingerprint --check runs/smoke/results results/smoke
+    "$VENV/bin/python" -m mammo_lib.repro.fingerprint --check runs/smoke/results results/smoke
     ;;
   *)
     echo "usage: bash run.sh reproduce [--profile demo|smoke|full] [--data-root DIR]" >&2

@@ -29,7 +29,7 @@ progress: bool = True  # show progress bars for long steps
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from mammo_lib import pipeline
+from mammo_lib.repro import pipeline
 
 cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
 

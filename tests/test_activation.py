@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.activation: group hooks, Eq. 3 maps, Eq. 4 distances (Sec. 3.3, 4.1)."""
+"""Tests of mammo_lib.networks.activation: group hooks, Eq. 3 maps, Eq. 4 distances (Sec. 3.3, 4.1)."""
 from __future__ import annotations
 
 import math
@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mammo_lib.activation import (
+from mammo_lib.networks.activation import (
     GROUP_LAYERS, GroupActivations, activation_distance, activation_distances, activation_map,
 )
-from mammo_lib.model import build_model, set_trainable, to_model_input
+from mammo_lib.networks.densenet import build_model, set_trainable, to_model_input
 
 S2 = math.sqrt(2.0)
 

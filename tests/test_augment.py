@@ -1,10 +1,10 @@
-"""Tests of mammo_lib.augment: joint flips and rotation of ROI and mask (Sec. 3.2, Sec. 3.2)."""
+"""Tests of mammo_lib.data.augment: joint flips and rotation of ROI and mask (Sec. 3.2, Sec. 3.2)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mammo_lib.augment import AUGMENTATIONS, AugmentParams, JointAugment
+from mammo_lib.data.augment import AUGMENTATIONS, AugmentParams, JointAugment
 
 # (augmentations with p=1 and no rotation, flip dims applied by hand)
 FLIP_CASES = [

@@ -9,10 +9,11 @@ from scipy.spatial import ConvexHull
 
 from _imageio_helpers import ramp, write_tiff
 from conftest import shared_path
-from mammo_lib import bcdr, imageio
-from mammo_lib.bcdr import balanced_draw, load_bcdr, polygon_mask
-from mammo_lib.imageio import load_record
-from mammo_lib.records import BENIGN, MALIGNANT, DataError, Exclusion, LoadResult, MassRecord
+from mammo_lib.data import bcdr
+from mammo_lib.data import images as imageio
+from mammo_lib.data.bcdr import balanced_draw, load_bcdr, polygon_mask
+from mammo_lib.data.images import load_record
+from mammo_lib.data.records import BENIGN, MALIGNANT, DataError, Exclusion, LoadResult, MassRecord
 
 HEADER = ("patient_id,study_id,series,lesion_id,segmentation_id,image_view,image_filename,lw_x_points,"
           "lw_y_points,mammography_nodule,age,density,classification")

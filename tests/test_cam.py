@@ -1,4 +1,4 @@
-"""Tests for mammo_lib.cam: Grad-CAM / HiResCAM against a hand computation with torch.autograd."""
+"""Tests for mammo_lib.explain.cam: Grad-CAM / HiResCAM against a hand computation with torch.autograd."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mammo_lib.cam import DenseNetCAMHead, cam_map
-from mammo_lib.model import build_model, set_trainable, to_model_input
+from mammo_lib.explain.cam import DenseNetCAMHead, cam_map
+from mammo_lib.networks.densenet import build_model, set_trainable, to_model_input
 
 SIZE = 96  # the small DenseNet divides by 32: a 3x3 group-4 grid
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from _imageio_helpers import ramp, rect_mask, write_dicom
-from mammo_lib.cbis_ddsm import REQUIRED_COLUMNS, SeriesIndex, load_cbis_ddsm, split_from_filename
-from mammo_lib.imageio import load_record, to_unit_float
-from mammo_lib.records import BENIGN, MALIGNANT, DataError
+from mammo_lib.data.cbis_ddsm import REQUIRED_COLUMNS, SeriesIndex, load_cbis_ddsm, split_from_filename
+from mammo_lib.data.images import load_record, to_unit_float
+from mammo_lib.data.records import BENIGN, MALIGNANT, DataError
 
 FIX = Path(__file__).parent / "fixtures" / "cbis_ddsm"
 TRAIN, TEST = FIX / "mass_case_description_train_set.csv", FIX / "mass_case_description_test_set.csv"

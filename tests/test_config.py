@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from mammo_lib.config import PROFILE_NAMES, Config, ConfigError, load_config, profile_path
+from mammo_lib.repro.config import PROFILE_NAMES, Config, ConfigError, load_config, profile_path
 
 # (profile, overrides, expected exception, message fragment)
 FAILING = [
@@ -126,7 +126,7 @@ def test_misspelt_key_in_a_profile_file(tmp_path):
 @pytest.mark.parametrize("key,value", [("max_degrees", 10.0), ("selection_metric", "loss"), ("patience", 3),
                                        ("weight_decay", 0.5)])
 def test_every_train_setting_of_a_profile_reaches_the_training(key, value, monkeypatch):
-    from mammo_lib.pipeline import train_config
+    from mammo_lib.repro.pipeline import train_config
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     assert getattr(train_config(load_config("demo", {"train": {key: value}})), key) == value
@@ -168,8 +168,8 @@ def test_train_defaults_are_trainconfigs(name, monkeypatch):
     import dataclasses
     from dataclasses import fields
 
-    from mammo_lib.pipeline import train_config
-    from mammo_lib.training import TrainConfig
+    from mammo_lib.repro.pipeline import train_config
+    from mammo_lib.engines.training import TrainConfig
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     # device cpu: TrainConfig refuses the full profile's cuda on a machine without a GPU
@@ -191,7 +191,7 @@ def test_a_weight_decay_left_out_is_trainconfigs_default(tmp_path, monkeypatch):
     import yaml
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
-    from mammo_lib.pipeline import train_config
+    from mammo_lib.repro.pipeline import train_config
 
     values = yaml.safe_load(profile_path("smoke").read_text())
     del values["train"]["weight_decay"]
@@ -206,8 +206,8 @@ def test_a_new_trainconfig_field_is_a_valid_key_with_its_default(monkeypatch):
     """The train section is derived from TrainConfig: a field added there is a valid key."""
     import dataclasses
 
-    from mammo_lib import config as config_mod
-    from mammo_lib import training
+    from mammo_lib.repro import config as config_mod
+    from mammo_lib.engines import training
 
     @dataclasses.dataclass
     class Extended(training.TrainConfig):
@@ -246,9 +246,9 @@ def test_sections_fill_defaults_but_keep_the_derived_ones_open(monkeypatch):
 def test_intensity_default_is_one_constant():
     import inspect
 
-    from mammo_lib.config import profile_model
-    from mammo_lib.imageio import DEFAULT_INTENSITY, INTENSITY_MODES, load_record, to_unit_float
-    from mammo_lib.preprocess import preprocess
+    from mammo_lib.repro.config import profile_model
+    from mammo_lib.data.images import DEFAULT_INTENSITY, INTENSITY_MODES, load_record, to_unit_float
+    from mammo_lib.data.preprocess import preprocess
 
     assert INTENSITY_MODES == ("minmax", "percentile", "dtype")
     assert profile_model().model_fields["intensity"].default == DEFAULT_INTENSITY
@@ -286,7 +286,7 @@ def test_explicit_profile_path_beats_the_environment(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------- cache keys know the code
 def test_code_digest_follows_the_source(tmp_path):
-    from mammo_lib.config import code_digest
+    from mammo_lib.utils.digest import code_digest
 
     (tmp_path / "a.py").write_text("x = 1\n")
     (tmp_path / "b.py").write_text("y = 2\n")
@@ -301,8 +301,8 @@ def test_code_digest_follows_the_source(tmp_path):
 
 @pytest.mark.parametrize("stage", ["table1", "pretrain", "generic", "trunk_cache", "instrument", "other"])
 def test_run_dir_changes_with_the_code_of_its_stage(stage, tmp_path, monkeypatch):
-    from mammo_lib import config as config_mod
-    from mammo_lib.pipeline import run_dir
+    from mammo_lib.repro import config as config_mod
+    from mammo_lib.repro.pipeline import run_dir
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     cfg = load_config("smoke", root=tmp_path)
@@ -317,13 +317,13 @@ def test_run_dir_changes_with_the_code_of_its_stage(stage, tmp_path, monkeypatch
     assert run_dir(cfg, stage, "w") != same
     # a module the stage does not depend on edited: the same folder
     monkeypatch.setattr(config_mod, "code_digest",
-                        lambda *m, root=None: real(*m, root=root) + ("*" if "figures" in m else ""))
+                        lambda *m, root=None: real(*m, root=root) + ("*" if "repro.figures" in m else ""))
     assert run_dir(cfg, stage, "w") == same
     assert run_dir(cfg, stage, "other") != same
 
 
 def test_run_dir_changes_with_the_settings_of_its_stage(tmp_path, monkeypatch):
-    from mammo_lib.pipeline import run_dir
+    from mammo_lib.repro.pipeline import run_dir
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     cfg = load_config("smoke", root=tmp_path)
@@ -337,17 +337,18 @@ def test_run_dir_changes_with_the_settings_of_its_stage(tmp_path, monkeypatch):
 
 
 def test_instrument_code_is_the_shared_digest():
-    from mammo_lib import instrument
-    from mammo_lib.config import code_digest
+    from mammo_lib.protocol import instrument
+    from mammo_lib.utils.digest import code_digest
 
     assert instrument.code_digest is code_digest
-    assert instrument.CODE == code_digest("instrument", "trunk_cache", "training", "activation", "model")
+    assert instrument.CODE == code_digest("protocol.instrument", "engines.trunk_cache", "engines.training", "networks.activation",
+                                             "networks.densenet")
 
 
 def test_docstring_examples(monkeypatch):
     import doctest
 
-    from mammo_lib import config as config_mod
+    from mammo_lib.repro import config as config_mod
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     result = doctest.testmod(config_mod, optionflags=doctest.NORMALIZE_WHITESPACE)
@@ -355,14 +356,16 @@ def test_docstring_examples(monkeypatch):
 
 
 def test_every_stage_module_exists_and_data_code_keys_the_model_stages():
-    from mammo_lib import config as config_mod
+    from mammo_lib.repro import config as config_mod
 
-    root = Path(config_mod.__file__).parent
+    root = Path(config_mod.__file__).parents[1]
     for stage, spec in {**config_mod.STAGES, "default": config_mod.DEFAULT_STAGE}.items():
-        missing = [m for m in spec["code"] if not ((root / f"{m}.py").exists() or (root / m / "__init__.py").exists())]
+        paths = [root.joinpath(*m.split(".")) for m in spec["code"]]
+        missing = [m for m, p in zip(spec["code"], paths)
+                   if not (p.with_name(p.name + ".py").exists() or (p / "__init__.py").exists())]
         assert not missing, (stage, missing)
         if stage != "generic":
-            assert {"roi", "preprocess", "training"} <= set(spec["code"]), stage
+            assert {"data.roi", "data.preprocess", "engines.training"} <= set(spec["code"]), stage
 
 
 def test_config_pickles_after_its_typed_model_was_used():
@@ -379,7 +382,7 @@ def test_config_pickles_after_its_typed_model_was_used():
 def test_pin_threads_sets_the_profiles_count_and_leaves_it_when_unset():
     import torch
 
-    from mammo_lib.pipeline import pin_threads
+    from mammo_lib.repro.pipeline import pin_threads
 
     old = torch.get_num_threads()
     try:

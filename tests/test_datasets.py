@@ -1,4 +1,4 @@
-"""mammo_lib.datasets: the counts table of Sec. 3.1, the phantom's empty verification, YAML tuples."""
+"""mammo_lib.repro.datasets: the counts table of Sec. 3.1, the phantom's empty verification, YAML tuples."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from mammo_lib import datasets, pipeline
-from mammo_lib.config import load_config
+from mammo_lib.repro import datasets
+from mammo_lib.repro import pipeline
+from mammo_lib.repro.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,5 +55,5 @@ def test_yaml_lists_become_tuples(given: dict, expected: dict):
 
 
 def test_pipeline_uses_the_datasets_module():
-    """One implementation: the steps call the functions of mammo_lib.datasets."""
+    """One implementation: the steps call the functions of mammo_lib.repro.datasets."""
     assert pipeline.roi_sets is datasets.roi_sets and pipeline.dataset_table is datasets.dataset_table

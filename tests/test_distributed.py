@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.distributed: torchrun environment handling and DDP training that follows the
+"""Tests of mammo_lib.engines.distributed: torchrun environment handling and DDP training that follows the
 single-process loss trajectory (docs/DECISIONS.md, "Distributed pre-training").
 
 Cases:
@@ -13,7 +13,7 @@ Cases:
 | hooks without a process group      | DDPHooks()                                    | RuntimeError "needs an initialised process group" |
 | 2 gloo processes, BN-free DenseNet | 21 samples, global batch 8 (4+4, 4+4, 3+2), augmentation on | per-step losses, history and selected weights = one process within 1e-5 |
 | 2 gloo processes, DenseNet with BN | same data                                     | both ranks end with identical weights; only rank 0's files |
-| torchrun entry point, smoke profile | `torch.distributed.run --nproc_per_node 2 -m mammo_lib.distributed pretrain` | exit 0; `ddsm_trunk` in one process finds the checkpoint (skipped) |
+| torchrun entry point, smoke profile | `torch.distributed.run --nproc_per_node 2 -m mammo_lib.engines.distributed pretrain` | exit 0; `ddsm_trunk` in one process finds the checkpoint (skipped) |
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from mammo_lib.distributed import DDPHooks, DistEnv, init_from_env, process_group
-from mammo_lib.model import build_model
-from mammo_lib.training import TensorData, TrainConfig, train_model
+from mammo_lib.engines.distributed import DDPHooks, DistEnv, init_from_env, process_group
+from mammo_lib.networks.densenet import build_model
+from mammo_lib.engines.training import TensorData, TrainConfig, train_model
 
 ENV_CASES = [
     ({"RANK": "0"}, "incomplete torchrun environment"),
@@ -154,12 +154,12 @@ def test_two_processes_follow_single_process_trajectory(tmp_path, no_torchrun: N
 
 
 def test_torchrun_entry_point_writes_the_pipeline_checkpoint(tmp_path, no_torchrun: None) -> None:
-    from mammo_lib.config import load_config
-    from mammo_lib.table2 import ddsm_trunk
+    from mammo_lib.repro.config import load_config
+    from mammo_lib.repro.table2 import ddsm_trunk
 
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "mammo_lib.distributed", "pretrain", "--profile", "smoke", "--no-progress",
+           str(_free_port()), "-m", "mammo_lib.engines.distributed", "pretrain", "--profile", "smoke", "--no-progress",
            "--work-dir", str(tmp_path), "--trunk-seed", "0"]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)

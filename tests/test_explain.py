@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 from torch import nn
 
-from mammo_lib.activation import GroupActivations
-from mammo_lib.explain import (BACKGROUND, BACKGROUND_RULES, DEFAULT_BACKGROUND_RULE, LESION, Explanation,
+from mammo_lib.networks.activation import GroupActivations
+from mammo_lib.explain.eq6 import (BACKGROUND, BACKGROUND_RULES, DEFAULT_BACKGROUND_RULE, LESION, Explanation,
                                canonical_background_rule, classify_cells, explain_many, explain_roi,
                                lesion_background, lesion_weight, window_grid)
-from mammo_lib.glcm import glcm_variance_map
-from mammo_lib.model import build_model, to_model_input
-from mammo_lib.records import DataError
+from mammo_lib.explain.glcm import glcm_variance_map
+from mammo_lib.networks.densenet import build_model, to_model_input
+from mammo_lib.data.records import DataError
 
 # ----------------------------------------------------------------------------- tiny models
 
@@ -479,7 +479,7 @@ AGREEMENT_CASES = [
 
 @pytest.mark.parametrize("name, fill, on, off", AGREEMENT_CASES, ids=[c[0] for c in AGREEMENT_CASES])
 def test_lesion_agreement_by_hand(name, fill, on, off):
-    from mammo_lib.explain import lesion_agreement
+    from mammo_lib.explain.eq6 import lesion_agreement
 
     mask = np.zeros((6, 6), np.uint8)
     fill(mask)
@@ -494,7 +494,7 @@ def test_lesion_agreement_by_hand(name, fill, on, off):
     (np.zeros((6, 6)), {"min_cover": 0.0}, "min_cover"),
 ])
 def test_lesion_agreement_bad_input(mask, kw, match):
-    from mammo_lib.explain import lesion_agreement
+    from mammo_lib.explain.eq6 import lesion_agreement
 
     with pytest.raises(ValueError, match=match):
         lesion_agreement(make_explanation(), mask, **kw)
@@ -529,7 +529,7 @@ def test_recorded_agreement_is_the_share_of_pixel_change_labels():
     rng = np.random.default_rng(11)
     roi, lesion, background = rng.random((3, 12, 12)).astype(np.float32)
     e = explain_roi(PoolNet(grid=3), roi, lesion=lesion, background=background, layer_fn=pool_fn)
-    from mammo_lib.sanity import pixel_change_labels
+    from mammo_lib.explain.sanity import pixel_change_labels
 
     trivial = pixel_change_labels(roi, lesion, background, 3)
     assert e.sanity["pixel_change_agreement"] == float(np.mean(e.cell_labels == trivial))
@@ -570,7 +570,7 @@ def test_cli_explain_background_rule(tmp_path, capsys):
 
 
 def test_fig5_shared_scale_titles_and_labels():
-    from mammo_lib import figures
+    from mammo_lib.repro import figures
 
     roi = _disk_roi(32)
     lesion, background = lesion_background(roi, background_rule="soft")

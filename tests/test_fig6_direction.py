@@ -6,8 +6,8 @@ import doctest
 import pandas as pd
 import pytest
 
-from mammo_lib import pipeline
-from mammo_lib.pipeline import fig6_direction_sentence
+from mammo_lib.repro import pipeline
+from mammo_lib.repro.pipeline import fig6_direction_sentence
 
 
 def _t(medians, groups=None) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """No text collides in any figure the smoke run draws: titles, axis labels, tick labels, legends,
 annotations and colourbar labels, and figure-level arrows against text (matplotlib's renderer
 gives every drawn text's bounding box). Each figure is drawn from tiny inputs through
-:mod:`mammo_lib.figures` with labels as long as the pipeline's, not by running the smoke profile."""
+:mod:`mammo_lib.repro.figures` with labels as long as the pipeline's, not by running the smoke profile."""
 from __future__ import annotations
 
 import matplotlib
@@ -20,17 +20,17 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 
-from mammo_lib import figures  # noqa: E402
-from mammo_lib.explain import BACKGROUND, LESION, Explanation  # noqa: E402
+from mammo_lib.repro import figures  # noqa: E402
+from mammo_lib.explain.eq6 import BACKGROUND, LESION, Explanation  # noqa: E402
 
 #: Pixels two boxes may share before they count as overlapping (anti-aliasing, rounding).
 TOLERANCE_PX = 1.0
-DPI = 150  # as mammo_lib.io.save_figure
+DPI = 150  # as mammo_lib.utils.files.save_figure
 
 
 def _drawn_texts(fig: Figure) -> tuple[list[tuple[Text, Any]], Any]:
     """Every text the renderer draws (visible, non-empty; tick labels only of the ticks drawn) with
-    its box, laid out as :func:`mammo_lib.io.save_figure` lays it out (one save at its dpi, then
+    its box, laid out as :func:`mammo_lib.utils.files.save_figure` lays it out (one save at its dpi, then
     the layout frozen), and the renderer."""
     import io
 
@@ -152,7 +152,7 @@ CONF[3:9, 40:48] = 1
 CONF[40:50, 4:14] = 2
 LESION_IMG = (ROI * MASK).astype(np.float32)
 BACKGROUND_IMG = (ROI - LESION_IMG).astype(np.float32)
-# Labels as long as the pipeline's (mammo_lib.table2.spec_label on the phantom profiles).
+# Labels as long as the pipeline's (mammo_lib.repro.table2.spec_label on the phantom profiles).
 SPECS = ["ImageNet stand-in (generic synthetic), fine-tune",
          "ImageNet stand-in (generic synthetic), knowledge transfer",
          "DDSM (from the generic stand-in), fine-tune", "DDSM (from the generic stand-in), knowledge transfer"]

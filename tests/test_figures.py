@@ -1,4 +1,4 @@
-"""Tests for mammo_lib.figures: every figure builds from tiny synthetic inputs (saving: tests/test_io.py)."""
+"""Tests for mammo_lib.repro.figures: every figure builds from tiny synthetic inputs (saving: tests/test_io.py)."""
 from __future__ import annotations
 
 import matplotlib
@@ -10,9 +10,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from mammo_lib import figures  # noqa: E402
-from mammo_lib.explain import BACKGROUND, LESION, Explanation  # noqa: E402
-from mammo_lib.localization import upsample_map  # noqa: E402
+from mammo_lib.repro import figures  # noqa: E402
+from mammo_lib.explain.eq6 import BACKGROUND, LESION, Explanation  # noqa: E402
+from mammo_lib.explain.localization import upsample_map  # noqa: E402
 
 S, G = 32, 4   # ROI side and activation grid (window 8)
 RNG = np.random.default_rng(0)
@@ -191,7 +191,7 @@ def test_errors(name, call, exc, match) -> None:
 
 
 def test_fig2_boxes_and_crops() -> None:
-    from mammo_lib.roi import crop_box, mask_bbox
+    from mammo_lib.data.roi import crop_box, mask_bbox
 
     image = (0.2 + 0.1 * RNG.random((120, 100))).astype(np.float32)
     mask = np.zeros((120, 100), np.uint8)

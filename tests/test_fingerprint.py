@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.fingerprint: the committed smoke tables, the check that names each table,
+"""Tests of mammo_lib.repro.fingerprint: the committed smoke tables, the check that names each table,
 column and size of a difference, what it promises across CPUs (decisions equal, numbers within
 the tolerance), and that it still catches a deliberate change of a loss term."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mammo_lib.fingerprint import ATOL, RTOL, VOLATILE, compare, main, table_fingerprint, text_difference, write
+from mammo_lib.repro.fingerprint import ATOL, RTOL, VOLATILE, compare, main, table_fingerprint, text_difference, write
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = ROOT / "tests" / "scripts" / "fingerprint_probe.py"

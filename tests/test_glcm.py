@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from skimage.feature import graycomatrix, graycoprops
 
-from mammo_lib.glcm import (FEATURE_NAMES, glcm_feature_table, glcm_features, glcm_offset,
+from mammo_lib.explain.glcm import (FEATURE_NAMES, glcm_feature_table, glcm_features, glcm_offset,
                             glcm_variance_map, quantize)
 
 PI = np.pi

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from _imageio_helpers import ramp, rect_mask, truncate, write_dicom, write_png, write_tiff
-from mammo_lib.imageio import (LoadedCase, binary_mask, load_record, read_dicom_header, read_image,
+from mammo_lib.data.images import (LoadedCase, binary_mask, load_record, read_dicom_header, read_image,
                                resize_nearest, to_unit_float)
-from mammo_lib.records import DataError, MassRecord
+from mammo_lib.data.records import DataError, MassRecord
 
 SHAPE = (16, 20)
 A16 = ramp(SHAPE, np.uint16, step=7)          # 0 .. 2233, all distinct
@@ -266,7 +266,7 @@ def test_a_few_bright_pixels_do_not_rescale_the_image_with_percentile():
 
 def test_the_default_intensity_is_percentile():
     """One library default (imageio.DEFAULT_INTENSITY): robust percentile scaling, not minmax."""
-    from mammo_lib.imageio import DEFAULT_INTENSITY
+    from mammo_lib.data.images import DEFAULT_INTENSITY
 
     arr = np.arange(10000, dtype=np.uint16).reshape(100, 100)
     arr[0, :3] = 60000

@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.instrument and mammo_lib.stand_in: the beta grid and per-fold choice, the
+"""Tests of mammo_lib.protocol.instrument and mammo_lib.protocol.stand_in: the beta grid and per-fold choice, the
 calibration gate, a tiny end-to-end instrument run (resumable, same numbers), the generic task
 and the trunk gate's energy share computed by hand."""
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from mammo_lib.instrument import (BetaPoint, Condition, Instrument, InstrumentData, _choose, beta_grid, calibration_gate,
+from mammo_lib.protocol.instrument import (BetaPoint, Condition, Instrument, InstrumentData, _choose, beta_grid, calibration_gate,
                                   gate_passes, run_instrument)
-from mammo_lib.model import build_model
-from mammo_lib.stand_in import SHAPES, energy_share, mass_cells, shape_task
-from mammo_lib.training import TrainConfig
-from mammo_lib.trunk_cache import build_cache, predict_cached
+from mammo_lib.networks.densenet import build_model
+from mammo_lib.protocol.stand_in import SHAPES, energy_share, mass_cells, shape_task
+from mammo_lib.engines.training import TrainConfig
+from mammo_lib.engines.trunk_cache import build_cache, predict_cached
 
 GRID_FAIL_CASES = [
     (dict(paper=(2, 8), at=()), "must contain 0"),
@@ -73,7 +73,7 @@ GATE_CASES = [
 
 @pytest.mark.parametrize("vals,ok", GATE_CASES)
 def test_calibration_gate(vals, ok):
-    from mammo_lib.instrument import InstrumentResult
+    from mammo_lib.protocol.instrument import InstrumentResult
 
     res = InstrumentResult(runs=_runs(*vals), predictions=pd.DataFrame(), choices=pd.DataFrame())
     gate = calibration_gate(res, "B")
@@ -217,7 +217,7 @@ def test_run_instrument_folds_to_run(tmp_path):
 
 def _result(kt_acc, ft_in=0.9, flip=0.4):
     """A synthetic instrument result: 5 folds x 10 cases, condition B, ImageNet rows."""
-    from mammo_lib.instrument import PHANTOM_CONDITIONS, InstrumentResult
+    from mammo_lib.protocol.instrument import PHANTOM_CONDITIONS, InstrumentResult
 
     runs, preds = [], []
     accs = {"imagenet_finetune": [0.60, 0.62, 0.58, 0.61, 0.59], "imagenet_transfer": kt_acc,
@@ -247,8 +247,8 @@ def _result(kt_acc, ft_in=0.9, flip=0.4):
     ([0.80, 0.82, 0.79, 0.81, 0.80], 0.5, "not calibrated"),      # the gate fails: no verdict
 ])
 def test_verdict_follows_gate_and_controls(kt, ft_in, want):
-    from mammo_lib.config import load_config
-    from mammo_lib.table2 import summary, verdict_lines
+    from mammo_lib.repro.config import load_config
+    from mammo_lib.repro.table2 import summary, verdict_lines
 
     res = _result(kt, ft_in=ft_in)
     gate = calibration_gate(res, "B")
@@ -260,9 +260,9 @@ def test_verdict_follows_gate_and_controls(kt, ft_in, want):
 
 def test_verdict_says_why_the_t_test_p_is_undefined():
     """Knowledge transfer equal to fine-tuning in every fold (beta 0 chosen): no "p = nan" without a reason."""
-    from mammo_lib.config import load_config
-    from mammo_lib.instrument import InstrumentResult
-    from mammo_lib.table2 import summary, verdict_lines
+    from mammo_lib.repro.config import load_config
+    from mammo_lib.protocol.instrument import InstrumentResult
+    from mammo_lib.repro.table2 import summary, verdict_lines
 
     res = _result([0.60, 0.62, 0.58, 0.61, 0.59])           # the fine-tune accuracies, fold by fold
     trunks = {"imagenet": {"note": "stand-in"}}
@@ -284,8 +284,8 @@ def test_verdict_says_why_the_t_test_p_is_undefined():
 ])
 def test_verdict_enforces_the_trunk_gate(gate_row, want):
     """A trunk that fails its own gate gets no verdict, even where the calibration gate passes."""
-    from mammo_lib.config import load_config
-    from mammo_lib.table2 import summary, verdict_lines
+    from mammo_lib.repro.config import load_config
+    from mammo_lib.repro.table2 import summary, verdict_lines
 
     res = _result([0.80, 0.82, 0.79, 0.81, 0.80])
     gate = calibration_gate(res, "B")
@@ -355,8 +355,8 @@ def test_instrument_design_rejects(kw, msg, tmp_path):
 def _design_result():
     """Condition A, ImageNet rows, trunk seeds 0 (passes) and 1 (fails its gate), one fold seed,
     three folds; accuracies chosen so the differences are whole points."""
-    from mammo_lib.instrument import PHANTOM_CONDITIONS, InstrumentResult
-    from mammo_lib.table2 import Design
+    from mammo_lib.protocol.instrument import PHANTOM_CONDITIONS, InstrumentResult
+    from mammo_lib.repro.table2 import Design
 
     vals = {0: {"ft": [0.60, 0.62, 0.58], "kt": [0.70, 0.71, 0.69], "sh": [0.60, 0.60, 0.60], "at": [0.5] * 3},
             1: {"ft": [0.90] * 3, "kt": [0.40, 0.41, 0.39], "sh": [0.9] * 3, "at": [0.5] * 3}}
@@ -389,7 +389,7 @@ def _design_result():
 
 
 def _design_cfg(**cv):
-    from mammo_lib.config import load_config
+    from mammo_lib.repro.config import load_config
 
     return load_config("smoke", {"cv": {"conditions": ["A"], "controls": ["shuffled"], "positive_control": False,
                                         **cv}}, honour_env=False)
@@ -400,7 +400,7 @@ def test_primary_analysis_by_hand():
     points; Nadeau-Bengio variance factor 1/3 + 10/40; Holm over the primary family's two cells."""
     from scipy import stats as sps
 
-    from mammo_lib.table2 import primary_analysis
+    from mammo_lib.repro.table2 import primary_analysis
 
     design, trunks = _design_result()
     table, per_trunk = primary_analysis(_design_cfg(), design, trunks)
@@ -437,7 +437,7 @@ def test_primary_analysis_by_hand():
     ({"min_passing_trunks": 2}, "1 of 2 pass (at least 2 needed): **no conclusion** is drawn", "+10.0 points"),
 ])
 def test_design_verdict_follows_the_tables(cv, want, absent):
-    from mammo_lib.table2 import design_verdict, primary_analysis
+    from mammo_lib.repro.table2 import design_verdict, primary_analysis
 
     design, trunks = _design_result()
     cfg = _design_cfg(**cv)

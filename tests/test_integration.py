@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from mammo_lib.cbis_ddsm import load_cbis_ddsm
+from mammo_lib.data.cbis_ddsm import load_cbis_ddsm
 from mammo_lib.cli import main
-from mammo_lib.imageio import load_record
-from mammo_lib.phantom import PhantomConfig, generate_phantom, write_cbis_tree
-from mammo_lib.preprocess import preprocess
+from mammo_lib.data.images import load_record
+from mammo_lib.data.phantom import PhantomConfig, generate_phantom, write_cbis_tree
+from mammo_lib.data.preprocess import preprocess
 
 SMALL = PhantomConfig(seed=7, image_shape=(256, 224), n_benign=6, n_malignant=6, n_train=6, n_test=4)
 
@@ -49,7 +49,7 @@ def phantom_dir(tmp_path_factory) -> Path:
 
 
 def test_cli_explain_writes_json_and_figure(phantom_dir: Path, tmp_path: Path):
-    from mammo_lib.model import build_model
+    from mammo_lib.networks.densenet import build_model
 
     model = build_model("small", seed=0)
     ckpt = tmp_path / "model.pt"
@@ -119,7 +119,7 @@ def real_root(tmp_path_factory) -> Path:
 
 
 def _full_cfg(real_root: Path, tmp_path: Path):
-    from mammo_lib.config import load_config
+    from mammo_lib.repro.config import load_config
 
     return load_config("full", {"data_root": str(real_root), "work_dir": str(tmp_path / "w"),
                                 "results_dir": str(tmp_path / "r"), "arch": "small", "roi_size": 64,
@@ -129,7 +129,7 @@ def _full_cfg(real_root: Path, tmp_path: Path):
 
 
 def test_full_profile_reads_real_layouts(real_root: Path, tmp_path: Path):
-    from mammo_lib import datasets
+    from mammo_lib.repro import datasets
 
     cfg = _full_cfg(real_root, tmp_path)
     ds = datasets.roi_sets(cfg, progress=False)
@@ -144,8 +144,8 @@ def test_full_profile_reads_real_layouts(real_root: Path, tmp_path: Path):
 
 
 def test_verify_data_names_missing_files(real_root: Path, tmp_path: Path):
-    from mammo_lib import datasets
-    from mammo_lib.records import DataError
+    from mammo_lib.repro import datasets
+    from mammo_lib.data.records import DataError
 
     cfg = _full_cfg(real_root, tmp_path)
     # The fake CBIS-DDSM CSVs differ from the real ones: the manifest says they are altered.
@@ -185,8 +185,8 @@ def real_root_cv(tmp_path_factory) -> Path:
 def test_full_profile_table2_instrument_on_real_layouts(real_root_cv: Path, tmp_path: Path):
     """The full profile's Table 2 path (one 'as it is' condition, no gate, cached trunk, beta per
     fold) runs on real layouts, with the generic stand-in since ImageNet weights are absent."""
-    from mammo_lib import pipeline
-    from mammo_lib.config import load_config
+    from mammo_lib.repro import pipeline
+    from mammo_lib.repro.config import load_config
 
     cfg = load_config("full", {
         "data_root": str(real_root_cv), "work_dir": str(tmp_path / "w"), "results_dir": str(tmp_path / "r"),
@@ -224,7 +224,7 @@ ROI_SPEC_CASES = [
 
 @pytest.mark.parametrize("opts,rc,text", ROI_SPEC_CASES)
 def test_cli_explain_uses_the_checkpoints_roi_spec(phantom_dir: Path, tmp_path: Path, capsys, opts, rc, text):
-    from mammo_lib.model import build_model
+    from mammo_lib.networks.densenet import build_model
 
     ckpt = tmp_path / "model.pt"
     torch.save({"model_state": build_model("small", seed=0).state_dict(), "arch": "small",
@@ -240,10 +240,10 @@ def test_cli_explain_uses_the_checkpoints_roi_spec(phantom_dir: Path, tmp_path: 
 
 
 def test_cv_checkpoints_record_arch_and_roi_spec(tmp_path: Path):
-    from mammo_lib.model import checkpoint_meta
-    from mammo_lib.preprocess import RoiSet
-    from mammo_lib.protocol import RunSpec, run_cv
-    from mammo_lib.training import TrainConfig
+    from mammo_lib.networks.densenet import checkpoint_meta
+    from mammo_lib.data.preprocess import RoiSet
+    from mammo_lib.protocol.cross_validation import RunSpec, run_cv
+    from mammo_lib.engines.training import TrainConfig
 
     rng = np.random.default_rng(0)
     n = 20

@@ -1,4 +1,4 @@
-"""Atomic writing (mammo_lib.io): no partial file or temporary file after a failing writer, the old
+"""Atomic writing (mammo_lib.utils.files): no partial file or temporary file after a failing writer, the old
 file survives, modes follow the umask, JSON bytes and round trip, PNG figures, torch objects,
 atomic folders."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from mammo_lib import io as mio  # noqa: E402
+from mammo_lib.utils import files as mio  # noqa: E402
 
 
 def _boom(tmp) -> None:

@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.jobs: Table 2 as independent (spec, fold) jobs, their locks, collect and
+"""Tests of mammo_lib.repro.jobs: Table 2 as independent (spec, fold) jobs, their locks, collect and
 submitit. One tiny prepared work dir (smoke profile, 1 epoch) is shared by the module; every test
 starts from an empty instrument folder."""
 from __future__ import annotations
@@ -18,9 +18,10 @@ import torch
 import yaml
 from filelock import FileLock
 
-from mammo_lib import jobs, table2
-from mammo_lib.config import load_config
-from mammo_lib.pipeline import pin_threads
+from mammo_lib.repro import jobs
+from mammo_lib.repro import table2
+from mammo_lib.repro.config import load_config
+from mammo_lib.repro.pipeline import pin_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,7 +152,7 @@ def test_jobs_in_separate_processes_equal_one_process(cfg, tmp_path):
 
 def test_two_processes_on_one_job_train_it_once(cfg):
     _clean(cfg)
-    code = ("import json,sys; from mammo_lib.config import load_config; from mammo_lib import jobs; "
+    code = ("import json,sys; from mammo_lib.repro.config import load_config; from mammo_lib.repro import jobs; "
             f"c=load_config('smoke', {({'work_dir': str(cfg.work_dir), 'results_dir': str(cfg.results_dir), 'train': {'epochs': 1}, 'pretrain': {'epochs': 1}, 'cv': ONE_REPLICATE})!r}); "
             "o=jobs.run_job(c, 'imagenet_transfer', 0, progress=False); "
             "print(json.dumps({'status': o.status, 'trained': o.trained, 'acc': o.runs['accuracy'].tolist()}))")

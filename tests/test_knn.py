@@ -1,4 +1,4 @@
-"""Tests for mammo_lib.knn: deep features, k-NN explanation/vote (Fig. 8c), GLCM-deep correlation (Fig. 8b)."""
+"""Tests for mammo_lib.explain.knn: deep features, k-NN explanation/vote (Fig. 8c), GLCM-deep correlation (Fig. 8b)."""
 from __future__ import annotations
 
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from mammo_lib.knn import feature_correlation, knn_explain, knn_vote, penultimate_features
-from mammo_lib.model import build_model, to_model_input
+from mammo_lib.explain.knn import feature_correlation, knn_explain, knn_vote, penultimate_features
+from mammo_lib.networks.densenet import build_model, to_model_input
 
 # Euclidean distances from the origin: 0, 1, 2, 5, 1 -> order 0, 1, 4 (tie with 1: index order), 2, 3.
 TRAIN = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 4.0], [1.0, 0.0]])

@@ -1,4 +1,4 @@
-"""Tests for mammo_lib.localization: hand-computed bilinear upsampling, energy shares, pointing game."""
+"""Tests for mammo_lib.explain.localization: hand-computed bilinear upsampling, energy shares, pointing game."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammo_lib.localization import (energy_share, localization_table, pointing_game,
+from mammo_lib.explain.localization import (energy_share, localization_table, pointing_game,
                                     summarize_localization, upsample_map)
 
 # 2x2 map [[0, 1], [2, 3]] = x + 2y. Bilinear with half-pixel centres to 4x4 samples the source at

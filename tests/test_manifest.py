@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mammo_lib.io import write_csv
-from mammo_lib.manifest import MANIFEST_COLUMNS, generate_manifest, read_manifest, sha256_file, verify_manifest
-from mammo_lib.records import DataError
+from mammo_lib.utils.files import write_csv
+from mammo_lib.data.manifest import MANIFEST_COLUMNS, generate_manifest, read_manifest, sha256_file, verify_manifest
+from mammo_lib.data.records import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "data_manifest.csv"

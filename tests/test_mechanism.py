@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.mechanism: the confounder's logit effect split exactly into pass-through and
+"""Tests of mammo_lib.protocol.mechanism: the confounder's logit effect split exactly into pass-through and
 own channels, the classifier's weights on each half, the confounder energy, the table."""
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from mammo_lib.mechanism import (MECHANISM_COLUMNS, MechanismArm, calcification_contrast, classifier_weight_split,
+from mammo_lib.protocol.mechanism import (MECHANISM_COLUMNS, MechanismArm, calcification_contrast, classifier_weight_split,
                                  confounder_energy, confounder_energy_cases, confounder_masks, contrast_pairs,
                                  logit_split, margin_weights, mechanism_table, pair_caches, pair_masks,
                                  pooled_activations, split_means)
-from mammo_lib.model import build_model, passthrough_channels
-from mammo_lib.trunk_cache import build_cache, group4_maps_cached
+from mammo_lib.networks.densenet import build_model, passthrough_channels
+from mammo_lib.engines.trunk_cache import build_cache, group4_maps_cached
 
 S = 64  # small DenseNet: 2x2 group-4 grid, 32-pixel cells
 
@@ -58,7 +58,7 @@ def test_split_adds_up_to_the_logit_difference(caches, head):
     assert s["case_id"].tolist() == a.ids
     # total is the network's own logit margin difference, computed through predict-like forwards
     with torch.no_grad():
-        from mammo_lib.trunk_cache import group4_activation, head_logits
+        from mammo_lib.engines.trunk_cache import group4_activation, head_logits
         model.eval()
         za = head_logits(model, group4_activation(model, a.features[:, 0])).double()
         zb = head_logits(model, group4_activation(model, b.features[:, 0])).double()
@@ -90,7 +90,7 @@ def test_split_by_hand_with_chosen_weights(caches):
     np.testing.assert_allclose(s["own"], 2 * (pa[:, p] - pb[:, p]), rtol=1e-12)
     np.testing.assert_allclose(s["margin_a"], pa[:, 0] + 2 * pa[:, p] - 0.5, rtol=1e-5, atol=1e-6)
     # pooled activations are the GAP of group 4's output
-    from mammo_lib.trunk_cache import group4_activation
+    from mammo_lib.engines.trunk_cache import group4_activation
     with torch.no_grad():
         model.eval()
         want = group4_activation(model, a.features[:, 0]).mean(dim=(2, 3)).numpy()
@@ -188,7 +188,7 @@ def test_mechanism_table_rows(caches):
 def test_mechanism_figure(caches):
     from matplotlib.figure import Figure
 
-    from mammo_lib.figures import mechanism_figure
+    from mammo_lib.repro.figures import mechanism_figure
 
     t = pd.DataFrame({"arm": ["fine-tune", "knowledge transfer", "positive control"],
                       "logit effect passthrough": [1.0, 1.5, 0.0], "logit effect own": [2.0, 0.2, 0.3]})

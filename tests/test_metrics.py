@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.metrics: hand-computed confusion matrices and rates."""
+"""Tests of mammo_lib.metrics.classification: hand-computed confusion matrices and rates."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from mammo_lib.metrics import classification_metrics, confusion
+from mammo_lib.metrics.classification import classification_metrics, confusion
 
 # (y_true, prob_malignant, threshold, expected) -- expected by hand.
 CASES = [

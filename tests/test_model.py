@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.model: architectures, weights loading, freezing, inputs (Sec. 3.3, 4.1)."""
+"""Tests of mammo_lib.networks.densenet: architectures, weights loading, freezing, inputs (Sec. 3.3, 4.1)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torchvision.models import DenseNet
 
-from mammo_lib.model import (
+from mammo_lib.networks.densenet import (
     ARCHS, IMAGENET_MEAN, IMAGENET_STD, TRAINABLE_SETS, WeightsUnavailableError, apply_train_mode,
     build_model, count_parameters, eval_mode, feature_grid, imagenet_weights_path, mask_to_model_input,
     OwnChannelsDenseNet, on_device, passthrough_channels, preserve_mode, set_trainable, to_model_input,

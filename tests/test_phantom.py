@@ -16,10 +16,10 @@ from scipy.stats import binomtest
 from skimage.io import imread
 from skimage.measure import regionprops
 
-from mammo_lib.phantom import (CASE_COLUMNS, MARKER, MassSpec, PhantomConfig, add_confounders,
+from mammo_lib.data.phantom import (CASE_COLUMNS, MARKER, MassSpec, PhantomConfig, add_confounders,
                                generate_phantom, plan_cases, power_law_texture, render_mass,
                                simulate_anatomy, write_cbis_tree)
-from mammo_lib.records import BENIGN, MALIGNANT
+from mammo_lib.data.records import BENIGN, MALIGNANT
 
 # Small images and masses, same structure as the defaults (640 x 512, roi 224).
 TINY = dict(image_shape=(192, 160), roi_size=64, benign_radius_px=(9.0, 18.0),
@@ -297,7 +297,7 @@ def test_case_content_does_not_depend_on_the_number_of_cases(tmp_path):
 
 @pytest.mark.parametrize("rows,cols,roi_size,want", ROI_WINDOWS)
 def test_roi_window_by_hand(rows, cols, roi_size, want):
-    from mammo_lib.phantom.anatomy import roi_window
+    from mammo_lib.data.phantom.anatomy import roi_window
 
     mask = np.zeros((32, 32), np.uint8)
     mask[rows[0]:rows[1], cols[0]:cols[1]] = 1
@@ -307,7 +307,7 @@ def test_roi_window_by_hand(rows, cols, roi_size, want):
 def test_roi_window_matches_the_former_phantom_formula_on_random_masks():
     """roi_window now calls roi.crop_box; on random masks it equals the formula the phantom
     used before (bbox, max(roi_size, side), start y0 + (h - H) // 2)."""
-    from mammo_lib.phantom.anatomy import roi_window
+    from mammo_lib.data.phantom.anatomy import roi_window
 
     rng = np.random.default_rng(0)
     for _ in range(50):
@@ -321,14 +321,14 @@ def test_roi_window_matches_the_former_phantom_formula_on_random_masks():
 
 
 def test_roi_window_empty_mask_is_an_error():
-    from mammo_lib.phantom.anatomy import roi_window
+    from mammo_lib.data.phantom.anatomy import roi_window
 
     with pytest.raises(ValueError, match="empty mask"):
         roi_window(np.zeros((8, 8), np.uint8), 4)
 
 
 def test_same_config_is_kept_other_config_regenerates(tmp_path, monkeypatch):
-    import mammo_lib.phantom.build as ph
+    import mammo_lib.data.phantom.build as ph
 
     cfg = tiny(n_benign=1, n_malignant=1)
     out = generate_phantom(tmp_path / "p", cfg, progress=False)

@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.precision and the TrainConfig speed flags (amp, channels_last): exact no-ops
+"""Tests of mammo_lib.engines.amp and the TrainConfig speed flags (amp, channels_last): exact no-ops
 on the CPU (bit-identical weights and histories), clear errors, profile keys; a CUDA-only check."""
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from mammo_lib.config import load_config
-from mammo_lib.model import build_model
-from mammo_lib.pipeline import train_config
-from mammo_lib.precision import AMP_MODES, autocast_for, backward_step, grad_scaler, maybe_channels_last
-from mammo_lib.stand_in import pretrain_generic
-from mammo_lib.training import TensorData, TrainConfig, train_model
-from mammo_lib.trunk_cache import build_cache, group4_maps_cached, predict_cached, train_head
+from mammo_lib.repro.config import load_config
+from mammo_lib.networks.densenet import build_model
+from mammo_lib.repro.pipeline import train_config
+from mammo_lib.engines.amp import AMP_MODES, autocast_for, backward_step, grad_scaler, maybe_channels_last
+from mammo_lib.protocol.stand_in import pretrain_generic
+from mammo_lib.engines.training import TensorData, TrainConfig, train_model
+from mammo_lib.engines.trunk_cache import build_cache, group4_maps_cached, predict_cached, train_head
 
 # ---------------------------------------------------------------- tables of cases
 CONFIG_FAIL_CASES = [
@@ -174,7 +174,7 @@ def test_pretrain_generic_bit_identical_with_flags_on_cpu(tmp_path):
 def cpu_as_cuda(monkeypatch):
     """Make the helpers treat the CPU as CUDA, with CPU autocast standing in for CUDA autocast and a
     CPU GradScaler for fp16: the reduced-precision paths run here (numbers close, not equal)."""
-    import mammo_lib.precision as P
+    import mammo_lib.engines.amp as P
 
     autocast, scaler = torch.autocast, torch.amp.GradScaler
     monkeypatch.setattr(P, "_is_cuda", lambda device: True)

@@ -1,4 +1,4 @@
-"""Tests for mammo_lib.preprocess: caching, workers, errors, RoiSet round trip.
+"""Tests for mammo_lib.data.preprocess: caching, workers, errors, RoiSet round trip.
 
 A fake loader (module-level so worker processes can unpickle it) reads tiny .npy images and
 masks and appends the case id to a counter file for every call, so cache hits are observable.
@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammo_lib.preprocess import INDEX_COLUMNS, RoiSet, preprocess
-from mammo_lib.records import DataError, MassRecord
-from mammo_lib.roi import extract_roi
+from mammo_lib.data.preprocess import INDEX_COLUMNS, RoiSet, preprocess
+from mammo_lib.data.records import DataError, MassRecord
+from mammo_lib.data.roi import extract_roi
 
 SRC = "cases.csv"
 N = 6  # records in the standard set

@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.preprocess's worker pool: one thread per worker, largest inputs first, and
+"""Tests of mammo_lib.data.preprocess's worker pool: one thread per worker, largest inputs first, and
 results identical bit for bit whatever the number of workers (docs/DECISIONS.md, "Preprocessing
 workers").
 
@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mammo_lib.cbis_ddsm import load_cbis_ddsm
-from mammo_lib.phantom import write_cbis_tree
-from mammo_lib.preprocess import _submission_order, _worker_init, preprocess
-from mammo_lib.records import MassRecord
+from mammo_lib.data.cbis_ddsm import load_cbis_ddsm
+from mammo_lib.data.phantom import write_cbis_tree
+from mammo_lib.data.preprocess import _submission_order, _worker_init, preprocess
+from mammo_lib.data.records import MassRecord
 
 
 def _thread_counts(_: int) -> tuple[list[int], int]:

@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.protocol: folds, inner split, resumable cross-validation, pre-training.
+"""Tests of mammo_lib.protocol.cross_validation: folds, inner split, resumable cross-validation, pre-training.
 
 Tiny data (20 ROIs of 32 px), the "small" torchvision DenseNet, 2 folds, 1 epoch.
 """
@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammo_lib.metrics import confusion
-from mammo_lib.model import WeightsUnavailableError, build_model
-from mammo_lib.protocol import (IMAGENET_FALLBACK_NOTE, RunSpec, inner_split, make_folds, pretrain,
+from mammo_lib.metrics.classification import confusion
+from mammo_lib.networks.densenet import WeightsUnavailableError, build_model
+from mammo_lib.protocol.cross_validation import (IMAGENET_FALLBACK_NOTE, RunSpec, inner_split, make_folds, pretrain,
                                 run_cv)
-from mammo_lib.training import TrainConfig, predict
+from mammo_lib.engines.training import TrainConfig, predict
 
 # ---------------------------------------------------------------- tables of cases
 FOLD_FAIL_CASES = [

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from mammo_lib import paper
-from mammo_lib.report import build_report, markdown_table, read_table, table2_comparison, write_table
+from mammo_lib.repro import paper
+from mammo_lib.repro.report import build_report, markdown_table, read_table, table2_comparison, write_table
 
 
 def test_markdown_table_by_hand():
@@ -51,7 +51,7 @@ def test_build_report_marks_missing_sections_and_phantom(tmp_path):
 
 
 def test_headline_reads_the_verdict_mask_only_and_sanity_tables(tmp_path):
-    from mammo_lib.report import headline
+    from mammo_lib.repro.report import headline
 
     assert "not produced" in headline(tmp_path)
     (tmp_path / "tables").mkdir()

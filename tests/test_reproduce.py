@@ -7,8 +7,8 @@ from pathlib import Path
 import nbformat as nbf
 import pytest
 
-from mammo_lib import reproduce as rp
-from mammo_lib.reproduce import NotebookFailed, notebooks, run_all
+from mammo_lib.repro import runner as rp
+from mammo_lib.repro.runner import NotebookFailed, notebooks, run_all
 
 PARAMS = ('profile: str = "demo"  # profile\ndata_root: str = ""  # data\n'
           'device: str = ""  # device\nprogress: bool = True  # bars')
@@ -71,7 +71,7 @@ def test_progress_is_streamed_and_fresh_recomputes(project: Path, monkeypatch, c
     monkeypatch.delenv("MAMMO_PROGRESS_FILE", raising=False)
     (project / "notebooks" / "02_second.ipynb").unlink()
     _notebook(project / "notebooks" / "01_first.ipynb",
-              "import time\nfrom mammo_lib.progress import tqdm\n"
+              "import time\nfrom mammo_lib.utils.progress import tqdm\n"
               "for _ in tqdm(range(3), desc='counting sheep', mininterval=0):\n    time.sleep(1.2)\n"
               "open('ran_01.txt', 'a').write('x')")
     monkeypatch.setenv("COLUMNS", "80")
@@ -115,7 +115,7 @@ def test_bar_left():
 
 
 def test_bar_log_latest_state_per_bar_and_end_marks():
-    from mammo_lib.progress import END_MARK
+    from mammo_lib.utils.progress import END_MARK
 
     log = rp.BarLog(Path("unused"))
     log.feed("\rfolds: 1/5 [00:10<00:40, 10.0s/it]\n\repochs: 3/10 [00:03<00:07, 1.0s/it]", now=100.0)
@@ -240,8 +240,8 @@ def test_fresh_after_force_is_estimated_from_the_fresh_record(project: Path, mon
 
 def test_report_records_fresh_and_cached_times_apart(tmp_path: Path):
     """--force after --fresh: the provenance keeps the fresh total and lists both kinds."""
-    from mammo_lib.config import load_config
-    from mammo_lib.report import write_report
+    from mammo_lib.repro.config import load_config
+    from mammo_lib.repro.report import write_report
 
     (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")
     cfg = load_config("smoke", {}, root=tmp_path, honour_env=False)

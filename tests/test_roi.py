@@ -1,4 +1,4 @@
-"""Tests for mammo_lib.roi: crop geometry, zero padding and resizing worked out by hand."""
+"""Tests for mammo_lib.data.roi: crop geometry, zero padding and resizing worked out by hand."""
 from __future__ import annotations
 
 import re
@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from mammo_lib.roi import (TABLE1_CONFIGS, VARIANTS, Box, box_iou, crop_box, extract_roi,
+from mammo_lib.data.roi import (TABLE1_CONFIGS, VARIANTS, Box, box_iou, crop_box, extract_roi,
                            mask_bbox)
 
 H, W = 500, 600  # test image shape

@@ -1,4 +1,4 @@
-"""Sanity measures of the Eq. 6 explanation (mammo_lib.sanity): pixel change, model randomisation,
+"""Sanity measures of the Eq. 6 explanation (mammo_lib.explain.sanity): pixel change, model randomisation,
 mass margin and the per-rule sanity table."""
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from mammo_lib import explain as explain_module
-from mammo_lib import sanity as sanity_module
-from mammo_lib.explain import BACKGROUND, LESION, Explanation
-from mammo_lib.model import build_model
-from mammo_lib.sanity import (GROUP4_PREFIXES, PIXEL_CHANGE_AGREEMENT_MAX, RANDOM_LABEL_AGREEMENT_MAX,
+from mammo_lib.explain import eq6 as explain_module
+from mammo_lib.explain import sanity as sanity_module
+from mammo_lib.explain.eq6 import BACKGROUND, LESION, Explanation
+from mammo_lib.networks.densenet import build_model
+from mammo_lib.explain.sanity import (GROUP4_PREFIXES, PIXEL_CHANGE_AGREEMENT_MAX, RANDOM_LABEL_AGREEMENT_MAX,
                               SANITY_COLUMNS, choose_default_rule, explanation_sanity, mass_margin,
                               pixel_change_agreement, pixel_change_labels, randomisation_check,
                               randomize_group4)
@@ -356,7 +356,7 @@ def test_default_rule_is_the_complementary_soft_split():
 def test_sanity_baselines_trunk_and_other_model():
     """trunk_* / other_model_* are the raw agreement and Cohen's kappa of the trained model's cell
     labels with those of the given model, pooled over ROIs; NaN when no model is given."""
-    from mammo_lib.stats import cohen_kappa
+    from mammo_lib.metrics.stats import cohen_kappa
 
     trained = _perturbed_small_model()
     initial = build_model("small", seed=0)           # the same network before the perturbation

@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.stats against hand-computed values (Sec. 5.1: significance of KT vs fine-tune)."""
+"""Tests of mammo_lib.metrics.stats against hand-computed values (Sec. 5.1: significance of KT vs fine-tune)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mammo_lib.stats import (bootstrap_accuracy_diff, compare, mcnemar, paired_tests, significance_table,
+from mammo_lib.metrics.stats import (bootstrap_accuracy_diff, compare, mcnemar, paired_tests, significance_table,
                              wilcoxon_min_p)
 
 
@@ -176,7 +176,7 @@ def test_compare_errors():
 # ---------------------------------------------------------------------------------------------
 from scipy import stats as sps  # noqa: E402
 
-from mammo_lib.stats import (cluster_bootstrap_diff, corrected_resampled_t, holm,  # noqa: E402
+from mammo_lib.metrics.stats import (cluster_bootstrap_diff, corrected_resampled_t, holm,  # noqa: E402
                              min_detectable_effect, paired_t, trend_test)
 
 
@@ -369,7 +369,7 @@ def test_new_functions_reject(fn, args, kw, message):
 
 
 def test_cohen_kappa_by_hand():
-    from mammo_lib.stats import cohen_kappa
+    from mammo_lib.metrics.stats import cohen_kappa
     # 10 cells: a = 6 L / 4 B, b = 5 L / 5 B, agree on 4 L + 3 B = 7: p_o = 0.7,
     # p_e = 0.6*0.5 + 0.4*0.5 = 0.5, kappa = (0.7 - 0.5) / 0.5 = 0.4
     a = ["L"] * 6 + ["B"] * 4
@@ -392,7 +392,7 @@ def test_cohen_kappa_by_hand():
     ([], [], "cohen_kappa: no labels given"),
 ])
 def test_cohen_kappa_rejects(a, b, message):
-    from mammo_lib.stats import cohen_kappa
+    from mammo_lib.metrics.stats import cohen_kappa
     with pytest.raises(ValueError) as e:
         cohen_kappa(a, b)
     assert str(e.value) == message

@@ -1,4 +1,4 @@
-"""Tests of training several heads together (mammo_lib.trunk_cache.StackedHead, train_heads): the
+"""Tests of training several heads together (mammo_lib.engines.trunk_cache.StackedHead, train_heads): the
 stacked group 4 is each network's own group 4, a joint step is Eq. 5's step of every network, and
 training G networks together gives what training each alone gives (batching invariance)."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from mammo_lib.model import build_model, set_trainable
-from mammo_lib.training import TrainConfig, _make_optimizer, epoch_generator
-from mammo_lib.trunk_cache import (StackedHead, _flip_codes, build_cache, group4_activation, head_logits, head_loss,
+from mammo_lib.networks.densenet import build_model, set_trainable
+from mammo_lib.engines.training import TrainConfig, _make_optimizer, epoch_generator
+from mammo_lib.engines.trunk_cache import (StackedHead, _flip_codes, build_cache, group4_activation, head_logits, head_loss,
                                    train_head, train_heads)
 
 from test_trunk_cache import S, data  # tiny ROIs and masks, small DenseNet: 2x2 group-4 grid at 64 px
@@ -182,10 +182,10 @@ def test_uniform_step_is_eq5_against_ones(cache):
 def test_positive_control_head_state_loads_back(cache, tmp_path):
     """A gap_own head saved as the instrument saves it (group 4 + classifier) loads into a fresh
     network of the same initialisation (instrument.load_head) and predicts the same."""
-    from mammo_lib.instrument import load_head
-    from mammo_lib.io import save_torch
-    from mammo_lib.model import _TRAINABLE_PREFIXES
-    from mammo_lib.trunk_cache import predict_cached
+    from mammo_lib.protocol.instrument import load_head
+    from mammo_lib.utils.files import save_torch
+    from mammo_lib.networks.densenet import _TRAINABLE_PREFIXES
+    from mammo_lib.engines.trunk_cache import predict_cached
 
     res = train_head(build_model("small", seed=2, head="gap_own"), cache.subset(range(8)), cache.subset(range(8, 12)),
                      TrainConfig(epochs=2, batch_size=4, method="transfer", beta=8.0))
@@ -220,7 +220,7 @@ def test_select_also_is_a_second_selection_of_the_same_training(cache):
         # the state selected on the other set predicts that set as recorded at its epoch
         net = build_model("small", seed=1)
         net.load_state_dict(t.also.state, strict=False)
-        from mammo_lib.trunk_cache import predict_cached
+        from mammo_lib.engines.trunk_cache import predict_cached
         acc = float((predict_cached(net, other).argmax(1) == other.labels).mean())
         assert acc == pytest.approx(t.also.val_accuracy)
     with pytest.raises(ValueError, match="select_also needs >= 1 validation case"):

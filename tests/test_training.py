@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.training: tiny torchvision DenseNet ("small") at 32/64 px, 16 samples."""
+"""Tests of mammo_lib.engines.training: tiny torchvision DenseNet ("small") at 32/64 px, 16 samples."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mammo_lib.model import build_model, set_trainable
-from mammo_lib.training import TensorData, TrainConfig, epoch_generator, predict, train_model
-from mammo_lib.transfer import make_teacher
+from mammo_lib.networks.densenet import build_model, set_trainable
+from mammo_lib.engines.training import TensorData, TrainConfig, epoch_generator, predict, train_model
+from mammo_lib.networks.transfer import make_teacher
 
 # ---------------------------------------------------------------- tables of cases
 CONFIG_FAIL_CASES = [
@@ -325,7 +325,7 @@ def test_predict_rejects(kwargs, exc, match):
     (1, 8, [1]),
 ])
 def test_batches_never_leave_a_single_sample_batch(n, batch_size, expected_sizes):
-    from mammo_lib.training import _batches
+    from mammo_lib.engines.training import _batches
 
     chunks = _batches(n, batch_size, torch.Generator().manual_seed(0))
     assert [len(c) for c in chunks] == expected_sizes

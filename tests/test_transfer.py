@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.transfer: the teacher and the knowledge-transfer loss (Eq. 5, Sec. 4.1)."""
+"""Tests of mammo_lib.networks.transfer: the teacher and the knowledge-transfer loss (Eq. 5, Sec. 4.1)."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mammo_lib.activation import GroupActivations, activation_map
-from mammo_lib.model import build_model, feature_grid, mask_to_model_input, set_trainable, to_model_input
-from mammo_lib.transfer import KnowledgeTransferLoss, make_teacher, teacher_maps
+from mammo_lib.networks.activation import GroupActivations, activation_map
+from mammo_lib.networks.densenet import build_model, feature_grid, mask_to_model_input, set_trainable, to_model_input
+from mammo_lib.networks.transfer import KnowledgeTransferLoss, make_teacher, teacher_maps
 
 LN2, S2 = math.log(2.0), math.sqrt(2.0)
 

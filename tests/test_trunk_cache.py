@@ -1,4 +1,4 @@
-"""Tests of mammo_lib.trunk_cache: the cached frozen trunk equals the full network (logits, Eq. 5
+"""Tests of mammo_lib.engines.trunk_cache: the cached frozen trunk equals the full network (logits, Eq. 5
 loss, group-4 maps), flips, the controls' targets, and reproducible head training."""
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mammo_lib.activation import GroupActivations, activation_map
-from mammo_lib.model import apply_train_mode, build_model, mask_to_model_input, set_trainable, to_model_input
-from mammo_lib.training import TrainConfig, _step_loss
-from mammo_lib.transfer import KnowledgeTransferLoss, make_teacher
-from mammo_lib.model import passthrough_channels
-from mammo_lib.trunk_cache import (FLIPS, TrunkCache, _target_maps, build_cache, derangement, group4_activation,
+from mammo_lib.networks.activation import GroupActivations, activation_map
+from mammo_lib.networks.densenet import apply_train_mode, build_model, mask_to_model_input, set_trainable, to_model_input
+from mammo_lib.engines.training import TrainConfig, _step_loss
+from mammo_lib.networks.transfer import KnowledgeTransferLoss, make_teacher
+from mammo_lib.networks.densenet import passthrough_channels
+from mammo_lib.engines.trunk_cache import (FLIPS, TrunkCache, _target_maps, build_cache, derangement, group4_activation,
                                    group4_maps_cached, head_logits, head_loss, predict_cached, rolled_maps, train_head,
                                    trunk_forward)
 
@@ -244,7 +244,7 @@ def test_null_target_maps_of_a_batch():
 def test_uniform_target_distance_by_hand():
     """Eq. 4 against the uniform target: || v/||v|| - 1/g ||, e.g. 0 for a flat map and
     sqrt(2 - 2/g) for a map on one cell of a g x g grid (g = 2: 1)."""
-    from mammo_lib.activation import activation_distance
+    from mammo_lib.networks.activation import activation_distance
     ones = torch.ones(2, 2, 2)
     f = torch.tensor([[[3.0, 3.0], [3.0, 3.0]], [[5.0, 0.0], [0.0, 0.0]]])
     d = activation_distance(ones, f)

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mammo_lib import trunk_cache
-from mammo_lib.model import build_model
-from mammo_lib.report import write_table
-from mammo_lib.training import TrainConfig
+from mammo_lib.engines import trunk_cache
+from mammo_lib.networks.densenet import build_model
+from mammo_lib.repro.report import write_table
+from mammo_lib.engines.training import TrainConfig
 
 
 def main(out: Path, mutate: bool) -> None:
