@@ -44,7 +44,8 @@ if str(ROOT) not in sys.path:
 from mammo_lib.repro import table2  # noqa: E402
 from mammo_lib.repro.config import load_config  # noqa: E402
 from mammo_lib.protocol.instrument import run_instrument  # noqa: E402
-from mammo_lib.repro.pipeline import roi_sets, train_config  # noqa: E402
+from mammo_lib.repro.datasets import roi_sets  # noqa: E402
+from mammo_lib.repro.runtime import train_config  # noqa: E402
 from mammo_lib.utils.files import write_json  # noqa: E402
 
 VARIANTS = {"bf16": {"amp": "bf16", "channels_last": True}, "fp32": {"amp": "off", "channels_last": False}}

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sys.path.insert(0, str(args.lib_root.resolve()))
     from mammo_lib.repro import datasets
-    from mammo_lib.repro import pipeline
+    from mammo_lib.repro import runtime, table2
     from mammo_lib.repro.config import load_config
     from mammo_lib.networks.densenet import build_model
     from mammo_lib.protocol.cross_validation import inner_split, make_folds
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.profile, {"work_dir": str(args.work_dir.resolve()), "results_dir": tmp_results},
                       root=args.lib_root.resolve(), honour_env=False)
     ds = datasets.roi_sets(cfg, progress=False)
-    ckpt = pipeline.ddsm_checkpoint(cfg, progress=False)
+    ckpt = table2.ddsm_checkpoint(cfg, progress=False)
     cv, cvt = ds.cv, ds.cv_test
     if args.renorm_quantile is not None:
         for s in (cv, cvt):
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         for vname in args.variants:
             over = dict(VARIANTS[vname])
             mask_in = over.get("input") == "mask"
-            tc = pipeline.train_config(cfg, seed=int(cfg["seed"]) + k, **over)
+            tc = runtime.train_config(cfg, seed=int(cfg["seed"]) + k, **over)
             m = build_model(cfg["arch"], weights=str(ckpt), seed=int(cfg["seed"]) + k)
             states = []
             t0 = time.time()

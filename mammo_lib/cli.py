@@ -146,8 +146,9 @@ def _kinds(paths: Sequence[str | Path]) -> str:
 def _verify(a: argparse.Namespace) -> int:
     import pandas as pd
 
-    from mammo_lib.data.manifest import (canonical_dataset, data_layout, dataset_folder, default_manifest_path, read_manifest,
-                           verify_manifest)
+    from mammo_lib.data.manifest import (canonical_dataset, dataset_folder, default_manifest_path, read_manifest,
+                                         verify_manifest)
+    from mammo_lib.repro.config import data_layout
 
     manifest = Path(a.manifest) if a.manifest else default_manifest_path()
     df = read_manifest(manifest)
@@ -159,7 +160,7 @@ def _verify(a: argparse.Namespace) -> int:
         names = list(dict.fromkeys(df.loc[df["relative_path"] != "", "dataset"]))
     summary, problems, checked, unlisted = [], [], [], []
     for name in names:
-        folder = dataset_folder(root, name)
+        folder = dataset_folder(root, name, layout)
         rep = verify_manifest(manifest, folder, dataset=name, progress=int((df["dataset"] == name).sum()) > 50)
         if not (rep.ok or rep.altered or rep.unchecked) and name in layout:
             folder = root / layout[name]  # nothing found: say where the README's layout expects it
@@ -208,16 +209,18 @@ def _writable_file(path: str | Path, option: str = "--out") -> Path:
 
 
 def _pin(a: argparse.Namespace) -> int:
-    from mammo_lib.data.manifest import canonical_dataset, data_layout, dataset_folder, generate_manifest
+    from mammo_lib.data.manifest import canonical_dataset, dataset_folder, generate_manifest
+    from mammo_lib.repro.config import data_layout
 
     root = _data_root(a.root)
     out = _writable_file(a.out)
     name = a.dataset
+    layout = data_layout()
     try:
-        name = canonical_dataset(name, list(data_layout()))
+        name = canonical_dataset(name, list(layout))
     except ValueError:
         pass  # a lab's own dataset: its name as given, its files under --root
-    folder = dataset_folder(root, name)
+    folder = dataset_folder(root, name, layout)
     df = generate_manifest(folder, name, a.source, a.licence, out_csv=out)
     print(f"pinned {len(df)} files of {name} in {folder} (size, sha256) in {out}")
     return 0
@@ -263,23 +266,24 @@ def _load_dataset(a: argparse.Namespace) -> tuple[LoadResult, str]:
     from mammo_lib.data.bcdr import load_bcdr
     from mammo_lib.data.cbis_ddsm import load_cbis_ddsm
     from mammo_lib.data.generic_csv import load_generic
-    from mammo_lib.data.manifest import canonical_dataset, data_layout, dataset_folder
+    from mammo_lib.data.manifest import canonical_dataset, dataset_folder
+    from mammo_lib.repro.config import data_layout
 
     if a.csv:
         return load_generic(a.csv, on_error="skip"), str(a.csv)
     name = canonical_dataset(a.dataset, list(TRAIN_DATASETS))
     root = _data_root(a.root)
+    layout = data_layout()
     if name == "CBIS-DDSM":
-        folder = dataset_folder(root, name)
+        folder = dataset_folder(root, name, layout)
         csvs = sorted(folder.glob("mass_case_description_*_set.csv"))
         if not csvs:
             raise DataError(f"no CBIS-DDSM mass description CSV (mass_case_description_train_set.csv, "
                             f"mass_case_description_test_set.csv) in {folder}", root)
         return load_cbis_ddsm(csvs, folder, on_error="skip"), f"CBIS-DDSM in {folder}"
     result, used, absent = LoadResult(), [], []
-    layout = data_layout()
     for sub in TRAIN_DATASETS[name]:
-        folder = dataset_folder(root, sub)
+        folder = dataset_folder(root, sub, layout)
         outlines = folder / f"bcdr_{sub[-3:].lower()}_outlines.csv"
         if outlines.is_file():
             result.extend(load_bcdr(outlines, folder, subset=sub[-3:], on_error="skip"))

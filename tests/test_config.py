@@ -126,7 +126,7 @@ def test_misspelt_key_in_a_profile_file(tmp_path):
 @pytest.mark.parametrize("key,value", [("max_degrees", 10.0), ("selection_metric", "loss"), ("patience", 3),
                                        ("weight_decay", 0.5)])
 def test_every_train_setting_of_a_profile_reaches_the_training(key, value, monkeypatch):
-    from mammo_lib.repro.pipeline import train_config
+    from mammo_lib.repro.runtime import train_config
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     assert getattr(train_config(load_config("demo", {"train": {key: value}})), key) == value
@@ -168,7 +168,7 @@ def test_train_defaults_are_trainconfigs(name, monkeypatch):
     import dataclasses
     from dataclasses import fields
 
-    from mammo_lib.repro.pipeline import train_config
+    from mammo_lib.repro.runtime import train_config
     from mammo_lib.engines.training import TrainConfig
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
@@ -191,7 +191,7 @@ def test_a_weight_decay_left_out_is_trainconfigs_default(tmp_path, monkeypatch):
     import yaml
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
-    from mammo_lib.repro.pipeline import train_config
+    from mammo_lib.repro.runtime import train_config
 
     values = yaml.safe_load(profile_path("smoke").read_text())
     del values["train"]["weight_decay"]
@@ -302,7 +302,7 @@ def test_code_digest_follows_the_source(tmp_path):
 @pytest.mark.parametrize("stage", ["table1", "pretrain", "generic", "trunk_cache", "instrument", "other"])
 def test_run_dir_changes_with_the_code_of_its_stage(stage, tmp_path, monkeypatch):
     from mammo_lib.repro import config as config_mod
-    from mammo_lib.repro.pipeline import run_dir
+    from mammo_lib.repro.runtime import run_dir
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     cfg = load_config("smoke", root=tmp_path)
@@ -323,7 +323,7 @@ def test_run_dir_changes_with_the_code_of_its_stage(stage, tmp_path, monkeypatch
 
 
 def test_run_dir_changes_with_the_settings_of_its_stage(tmp_path, monkeypatch):
-    from mammo_lib.repro.pipeline import run_dir
+    from mammo_lib.repro.runtime import run_dir
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     cfg = load_config("smoke", root=tmp_path)
@@ -382,7 +382,7 @@ def test_config_pickles_after_its_typed_model_was_used():
 def test_pin_threads_sets_the_profiles_count_and_leaves_it_when_unset():
     import torch
 
-    from mammo_lib.repro.pipeline import pin_threads
+    from mammo_lib.repro.runtime import pin_threads
 
     old = torch.get_num_threads()
     try:

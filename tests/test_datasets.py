@@ -8,7 +8,6 @@ import pandas as pd
 import pytest
 
 from mammo_lib.repro import datasets
-from mammo_lib.repro import pipeline
 from mammo_lib.repro.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +52,3 @@ def test_verify_data_on_the_phantom_checks_nothing_and_writes_nothing(tmp_path: 
 def test_yaml_lists_become_tuples(given: dict, expected: dict):
     assert datasets._tuples(given) == expected
 
-
-def test_pipeline_uses_the_datasets_module():
-    """One implementation: the steps call the functions of mammo_lib.repro.datasets."""
-    assert pipeline.roi_sets is datasets.roi_sets and pipeline.dataset_table is datasets.dataset_table

@@ -13,7 +13,7 @@ Cases:
 | hooks without a process group      | DDPHooks()                                    | RuntimeError "needs an initialised process group" |
 | 2 gloo processes, BN-free DenseNet | 21 samples, global batch 8 (4+4, 4+4, 3+2), augmentation on | per-step losses, history and selected weights = one process within 1e-5 |
 | 2 gloo processes, DenseNet with BN | same data                                     | both ranks end with identical weights; only rank 0's files |
-| torchrun entry point, smoke profile | `torch.distributed.run --nproc_per_node 2 -m mammo_lib.engines.distributed pretrain` | exit 0; `ddsm_trunk` in one process finds the checkpoint (skipped) |
+| torchrun entry point, smoke profile | `torch.distributed.run --nproc_per_node 2 -m mammo_lib.repro.ddp_pretrain pretrain` | exit 0; `ddsm_trunk` in one process finds the checkpoint (skipped) |
 """
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def test_torchrun_entry_point_writes_the_pipeline_checkpoint(tmp_path, no_torchr
 
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "mammo_lib.engines.distributed", "pretrain", "--profile", "smoke", "--no-progress",
+           str(_free_port()), "-m", "mammo_lib.repro.ddp_pretrain", "pretrain", "--profile", "smoke", "--no-progress",
            "--work-dir", str(tmp_path), "--trunk-seed", "0"]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)

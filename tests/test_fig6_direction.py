@@ -1,4 +1,4 @@
-"""The report's sentence on Fig. 6's direction against the paper's (pipeline.fig6_direction_sentence)."""
+"""The report's sentence on Fig. 6's direction against the paper's (activation_distances.fig6_direction_sentence)."""
 from __future__ import annotations
 
 import doctest
@@ -6,8 +6,8 @@ import doctest
 import pandas as pd
 import pytest
 
-from mammo_lib.repro import pipeline
-from mammo_lib.repro.pipeline import fig6_direction_sentence
+from mammo_lib.repro.steps import activation_distances
+from mammo_lib.repro.steps.activation_distances import fig6_direction_sentence
 
 
 def _t(medians, groups=None) -> pd.DataFrame:
@@ -48,7 +48,7 @@ def test_rejects(table, message):
 def test_docstring_example():
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner()
-    for test in finder.find(pipeline.fig6_direction_sentence, "fig6_direction_sentence",
+    for test in finder.find(activation_distances.fig6_direction_sentence, "fig6_direction_sentence",
                             globs={"pd": pd, "fig6_direction_sentence": fig6_direction_sentence}):
         runner.run(test)
     assert runner.summarize(verbose=False).attempted == 2 and runner.summarize(verbose=False).failed == 0

@@ -185,7 +185,7 @@ def real_root_cv(tmp_path_factory) -> Path:
 def test_full_profile_table2_instrument_on_real_layouts(real_root_cv: Path, tmp_path: Path):
     """The full profile's Table 2 path (one 'as it is' condition, no gate, cached trunk, beta per
     fold) runs on real layouts, with the generic stand-in since ImageNet weights are absent."""
-    from mammo_lib.repro import pipeline
+    from mammo_lib.repro import steps
     from mammo_lib.repro.config import load_config
 
     cfg = load_config("full", {
@@ -198,7 +198,7 @@ def test_full_profile_table2_instrument_on_real_layouts(real_root_cv: Path, tmp_
                "positive_control": False},
         "real_data": {"bcdr_f01": {"draw": {"n_benign": 8, "n_malignant": 8}}}},
         root=Path(__file__).parents[1], honour_env=False)
-    out = pipeline.step_table2(cfg, progress=False)
+    out = steps.step_table2(cfg, progress=False)
     assert out["gate"].empty                                   # no calibration gate on real data
     assert "No calibration gate on real data" in out["verdict"][0]
     res = out["result"]

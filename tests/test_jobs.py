@@ -21,7 +21,7 @@ from filelock import FileLock
 from mammo_lib.repro import jobs
 from mammo_lib.repro import table2
 from mammo_lib.repro.config import load_config
-from mammo_lib.repro.pipeline import pin_threads
+from mammo_lib.repro.runtime import pin_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import torch
 
 from mammo_lib.repro.config import load_config
 from mammo_lib.networks.densenet import build_model
-from mammo_lib.repro.pipeline import train_config
+from mammo_lib.repro.runtime import train_config
 from mammo_lib.engines.amp import AMP_MODES, autocast_for, backward_step, grad_scaler, maybe_channels_last
 from mammo_lib.protocol.stand_in import pretrain_generic
 from mammo_lib.engines.training import TensorData, TrainConfig, train_model

@@ -6,7 +6,7 @@ Cases:
 
 | case                              | input                                           | expected                                      |
 |-----------------------------------|-------------------------------------------------|-----------------------------------------------|
-| worker thread limits              | 2 workers started with _worker_init             | BLAS/OpenMP pools and torch at 1 thread each   |
+| worker thread limits              | 2 workers started with worker_init             | BLAS/OpenMP pools and torch at 1 thread each   |
 | submission order                  | files of 10, 30, 20, 30 bytes (+ a 5-byte mask on the first) | [1, 3, 2, 0]: largest first, ties in input order |
 | missing file in the order         | image path that does not exist                  | size 0: submitted last, no error here          |
 | workers 1 vs 2 on a CBIS tree     | phantom CBIS-DDSM DICOM tree (RLE), 6 cases     | images, masks bit-identical; index, exclusions, params byte-identical |
@@ -21,7 +21,7 @@ import pytest
 
 from mammo_lib.data.cbis_ddsm import load_cbis_ddsm
 from mammo_lib.data.phantom import write_cbis_tree
-from mammo_lib.data.preprocess import _submission_order, _worker_init, preprocess
+from mammo_lib.data.preprocess import _submission_order, worker_init, preprocess
 from mammo_lib.data.records import MassRecord
 
 
@@ -36,7 +36,7 @@ def test_worker_init_limits_threads_to_one() -> None:
     import torch  # loaded in the parent, as in the pipeline: workers inherit it by fork
 
     torch.get_num_threads()
-    with ProcessPoolExecutor(max_workers=2, initializer=_worker_init) as pool:
+    with ProcessPoolExecutor(max_workers=2, initializer=worker_init) as pool:
         for pools, torch_threads in pool.map(_thread_counts, range(2)):
             assert pools and all(n == 1 for n in pools)
             assert torch_threads == 1

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mammo_lib.networks.densenet import build_model, set_trainable
-from mammo_lib.engines.training import TrainConfig, _make_optimizer, epoch_generator
+from mammo_lib.engines.training import TrainConfig, make_optimizer, epoch_generator
 from mammo_lib.engines.trunk_cache import (StackedHead, _flip_codes, build_cache, group4_activation, head_logits, head_loss,
                                    train_head, train_heads)
 
@@ -88,7 +88,7 @@ def test_one_joint_step_is_eq5_adam_step_of_every_network(cache):
         set_trainable(ref, "group4+classifier")
         for mod in (ref.features.denseblock4, ref.features.norm5, ref.classifier):
             mod.train()
-        opt = _make_optimizer([p for p in ref.parameters() if p.requires_grad], cfg)
+        opt = make_optimizer([p for p in ref.parameters() if p.requires_grad], cfg)
         loss, _ = head_loss(ref, t, y, tr.teacher_maps[order, codes] if cfg.method == "transfer" else None, cfg)
         opt.zero_grad()
         loss.backward()
@@ -170,7 +170,7 @@ def test_uniform_step_is_eq5_against_ones(cache):
     set_trainable(ref, "group4+classifier")
     for mod in (ref.features.denseblock4, ref.features.norm5, ref.classifier):
         mod.train()
-    opt = _make_optimizer([p for p in ref.parameters() if p.requires_grad], cfg)
+    opt = make_optimizer([p for p in ref.parameters() if p.requires_grad], cfg)
     loss, _ = head_loss(ref, t, y, torch.ones(len(t), *tr.teacher_maps.shape[-2:]), cfg)
     opt.zero_grad()
     loss.backward()
@@ -184,12 +184,12 @@ def test_positive_control_head_state_loads_back(cache, tmp_path):
     network of the same initialisation (instrument.load_head) and predicts the same."""
     from mammo_lib.protocol.instrument import load_head
     from mammo_lib.utils.files import save_torch
-    from mammo_lib.networks.densenet import _TRAINABLE_PREFIXES
+    from mammo_lib.networks.densenet import TRAINABLE_PREFIXES
     from mammo_lib.engines.trunk_cache import predict_cached
 
     res = train_head(build_model("small", seed=2, head="gap_own"), cache.subset(range(8)), cache.subset(range(8, 12)),
                      TrainConfig(epochs=2, batch_size=4, method="transfer", beta=8.0))
-    head = {k: v for k, v in res.model.state_dict().items() if k.startswith(_TRAINABLE_PREFIXES["group4+classifier"])}
+    head = {k: v for k, v in res.model.state_dict().items() if k.startswith(TRAINABLE_PREFIXES["group4+classifier"])}
     assert head["classifier.weight"].shape[1] == 16
     save_torch(head, tmp_path / "head.pt")
     back = load_head(build_model("small", seed=2, head="gap_own"), tmp_path / "head.pt")

@@ -12,7 +12,7 @@ import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import pandas as pd
 
@@ -20,7 +20,7 @@ from mammo_lib.utils.progress import tqdm
 from mammo_lib.utils.files import write_csv
 from mammo_lib.data.records import DataError
 
-__all__ = ["MANIFEST_COLUMNS", "VerifyReport", "canonical_dataset", "data_layout", "dataset_folder",
+__all__ = ["MANIFEST_COLUMNS", "VerifyReport", "canonical_dataset", "dataset_folder",
            "default_manifest_path", "generate_manifest", "read_manifest", "sha256_file", "verify_manifest"]
 
 MANIFEST_COLUMNS = ["dataset", "relative_path", "size_bytes", "sha256", "source", "licence", "notes"]
@@ -48,19 +48,6 @@ def default_manifest_path() -> Path:
     return path
 
 
-def data_layout() -> dict[str, Path]:
-    """Folder of each real dataset relative to the data root, as the full profile reads it
-    (``real_data`` of ``mammo_lib/repro/profiles/full.yaml``; README "Real data")."""
-    import yaml
-
-    from mammo_lib.repro.config import profile_path
-
-    rd = yaml.safe_load(profile_path("full").read_text())["real_data"]
-    return {"CBIS-DDSM": Path(rd["cbis_ddsm"]["dicom_root"]),
-            "BCDR-D01": Path(rd["bcdr_d01"]["outlines"]).parent,
-            "BCDR-F01": Path(rd["bcdr_f01"]["outlines"]).parent}
-
-
 def _key(name: str) -> str:
     return "".join(ch for ch in str(name).lower() if ch.isalnum())
 
@@ -78,12 +65,12 @@ def canonical_dataset(name: str, known: Sequence[str]) -> str:
     return hits[0]
 
 
-def dataset_folder(root: str | Path, dataset: str) -> Path:
-    """Where ``dataset`` lies under the data root ``root``: its layout folder (:func:`data_layout`,
-    e.g. ``root/BCDR/BCDR-D01_dataset``) when that exists, else ``root`` itself (a dataset's own
-    folder, or a lab's dataset of another name)."""
+def dataset_folder(root: str | Path, dataset: str, layout: Mapping[str, Path]) -> Path:
+    """Where ``dataset`` lies under the data root ``root``: its folder in ``layout`` (dataset name ->
+    folder relative to the root, :func:`mammo_lib.repro.config.data_layout`; e.g.
+    ``root/BCDR/BCDR-D01_dataset``) when that exists, else ``root`` itself (a dataset's own folder,
+    or a lab's dataset of another name)."""
     root = Path(root)
-    layout = data_layout()
     sub = layout.get(canonical_dataset(dataset, list(layout))) if _key(dataset) in map(_key, layout) else None
     return root / sub if sub is not None and (root / sub).is_dir() else root
 

@@ -243,11 +243,11 @@ def _process_one(i: int, rec: MassRecord, loader: Loader, params: dict[str, Any]
     return i, None
 
 
-#: Thread limits a worker keeps for its lifetime (see :func:`_worker_init`).
+#: Thread limits a worker keeps for its lifetime (see :func:`worker_init`).
 _THREAD_LIMITS: list[Any] = []
 
 
-def _worker_init() -> None:
+def worker_init() -> None:
     """Pool initializer: one BLAS / OpenMP / torch thread per worker, so that N workers use N
     cores instead of N x cores threads competing for them (docs/DECISIONS.md, "Preprocessing
     workers"). The results do not depend on thread counts."""
@@ -378,7 +378,7 @@ def preprocess(records: Sequence[MassRecord], cache_dir: str | Path, *, variant:
             for i in todo:
                 done(*_process_one(i, records[i], loader, params, str(partial)))
         else:
-            pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=_worker_init)
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(todo)), initializer=worker_init)
             try:
                 futures = [pool.submit(_process_one, i, records[i], loader, params, str(partial))
                            for i in _submission_order(records, todo)]

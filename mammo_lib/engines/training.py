@@ -33,6 +33,7 @@ from mammo_lib.utils.progress import tqdm
 from mammo_lib.utils.files import save_torch, write_json
 from mammo_lib.networks.activation import DISTANCE_FORMS, GROUP_LAYERS, GroupActivations, activation_map
 from mammo_lib.data.augment import AUGMENTATIONS, AugmentParams, JointAugment
+from mammo_lib.engines.selection import SELECTION_METRICS, EarlySelection
 from mammo_lib.engines.amp import autocast_for, backward_step, check_amp, grad_scaler, maybe_channels_last, undo_channels_last
 from mammo_lib.networks.densenet import (TRAINABLE_SETS, apply_train_mode, eval_mode, mask_to_model_input, on_device, preserve_mode,
                     set_trainable, to_model_input)
@@ -41,7 +42,6 @@ from mammo_lib.networks.transfer import KnowledgeTransferLoss, make_teacher, tea
 METHODS = ("finetune", "transfer")
 INPUTS = ("roi", "mask")
 OPTIMIZERS = ("adam", "sgd")
-SELECTION_METRICS = ("accuracy", "loss")
 
 #: Columns of :attr:`TrainResult.history` (plus ``train_d<j>`` for every j in ``cfg.omega``).
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_ce", "val_loss", "val_accuracy", "seconds")
@@ -335,27 +335,17 @@ def _model_input(x: np.ndarray, kind: str, device: torch.device, channels_last: 
     return maybe_channels_last(t, channels_last, device)
 
 
-def _class_weights(labels: np.ndarray, device: torch.device) -> Tensor:
+def class_weights(labels: np.ndarray, device: torch.device) -> Tensor:
     counts = np.bincount(labels, minlength=2).astype(np.float64)
     if (counts == 0).any():
         raise ValueError("class_weighting needs both classes in the training data")
     return torch.tensor(len(labels) / (2.0 * counts), dtype=torch.float32, device=device)
 
 
-def _make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def _better(acc: float, loss: float, best: Optional[tuple[float, float]], metric: str) -> bool:
-    """Selection rule: higher validation accuracy, ties -> lower validation loss (or loss only)."""
-    if best is None:
-        return True
-    b_acc, b_loss = best
-    if metric == "loss":
-        return loss < b_loss
-    return acc > b_acc or (acc == b_acc and loss < b_loss)
 
 
 @torch.no_grad()
@@ -437,8 +427,8 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
     if not trainable:
         raise ValueError(f"no trainable parameters for trainable={cfg.trainable!r}")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(params, cfg)
-    weight = _class_weights(train.labels, device) if cfg.class_weighting else None
+    optimizer = make_optimizer(params, cfg)
+    weight = class_weights(train.labels, device) if cfg.class_weighting else None
     kt_loss = KnowledgeTransferLoss(cfg.beta, cfg.omega, cfg.distance_form) if cfg.method == "transfer" else None
     augment = JointAugment(cfg.augment, p=cfg.augment_p, max_degrees=cfg.max_degrees) if cfg.augment else None
     data_fp = f"{train.fingerprint()}-{val.fingerprint()}"
@@ -446,7 +436,7 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
 
     history: list[dict[str, float]] = []
     best_state: Optional[dict[str, Tensor]] = None
-    best_epoch, best_key, since_best = -1, None, 0
+    selection = EarlySelection(cfg.selection_metric, cfg.patience)
     start_epoch, resumed_from, stopped = 0, None, False
     last = None if ckpt_dir is None else ckpt_dir / "last.pt"
     ck = None
@@ -460,9 +450,8 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
         _check_resume(ck, cfg, data_fp, init_fp, last)
         model.load_state_dict(ck["model_state"])
         optimizer.load_state_dict(ck["optimizer_state"])
-        best_state, best_epoch = ck["best_state"], int(ck["best_epoch"])
-        best_key = tuple(ck["best_key"]) if ck["best_key"] is not None else None
-        since_best, stopped = int(ck["since_best"]), bool(ck["stopped"])
+        best_state, stopped = ck["best_state"], bool(ck["stopped"])
+        selection.load_state_dict(ck)
         history = list(ck["history"])
         start_epoch = resumed_from = int(ck["epoch"]) + 1
 
@@ -501,22 +490,20 @@ def train_model(model: nn.Module, train: TensorData, val: TensorData, cfg: Train
                 row[f"train_d{j}"] = sums[f"d{j}"] / len(train) if f"d{j}" in sums else float("nan")
             row.update(val_loss=val_loss, val_accuracy=val_acc, seconds=time.perf_counter() - e0)
             history.append(row)
-            if _better(val_acc, val_loss, best_key, cfg.selection_metric):
-                best_key, best_epoch, best_state, since_best = (val_acc, val_loss), epoch, _cpu_state(model), 0
-            else:
-                since_best += 1
-            stopped = cfg.patience is not None and since_best >= cfg.patience
+            if selection.update(epoch, val_acc, val_loss):
+                best_state = _cpu_state(model)
+            stopped = selection.should_stop
             if last is not None and writer:
                 save_torch({"model_state": _cpu_state(model), "optimizer_state": optimizer.state_dict(),
-                                   "epoch": epoch, "best_state": best_state, "best_epoch": best_epoch,
-                                   "best_key": None if best_key is None else list(best_key),
-                                   "since_best": since_best, "stopped": stopped, "history": history,
+                                   "epoch": epoch, "best_state": best_state, **selection.state_dict(),
+                                   "stopped": stopped, "history": history,
                                    "cfg": cfg.to_dict(), "data": data_fp, "init": init_fp}, last)
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{val_acc:.3f}")
             if on_epoch_end is not None:
                 on_epoch_end(epoch, dict(row))
         bar.close()
 
+    best_epoch = selection.best_epoch
     if best_state is None:  # cannot happen: at least one epoch ran or was restored
         raise RuntimeError("no epoch was trained or restored")
     model.load_state_dict(best_state)

@@ -49,8 +49,9 @@ from mammo_lib.utils.progress import tqdm
 from mammo_lib.data.records import DamagedCacheError
 from mammo_lib.networks.activation import activation_distance, activation_map
 from mammo_lib.engines.amp import autocast_for, backward_step, channels_last_while, grad_scaler, maybe_channels_last
-from mammo_lib.networks.densenet import _TRAINABLE_PREFIXES, eval_mode, mask_to_model_input, on_device, passthrough_channels, to_model_input
-from mammo_lib.engines.training import TORCH_LOAD_ERRORS, TrainConfig, _better, _class_weights, _make_optimizer, epoch_generator
+from mammo_lib.networks.densenet import TRAINABLE_PREFIXES, eval_mode, mask_to_model_input, on_device, passthrough_channels, to_model_input
+from mammo_lib.engines.selection import EarlySelection
+from mammo_lib.engines.training import TORCH_LOAD_ERRORS, TrainConfig, class_weights, epoch_generator, make_optimizer
 
 #: Flip codes of the cache: index 0 identity, 1 horizontal, 2 vertical, 3 both.
 FLIPS = ("none", "hflip", "vflip", "hvflip")
@@ -312,7 +313,7 @@ def _target_maps(teacher: Tensor, oracle: Tensor, idx: Tensor, codes: Tensor, ta
 
 
 @torch.no_grad()
-def _over_cache(model: nn.Module, cache: TrunkCache, read: Any, *, flip: int, batch_size: int,
+def over_cache(model: nn.Module, cache: TrunkCache, read: Any, *, flip: int, batch_size: int,
                 device: str | torch.device, amp: str = "off", channels_last: bool = False) -> Tensor:
     """``read(group-4 activation)`` over the cached features of one flip, batched, eval mode;
     group 4 under ``amp`` autocast, ``read`` on its float32 cast."""
@@ -334,7 +335,7 @@ def predict_cached(model: nn.Module, cache: TrunkCache, *, flip: int = 0, batch_
     classifier runs on the float32 activation)."""
     if not len(cache):
         return np.empty((0, 2))
-    return _over_cache(model, cache, lambda a: torch.softmax(head_logits(model, a).double(), 1), flip=flip,
+    return over_cache(model, cache, lambda a: torch.softmax(head_logits(model, a).double(), 1), flip=flip,
                        batch_size=batch_size, device=device, amp=amp, channels_last=channels_last).numpy()
 
 
@@ -355,7 +356,7 @@ def group4_maps_cached(model: nn.Module, cache: TrunkCache, *, flip: int = 0, ba
     else:
         p = passthrough_channels(model)
         read = (lambda a: activation_map(a[:, p:])) if channels == "own" else (lambda a: activation_map(a[:, :p]))
-    return _over_cache(model, cache, read, flip=flip, batch_size=batch_size, device=device,
+    return over_cache(model, cache, read, flip=flip, batch_size=batch_size, device=device,
                        amp=amp, channels_last=channels_last).numpy()
 
 
@@ -457,7 +458,7 @@ class StackedHead(nn.Module):
             raise ValueError(f"networks trained together need one head type, got {sorted(heads)}")
         self.head = heads.pop()
         self.skip = passthrough_channels(models[0]) if self.head == "gap_own" else 0
-        head = _TRAINABLE_PREFIXES["group4+classifier"]
+        head = TRAINABLE_PREFIXES["group4+classifier"]
         shapes = [{k: tuple(v.shape) for k, v in m.state_dict().items() if k.startswith(head)} for m in models]
         if any(sh != shapes[0] for sh in shapes[1:]):
             raise ValueError("networks trained together need the same architecture (group 4 and classifier differ)")
@@ -582,17 +583,17 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
     cfg, n_nets = cfgs[0], len(models)
     device = torch.device(cfg.device)
     head = StackedHead(models).to(device)
-    optimizer = _make_optimizer(list(head.parameters()), cfg)
+    optimizer = make_optimizer(list(head.parameters()), cfg)
     scaler = grad_scaler(device, cfg.amp)
-    weight = _class_weights(train.labels, device) if cfg.class_weighting else None
+    weight = class_weights(train.labels, device) if cfg.class_weighting else None
     use_kt = [c.method == "transfer" and c.beta > 0 for c in cfgs]
     perm = derangement(len(train), shuffle_seed) if any(u and t == "shuffled" for u, t in zip(use_kt, targets)) else None
     # the training cache lives on the device: one copy, then every batch is an index there
     feats, val_feats = train.features.to(device), val.features[:, 0].to(device)
     also_feats = None if select_also is None else select_also.features[:, 0].to(device)
-    also_key: list[Optional[tuple[float, float]]] = [None] * n_nets
+    # the second selection (select_also): the same rule, no patience of its own
+    also_sel = [EarlySelection(cfg.selection_metric) for _ in range(n_nets)]
     also_state: list[Optional[dict[str, Tensor]]] = [None] * n_nets
-    also_epoch = [-1] * n_nets
     also_hist: list[dict[int, tuple[float, float]]] = [{} for _ in models]
     teacher, oracle = train.teacher_maps.to(device), train.oracle_maps.to(device)
     perm_d = None if perm is None else torch.as_tensor(perm).to(device)
@@ -601,9 +602,9 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
     y_all = torch.from_numpy(train.labels).to(device)
     maps = {t: None for u, t in zip(use_kt, targets) if u}
     histories: list[list[dict[str, float]]] = [[] for _ in models]
-    best_key: list[Optional[tuple[float, float]]] = [None] * n_nets
+    selection = [EarlySelection(cfg.selection_metric, cfg.patience) for _ in range(n_nets)]
     best_state: list[Optional[dict[str, Tensor]]] = [None] * n_nets
-    best_epoch, since, active = [-1] * n_nets, [0] * n_nets, [True] * n_nets
+    active = [True] * n_nets
     for epoch in tqdm(range(cfg.epochs), disable=not progress, desc=f"heads ({n_nets} trained together)"):
         if not any(active):
             break
@@ -659,24 +660,20 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
                                  "train_ce": epoch_sums["ce"][g] / len(train),
                                  "train_d4": epoch_sums["d4"][g] / len(train) if use_kt[g] else float("nan"),
                                  "val_loss": val_loss, "val_accuracy": val_acc, "seconds": seconds})
-            if _better(val_acc, val_loss, best_key[g], cfg.selection_metric):
-                best_key[g], best_epoch[g], since[g] = (val_acc, val_loss), epoch, 0
+            if selection[g].update(epoch, val_acc, val_loss):
                 if snapshot is None:
                     snapshot = {k: v.detach().clone() for k, v in head.state_dict().items()}
                 best_state[g] = snapshot
-            else:
-                since[g] += 1
             if also_probs is not None:
                 ya, pa = select_also.labels, also_probs[g]
                 a_loss = float(-np.log(np.clip(pa[np.arange(len(ya)), ya], 1e-12, None)).mean())
                 a_acc = float((pa.argmax(1) == ya).mean())
                 also_hist[g][epoch] = (a_acc, a_loss)
-                if _better(a_acc, a_loss, also_key[g], cfg.selection_metric):
-                    also_key[g], also_epoch[g] = (a_acc, a_loss), epoch
+                if also_sel[g].update(epoch, a_acc, a_loss):
                     if snapshot is None:
                         snapshot = {k: v.detach().clone() for k, v in head.state_dict().items()}
                     also_state[g] = snapshot
-            if cfg.patience is not None and since[g] >= cfg.patience:
+            if selection[g].should_stop:
                 active[g] = False
     wall = time.perf_counter() - t0
     out = []
@@ -685,15 +682,16 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
         if missing.unexpected_keys:
             raise RuntimeError(f"stacked head state does not fit the network: {missing.unexpected_keys[:5]}")
         hist = pd.DataFrame(histories[g])
-        best = hist.loc[hist["epoch"] == best_epoch[g]].iloc[0]
+        best_epoch = selection[g].best_epoch
+        best = hist.loc[hist["epoch"] == best_epoch].iloc[0]
         also = None
         if select_also is not None:
-            a_acc, a_loss = also_hist[g][also_epoch[g]]
-            also = AlsoSelected(head.state_of(g, also_state[g]),
-                                also_epoch[g], a_acc, a_loss)
+            also_epoch = also_sel[g].best_epoch
+            a_acc, a_loss = also_hist[g][also_epoch]
+            also = AlsoSelected(head.state_of(g, also_state[g]), also_epoch, a_acc, a_loss)
             hist["also_val_accuracy"] = hist["epoch"].map(lambda e: also_hist[g][e][0])
             hist["also_val_loss"] = hist["epoch"].map(lambda e: also_hist[g][e][1])
-        out.append(HeadResult(model, hist, best_epoch[g], float(best["val_accuracy"]), float(best["val_loss"]), wall,
+        out.append(HeadResult(model, hist, best_epoch, float(best["val_accuracy"]), float(best["val_loss"]), wall,
                               also))
     return out
 

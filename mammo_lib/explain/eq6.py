@@ -128,7 +128,7 @@ def lesion_background(roi: np.ndarray, *, levels: int = 8, window: int = 5, dist
     roi = check_grey_image(roi, "roi")
     variance = glcm_variance_map(roi, levels=levels, window=window, distance=distance, angle=angle,
                                  mean=mean)
-    return _split_roi(roi, variance, rule, soft_percentile)
+    return split_roi(roi, variance, rule, soft_percentile)
 
 
 def _check_percentile(soft_percentile: float) -> None:
@@ -162,7 +162,7 @@ def lesion_weight(variance: np.ndarray, rule: str,
     return (v > threshold_otsu(v)).astype(np.float64)
 
 
-def _split_roi(roi: np.ndarray, variance: np.ndarray, rule: str,
+def split_roi(roi: np.ndarray, variance: np.ndarray, rule: str,
                soft_percentile: float = DEFAULT_SOFT_PERCENTILE) -> tuple[np.ndarray, np.ndarray]:
     """Step 1 from a ready variance map; ``rule`` canonical (see :func:`lesion_background`)."""
     r = roi.astype(np.float64)
@@ -507,8 +507,6 @@ def explain_roi(model: nn.Module, roi: np.ndarray, *, lesion: np.ndarray | None 
                               label_names=tuple(label_names), activation_map=f4, dis_lesion=dis_l,
                               dis_background=dis_b, cell_labels=classify_cells(dis_l, dis_b),
                               window=roi.shape[0] // grid, grid=grid, params=params)
-    from mammo_lib.explain.sanity import pixel_change_agreement  # sanity builds on this module
-
     explanation.sanity["pixel_change_agreement"] = pixel_change_agreement(explanation, roi, lesion, background)
     return explanation
 
@@ -589,3 +587,60 @@ def lesion_agreement(explanation: Explanation, mask: np.ndarray, *, min_cover: f
         "lesion_fraction": float(lesion.mean()),
         "mass_cells": int(on.sum()), "other_cells": int((~on).sum()),
     }
+
+
+# --------------------------------------------------------------------------- pixel change
+def pixel_change_labels(roi: np.ndarray, lesion: np.ndarray, background: np.ndarray,
+                        grid: int) -> np.ndarray:
+    """The trivial predictor of Eq. 6: per cell, the replacement that changes the pixels less.
+
+    Cell (p, q) of the ``grid`` x ``grid`` projection windows (:func:`~mammo_lib.explain.eq6.window_grid`)
+    is ``"Lesion"`` where ``||ROI_cell - Lesion_cell||_2 < ||ROI_cell - Background_cell||_2``,
+    else ``"Background"`` (a tie is *Background*, Eq. 6's tie rule).
+
+    >>> roi = np.full((4, 4), 0.5, np.float32); roi[:2, :2] = 0.9
+    >>> pixel_change_labels(roi, np.full((4, 4), 0.8, np.float32), np.full((4, 4), 0.3, np.float32), 2).tolist()
+    [['Lesion', 'Background'], ['Background', 'Background']]
+
+    Returns:
+        ``(grid, grid)`` array of ``"Lesion"`` / ``"Background"``.
+
+    Raises:
+        ValueError: images not of one square shape, or a size that ``grid`` does not divide.
+    """
+    imgs = [np.asarray(check_grey_image(np.asarray(a), n), dtype=np.float64)
+            for a, n in ((roi, "roi"), (lesion, "lesion"), (background, "background"))]
+    r, lesion_, background_ = imgs
+    if r.shape[0] != r.shape[1]:
+        raise ValueError(f"roi must be square (S, S), got {r.shape}")
+    for name, img in (("lesion", lesion_), ("background", background_)):
+        if img.shape != r.shape:
+            raise ValueError(f"{name} shape {img.shape} differs from roi shape {r.shape}")
+    window_grid(r.shape[0], grid)  # validates grid and divisibility
+    w = r.shape[0] // grid
+
+    def cell_norm(d: np.ndarray) -> np.ndarray:
+        return np.sqrt((d.reshape(grid, w, grid, w) ** 2).sum(axis=(1, 3)))
+
+    return classify_cells(cell_norm(r - lesion_), cell_norm(r - background_))
+
+
+def pixel_change_agreement(explanation: Explanation, roi: np.ndarray, lesion: np.ndarray,
+                           background: np.ndarray) -> float:
+    """Share of cells whose Eq. 6 label equals :func:`pixel_change_labels`' (1.0: the labels
+    only say which replacement changes fewer pixels).
+
+    >>> from mammo_lib.explain.eq6 import explain_roi
+    >>> from mammo_lib.networks.densenet import build_model
+    >>> roi = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    >>> lesion, background = roi * 0.5, roi * 0.5
+    >>> e = explain_roi(build_model("small", seed=0), roi, lesion=lesion, background=background)
+    >>> pixel_change_agreement(e, roi, lesion, background)  # ties everywhere: all Background
+    1.0
+    """
+    size = explanation.grid * explanation.window
+    if np.shape(roi) != (size, size):
+        raise ValueError(f"roi shape {np.shape(roi)} does not match the explanation's "
+                         f"{explanation.grid}x{explanation.grid} grid of {explanation.window} px windows")
+    trivial = pixel_change_labels(roi, lesion, background, explanation.grid)
+    return float(np.mean(np.asarray(explanation.cell_labels) == trivial))

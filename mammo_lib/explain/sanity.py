@@ -50,9 +50,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mammo_lib.utils.progress import tqdm
-from mammo_lib.explain.eq6 import (DEFAULT_BACKGROUND_RULE, DEFAULT_SOFT_PERCENTILE, Explanation, _split_roi,
-                      canonical_background_rule, classify_cells, explain_roi, lesion_agreement,
-                      window_grid)
+from mammo_lib.explain.eq6 import (DEFAULT_BACKGROUND_RULE, DEFAULT_SOFT_PERCENTILE, Explanation, canonical_background_rule,
+                                   explain_roi, lesion_agreement, pixel_change_agreement, pixel_change_labels,
+                                   split_roi)
 from mammo_lib.explain.glcm import MeanForm, check_grey_image, glcm_variance_map
 from mammo_lib.networks.densenet import on_device, preserve_mode
 from mammo_lib.metrics.stats import cohen_kappa
@@ -76,65 +76,6 @@ SANITY_COLUMNS = ("rule", "n_rois", "pixel_change_agreement", "random_net_pixel_
                   "trunk_kappa", "other_model_label_agreement", "other_model_kappa", "passes", "default")
 #: Baseline columns (:func:`explanation_sanity`): label set compared with the trained model's.
 _BASELINES = {"random_net": "randomised", "trunk": "initial", "other_model": "other"}
-
-
-# --------------------------------------------------------------------------- pixel change
-
-
-def pixel_change_labels(roi: np.ndarray, lesion: np.ndarray, background: np.ndarray,
-                        grid: int) -> np.ndarray:
-    """The trivial predictor of Eq. 6: per cell, the replacement that changes the pixels less.
-
-    Cell (p, q) of the ``grid`` x ``grid`` projection windows (:func:`~mammo_lib.explain.eq6.window_grid`)
-    is ``"Lesion"`` where ``||ROI_cell - Lesion_cell||_2 < ||ROI_cell - Background_cell||_2``,
-    else ``"Background"`` (a tie is *Background*, Eq. 6's tie rule).
-
-    >>> roi = np.full((4, 4), 0.5, np.float32); roi[:2, :2] = 0.9
-    >>> pixel_change_labels(roi, np.full((4, 4), 0.8, np.float32), np.full((4, 4), 0.3, np.float32), 2).tolist()
-    [['Lesion', 'Background'], ['Background', 'Background']]
-
-    Returns:
-        ``(grid, grid)`` array of ``"Lesion"`` / ``"Background"``.
-
-    Raises:
-        ValueError: images not of one square shape, or a size that ``grid`` does not divide.
-    """
-    imgs = [np.asarray(check_grey_image(np.asarray(a), n), dtype=np.float64)
-            for a, n in ((roi, "roi"), (lesion, "lesion"), (background, "background"))]
-    r, lesion_, background_ = imgs
-    if r.shape[0] != r.shape[1]:
-        raise ValueError(f"roi must be square (S, S), got {r.shape}")
-    for name, img in (("lesion", lesion_), ("background", background_)):
-        if img.shape != r.shape:
-            raise ValueError(f"{name} shape {img.shape} differs from roi shape {r.shape}")
-    window_grid(r.shape[0], grid)  # validates grid and divisibility
-    w = r.shape[0] // grid
-
-    def cell_norm(d: np.ndarray) -> np.ndarray:
-        return np.sqrt((d.reshape(grid, w, grid, w) ** 2).sum(axis=(1, 3)))
-
-    return classify_cells(cell_norm(r - lesion_), cell_norm(r - background_))
-
-
-def pixel_change_agreement(explanation: Explanation, roi: np.ndarray, lesion: np.ndarray,
-                           background: np.ndarray) -> float:
-    """Share of cells whose Eq. 6 label equals :func:`pixel_change_labels`' (1.0: the labels
-    only say which replacement changes fewer pixels).
-
-    >>> from mammo_lib.explain.eq6 import explain_roi
-    >>> from mammo_lib.networks.densenet import build_model
-    >>> roi = np.random.default_rng(0).random((64, 64)).astype(np.float32)
-    >>> lesion, background = roi * 0.5, roi * 0.5
-    >>> e = explain_roi(build_model("small", seed=0), roi, lesion=lesion, background=background)
-    >>> pixel_change_agreement(e, roi, lesion, background)  # ties everywhere: all Background
-    1.0
-    """
-    size = explanation.grid * explanation.window
-    if np.shape(roi) != (size, size):
-        raise ValueError(f"roi shape {np.shape(roi)} does not match the explanation's "
-                         f"{explanation.grid}x{explanation.grid} grid of {explanation.window} px windows")
-    trivial = pixel_change_labels(roi, lesion, background, explanation.grid)
-    return float(np.mean(np.asarray(explanation.cell_labels) == trivial))
 
 
 # --------------------------------------------------------------------------- model randomisation
@@ -376,7 +317,7 @@ def _tabulate(model: nn.Module, baselines: dict[str, Any], with_baselines: set[s
                           disable=not progress):
         variance = glcm_variance_map(roi, **glcm)
         for rule in canon:
-            lesion, background = _split_roi(roi, variance, rule, soft_percentile)
+            lesion, background = split_roi(roi, variance, rule, soft_percentile)
             e_t = explain_roi(model, roi, lesion=lesion, background=background, **common)
             labels[rule].setdefault("trained", []).append(np.asarray(e_t.cell_labels).ravel())
             e_r = explain_roi(baselines["randomised"], roi, lesion=lesion, background=background, **common)

@@ -214,3 +214,18 @@ def activation_distances(model: nn.Module, rois: np.ndarray, masks: np.ndarray,
                             "d": torch.cat(out[g]).double().numpy() if n else np.empty(0)})
               for g in groups]
     return pd.concat(frames, ignore_index=True)
+
+
+def group4_maps(model, images: np.ndarray, *, batch_size: int = 32, device: str = "cpu") -> np.ndarray:
+    """F^4 (Eq. 3) for every ROI, (N, g, g), under inference mode; the model's mode and device restored."""
+    import torch
+
+    from mammo_lib.networks.activation import GroupActivations, activation_map
+    from mammo_lib.networks.densenet import on_device, to_model_input
+
+    out = []
+    with on_device(model, device), torch.inference_mode(), GroupActivations(model, groups=(4,), mode="eval") as acts:
+        for s in range(0, len(images), batch_size):
+            model(to_model_input(torch.from_numpy(images[s:s + batch_size]).to(device)))
+            out.append(activation_map(acts[4]).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 1, 1), np.float32)

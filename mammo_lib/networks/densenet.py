@@ -38,7 +38,7 @@ TRAINABLE_SETS = ("group4+classifier", "classifier", "all")
 TrainableSet = Literal["group4+classifier", "classifier", "all"]
 
 #: Parameter-name prefixes left trainable by each set (Sec. 3.3: group 4 = denseblock4 + norm5).
-_TRAINABLE_PREFIXES: dict[str, tuple[str, ...]] = {
+TRAINABLE_PREFIXES: dict[str, tuple[str, ...]] = {
     "group4+classifier": ("features.denseblock4.", "features.norm5.", "classifier."),
     "classifier": ("classifier.",),
     "all": ("",),
@@ -299,10 +299,10 @@ def set_trainable(model: DenseNet, layers: TrainableSet = "group4+classifier") -
     Frozen BatchNorm statistics are kept by :func:`apply_train_mode`, which the training loop
     calls instead of ``model.train()``.
     """
-    if layers not in _TRAINABLE_PREFIXES:
+    if layers not in TRAINABLE_PREFIXES:
         raise ValueError(f"unknown layers {layers!r}; choose one of {TRAINABLE_SETS}")
     _require_densenet(model)
-    prefixes = _TRAINABLE_PREFIXES[layers]
+    prefixes = TRAINABLE_PREFIXES[layers]
     names = []
     for name, param in model.named_parameters():
         train = name.startswith(prefixes)

@@ -56,7 +56,7 @@ from mammo_lib.protocol.cross_validation import PER_FOLD_COLUMNS, PREDICTION_COL
 from mammo_lib.networks.activation import activation_distance
 from mammo_lib.utils.digest import code_digest
 from mammo_lib.metrics.classification import classification_metrics
-from mammo_lib.networks.densenet import _TRAINABLE_PREFIXES
+from mammo_lib.networks.densenet import TRAINABLE_PREFIXES
 from mammo_lib.protocol.stand_in import energy_share
 from mammo_lib.utils.files import read_done_marker, save_torch, to_jsonable, write_json
 from mammo_lib.engines.training import TrainConfig
@@ -423,7 +423,7 @@ class Instrument:
             results = train_heads(models, cache[score_cond.train].subset(tr), cache[score_cond.train].subset(va),
                                   [m[1] for m in members], targets=[m[2] for m in members],
                                   shuffle_seed=self.shuffle_seed, select_also=also)
-            prefixes = _TRAINABLE_PREFIXES["group4+classifier"]
+            prefixes = TRAINABLE_PREFIXES["group4+classifier"]
             for i in todo:  # runs already done (an interrupted group) were trained the same way: kept
                 run, tcfg, target, spec = members[i]
                 res = results[i]

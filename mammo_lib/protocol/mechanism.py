@@ -47,7 +47,7 @@ from torch import nn
 from mammo_lib.networks.densenet import passthrough_channels
 from mammo_lib.data.phantom.config import CONFOUNDER_CALCIFICATION, CONFOUNDER_DENSE
 from mammo_lib.protocol.stand_in import mass_cells
-from mammo_lib.engines.trunk_cache import TrunkCache, _over_cache, group4_maps_cached, head_logits
+from mammo_lib.engines.trunk_cache import TrunkCache, over_cache, group4_maps_cached, head_logits
 
 #: Heads whose logit is linear in the pooled activation (the split is exact for these only).
 GAP_HEADS = ("gap", "gap_own")
@@ -88,12 +88,12 @@ def pooled_activations(model: nn.Module, cache: TrunkCache, *, flip: int = 0, ba
                        device: str | torch.device = "cpu", amp: str = "off") -> np.ndarray:
     """``(N, C)`` float32: group 4's activation averaged over the grid (the GAP classifier's input
     before a ``"gap_own"`` head drops the pass-through channels), eval mode, modes restored."""
-    return _over_cache(model, cache, lambda a: torch.flatten(F.adaptive_avg_pool2d(a, 1), 1), flip=flip,
+    return over_cache(model, cache, lambda a: torch.flatten(F.adaptive_avg_pool2d(a, 1), 1), flip=flip,
                        batch_size=batch_size, device=device, amp=amp).numpy()
 
 
 def _margins(model: nn.Module, cache: TrunkCache, *, flip: int, batch_size: int, device: Any, amp: str) -> np.ndarray:
-    lg = _over_cache(model, cache, lambda a: head_logits(model, a).double(), flip=flip, batch_size=batch_size,
+    lg = over_cache(model, cache, lambda a: head_logits(model, a).double(), flip=flip, batch_size=batch_size,
                      device=device, amp=amp).numpy()
     return lg[:, 1] - lg[:, 0]
 

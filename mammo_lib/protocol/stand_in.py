@@ -124,9 +124,9 @@ def shape_task(n: int, size: int = 224, seed: int = 0, *, workers: int = 1) -> S
     else:
         from concurrent.futures import ProcessPoolExecutor
 
-        from mammo_lib.data.preprocess import _worker_init
+        from mammo_lib.data.preprocess import worker_init
 
-        with ProcessPoolExecutor(max_workers=min(workers, len(blocks)), initializer=_worker_init) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(blocks)), initializer=worker_init) as pool:
             parts = list(pool.map(_task_block, [seed] * len(blocks), [size] * len(blocks),
                                   [a for a, _ in blocks], [b for _, b in blocks]))
     images, masks, dots = (np.concatenate([p[j] for p in parts]) for j in range(3))

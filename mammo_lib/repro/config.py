@@ -14,7 +14,7 @@ phantom sections from :class:`~mammo_lib.data.phantom.PhantomConfig`, the rest h
 
 Cache keys hold the settings *and* the code that makes an artefact: :func:`code_digest` hashes
 module sources, :data:`STAGES` names the settings and modules of each cached stage
-(:func:`stage_key`, used by :func:`mammo_lib.repro.pipeline.run_dir`).
+(:func:`stage_key`, used by :func:`mammo_lib.repro.runtime.run_dir`).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class ConfigError(ValueError):
 
 #: Modules whose source decides what a model trained by :mod:`mammo_lib.protocol.cross_validation` is.
 _TRAINING_CODE = ("protocol.cross_validation", "engines.training", "networks.densenet", "networks.activation",
-                  "networks.transfer", "data.augment", "metrics.classification", "engines.amp")
+                  "networks.transfer", "data.augment", "metrics.classification", "engines.amp", "engines.selection")
 #: Modules whose source decides the ROIs a model sees (Table 1 fold keys hold case ids, not pixels).
 _DATA_CODE = ("data.phantom", "data.records", "data.images", "data.roi", "data.preprocess", "data.generic_csv",
               "data.cbis_ddsm", "data.bcdr")
@@ -243,7 +243,7 @@ def profile_model() -> type[BaseModel]:
         device: str = tc["device"]
         seed: StrictInt = tc["seed"]
         workers: StrictInt = Field(2, ge=1)
-        threads: Optional[StrictInt] = Field(None, ge=1)  # torch CPU threads (pipeline.pin_threads); None: torch's
+        threads: Optional[StrictInt] = Field(None, ge=1)  # torch CPU threads (runtime.pin_threads); None: torch's
         arch: Literal[tuple(ARCHS)] = "small"  # type: ignore[valid-type]
         imagenet_weights: str = "imagenet"
         imagenet_fallback: Literal["error", "generic", "none"] = "error"
@@ -536,3 +536,12 @@ def load_config(profile: str = "", overrides: Mapping[str, Any] | None = None,
         raise ConfigError("the full profile needs real data: pass --data-root (or data_root=...) "
                           "pointing at the folder described in mammo_lib/repro/profiles/full.yaml")
     return cfg
+
+
+def data_layout() -> dict[str, Path]:
+    """Folder of each real dataset relative to the data root, as the full profile reads it
+    (``real_data`` of ``mammo_lib/repro/profiles/full.yaml``; README "Real data")."""
+    rd = yaml.safe_load(profile_path("full").read_text())["real_data"]
+    return {"CBIS-DDSM": Path(rd["cbis_ddsm"]["dicom_root"]),
+            "BCDR-D01": Path(rd["bcdr_d01"]["outlines"]).parent,
+            "BCDR-F01": Path(rd["bcdr_f01"]["outlines"]).parent}

@@ -2,7 +2,7 @@
 
 The cross-validation set (BCDR, or its phantom twin with its renderings) and the pre-training set
 (CBIS-DDSM, or its phantom twin) split into its official train and test parts; real data are
-checked against ``data_manifest.csv`` first. Every step of :mod:`mammo_lib.repro.pipeline` starts here.
+checked against ``data_manifest.csv`` first. Every step of :mod:`mammo_lib.repro.steps` starts here.
 
 >>> from mammo_lib.repro.config import load_config
 >>> from mammo_lib.repro.datasets import dataset_table, roi_sets

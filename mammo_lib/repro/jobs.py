@@ -256,7 +256,7 @@ def cli_run_job(args: Any) -> int:
     """``mammo-kt train --profile P --spec S --fold K [--no-wait]``: ``args`` has ``profile``,
     ``spec``, ``fold`` and optionally ``data_root``, ``device``, ``no_wait``. Prints the outcome;
     exit code 0 (ran or done) or 3 (busy)."""
-    from mammo_lib.repro.pipeline import pin_threads
+    from mammo_lib.repro.runtime import pin_threads
 
     cfg = _cli_config(args)
     pin_threads(cfg)  # a job process computes at the profile's thread count, as the notebooks do
@@ -276,7 +276,7 @@ def cli_collect(args: Any) -> int:
 
 def _worker(cfg: Config, spec: str, fold: int, wait: bool = True) -> dict[str, Any]:
     """What a submitted job runs (in the worker process): :func:`run_job`, a small summary back."""
-    from mammo_lib.repro.pipeline import pin_threads
+    from mammo_lib.repro.runtime import pin_threads
 
     pin_threads(cfg)  # a job process computes at the profile's thread count, as the notebooks do
     out = run_job(cfg, spec, fold, wait=wait, progress=False)

@@ -23,7 +23,6 @@ import pandas as pd
 from filelock import FileLock
 
 from mammo_lib.repro.config import Config
-from mammo_lib.repro.report import save_figure, write_table
 
 #: Table 2 spec names (``<init>_<method>``).
 TABLE2_SPECS = ("imagenet_finetune", "imagenet_transfer", "ddsm_finetune", "ddsm_transfer")
@@ -112,7 +111,7 @@ def _imagenet_trunk(cfg: Config, ts: int, *, progress: bool = True) -> dict[str,
             if fallback == "error":
                 raise WeightsUnavailableError(str(err)) from err
     if fallback == "generic" or w == "generic":
-        from mammo_lib.repro.pipeline import run_dir
+        from mammo_lib.repro.runtime import run_dir
 
         g, t = cfg.typed.generic_pretrain, cfg.typed.train  # defaults filled in by the profile schema
         out = run_dir(cfg, "generic", *_seed_key(ts))
@@ -134,7 +133,7 @@ def ddsm_trunk(cfg: Config, *, trunk_seed: int | None = None, progress: bool = T
     many epochs without a better validation accuracy, the best epoch kept (``parallel``: several
     processes under torchrun, see :mod:`mammo_lib.engines.distributed`)."""
     from mammo_lib.repro.datasets import roi_sets
-    from mammo_lib.repro.pipeline import run_dir, train_config
+    from mammo_lib.repro.runtime import run_dir, train_config
     from mammo_lib.protocol.cross_validation import pretrain
 
     t = _trunk_seed(cfg, trunk_seed)
@@ -171,7 +170,7 @@ def trunk_gate_row(cfg: Config, init: str, trunk: dict[str, Any], *, progress: b
     from mammo_lib.repro.datasets import roi_sets
     from mammo_lib.utils.files import to_jsonable, write_json
     from mammo_lib.networks.densenet import build_model
-    from mammo_lib.repro.pipeline import run_dir
+    from mammo_lib.repro.runtime import run_dir
     from mammo_lib.protocol.stand_in import trunk_gate
 
     acc = trunk["test_accuracy"] if trunk["test_accuracy"] is not None else float("nan")
@@ -219,33 +218,6 @@ def trunk_table(trunks_by_seed: dict[int, dict[str, dict[str, Any]]]) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def step_pretrain(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
-    """Notebook 03: both trunks of every trunk seed, their own test accuracy and their gate (Fig. 6
-    distances included): tables ``trunk_gate`` (= ``table2_trunks`` before the instrument adds the
-    calibration gate) and ``pretraining`` (one row per DDSM trunk)."""
-    from mammo_lib.repro.datasets import roi_sets
-
-    ds = roi_sets(cfg, progress=progress)
-    by_seed = {t: trunks_of(cfg, t, progress=progress) for t in trunk_seeds(cfg)}
-    gate = trunk_table(by_seed)
-    write_table(gate, "trunk_gate", cfg.results_dir)
-    rows = []
-    for t, trunks in by_seed.items():
-        dd = trunks["ddsm"]
-        m = dict(dd["result"].metrics)
-        rows.append({"seed": t, "init": dd["note"], "train masses": len(ds.pre_train), "test masses": len(ds.pre_test),
-                     "best epoch": m.get("best_epoch"), "epochs run": m.get("epochs_run"),
-                     "test accuracy %": round(100 * m["accuracy"], 1),
-                     "test AUC": round(m.get("auc", float("nan")), 3),
-                     "sensitivity %": round(100 * m["sensitivity"], 1),
-                     "specificity %": round(100 * m["specificity"], 1), "passes its gate": bool(dd["gate"]["passes"])})
-    table = pd.DataFrame(rows)
-    write_table(table, "pretraining", cfg.results_dir)
-    first = by_seed[trunk_seeds(cfg)[0]]
-    return {"table": table, "gate": gate, "checkpoint": Path(first["ddsm"]["weights"]), "trunks": first,
-            "trunks_by_seed": by_seed}
-
-
 # ------------------------------------------------------------------------------------- data
 def renderings(cfg: Config, ds: Any) -> dict[str, Any]:
     """ROI sets by rendering name, all in the cross-validation set's case order."""
@@ -273,7 +245,7 @@ def instrument_data(cfg: Config, *, trunk_seed: int | None = None, progress: boo
     from mammo_lib.repro.datasets import roi_sets
     from mammo_lib.protocol.instrument import CODE, POSITIVE_HEAD, InstrumentData
     from mammo_lib.networks.densenet import build_model
-    from mammo_lib.repro.pipeline import run_dir, train_config
+    from mammo_lib.repro.runtime import run_dir, train_config
     from mammo_lib.engines.trunk_cache import FLIPS, TrunkCache, build_cache
 
     ds = roi_sets(cfg, progress=progress)
@@ -363,7 +335,7 @@ def instruments(cfg: Config, datas: dict[int, tuple[Any, dict[str, Any]]]) -> li
     folds and inner splits from ``seed + f``, head seeds ``seed + 1000 t + k`` in fold k, rows
     and run keys tagged ``trunk_seed`` / ``fold_seed``, folders :func:`replicate_dir`."""
     from mammo_lib.protocol.instrument import Instrument
-    from mammo_lib.repro.pipeline import train_config
+    from mammo_lib.repro.runtime import train_config
 
     cv = cfg.section("cv")
     seed = int(cfg["seed"])
@@ -386,7 +358,7 @@ def grid_of(cfg: Config):
 
 
 def instrument_dir(cfg: Config) -> Path:
-    from mammo_lib.repro.pipeline import run_dir
+    from mammo_lib.repro.runtime import run_dir
 
     return run_dir(cfg, "instrument")
 
@@ -811,111 +783,6 @@ def trunks_with_calibration(trunk_tab: pd.DataFrame, gate: pd.DataFrame) -> pd.D
     return out
 
 
-def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
-    """Notebook 05: the gates of every trunk, the pre-specified primary analysis with its
-    co-primary outcomes, controls and positive control (``table2_trunks``, ``table2_primary``,
-    ``table2_per_trunk``), the mechanism, then Table 2 beside the paper, the dose-response and
-    Fig. 4(b) on the default replicate (the paper's procedure: beta chosen per fold)."""
-    from mammo_lib.repro import figures
-    from mammo_lib.repro import paper
-    from mammo_lib.protocol.instrument import METHOD_LABELS, calibration_gate, gate_passes
-    from mammo_lib.repro.report import table2_comparison
-
-    design = run_design(cfg, progress=progress)
-    res, trunks = design.default_result(), design.trunks[design.default[0]]
-    rd = cfg.results_dir
-    # --- the design: gates of every trunk, the primary analysis, per trunk and pooled
-    gate_all = calibration_table(cfg, design)
-    write_table(gate_all, "calibration_gate", rd)
-    trunk_tab = trunks_with_calibration(trunk_table(design.trunks), gate_all)
-    write_table(trunk_tab, "table2_trunks", rd)
-    primary, per_trunk = primary_analysis(cfg, design, trunk_tab)
-    write_table(primary, "table2_primary", rd, floatfmt=".3g")
-    write_table(per_trunk, "table2_per_trunk", rd, floatfmt=".3g")
-    mech = mechanism(cfg, design, progress=progress)
-    if mech is not None:
-        write_table(mech["table"], "table2_mechanism", rd, floatfmt=".3g")
-    verdict = design_verdict(cfg, trunk_tab, primary, res.conditions)
-    # --- the default replicate: Table 2 beside the paper (the paper's procedure)
-    gate = calibration_gate(res, "B") if cfg.uses_phantom else pd.DataFrame()
-    dose = design.result.dose_response()
-    write_table(dose, "table2_dose_response", rd, floatfmt=".3f")
-    write_table(design.result.choices, "beta_selection", rd)
-    # wall-clock columns stay in the run folders: committed tables hold only what a rerun reproduces
-    from mammo_lib.utils.files import write_csv
-
-    write_csv(rd / "tables" / "table2_runs.csv", design.result.runs.drop(columns=["wall_s"]))
-    pf = pd.concat([res.per_fold(c.name).assign(condition=c.name) for c in res.conditions],
-                   ignore_index=True).drop(columns=["wall_s"])
-    write_table(pf, "table2_per_fold", rd, floatfmt=".4g")
-    write_csv(rd / "tables" / "table2_predictions.csv",
-              res.predictions[res.predictions["primary"] & res.predictions["spec"].ne("")].drop(columns=["primary"]))
-    summaries, comps = {}, []
-    for c in res.conditions:
-        s = summary(res, c.name, trunks)
-        summaries[c.name] = s
-        write_table(s, f"table2_summary_{c.name}", rd, floatfmt=".3f")
-        comp = table2_comparison(s[s["spec"].isin(TABLE2_SPECS)])
-        comp.insert(0, "condition", c.name)
-        comps.append(comp)
-    comp = pd.concat(comps, ignore_index=True)
-    write_table(comp, "table2_comparison", rd)
-    t0, f0 = design.default
-    write_text_note(rd, "table2_comparison", f"Default replicate: trunk seed {t0}, fold seed {f0} (the first trunk "
-                    f"seed whose trunks pass their gates); beta chosen per fold on the inner split, the paper's "
-                    f"procedure. The pre-specified analysis over every replicate is `table2_primary`.")
-    # Controls of the default replicate, per spec
-    ctrl_rows = []
-    for c in res.conditions:
-        s = summaries[c.name].set_index("spec")
-        for init in ("imagenet", "ddsm"):
-            for meth in METHOD_LABELS:
-                spec = f"{init}_{meth}"
-                if spec in s.index:
-                    r = s.loc[spec]
-                    ctrl_rows.append({"condition": c.name, "pre-training": INIT_LABELS[init], "run": METHOD_LABELS[meth],
-                                      "test rendering": c.primary,
-                                      "accuracy %": round(100 * r["acc_mean"], 1),
-                                      "± (folds)": round(100 * r["acc_std"], 1),
-                                      "flip rate": round(float(r.get("flip rate", np.nan)), 3),
-                                      "energy share on mass": round(float(r["energy share on mass"]), 3),
-                                      "d^4 to target": round(float(r["d4 (test)"]), 3),
-                                      "beta per fold": r["beta per fold"]})
-    controls = pd.DataFrame(ctrl_rows)
-    write_table(controls, "table2_controls", rd)
-    figs = {"table2_dose_response": figures.dose_response(dose)}  # also written as figures/<name>.png
-    save_figure(figs["table2_dose_response"], "table2_dose_response", rd)
-    if mech is not None and mech.get("figure") is not None:
-        figs["table2_mechanism"] = mech["figure"]
-        save_figure(mech["figure"], "table2_mechanism", rd)
-    main = res.conditions[-1].name
-    s = summaries[main].set_index("spec")
-    fig4 = pd.DataFrame([
-        {"model": "mask only", "accuracy % (ours)": round(100 * s.loc["mask_only", "acc_mean"], 1),
-         "accuracy % (paper)": paper.FIG4_ACCURACY["mask_only"]},
-        {"model": "ROI only (= ImageNet fine-tune)", "accuracy % (ours)": round(100 * s.loc["imagenet_finetune", "acc_mean"], 1),
-         "accuracy % (paper)": paper.FIG4_ACCURACY["roi_only"]},
-    ])
-    write_table(fig4, "fig4b", rd)
-    cvr = res.cv_result(main)
-    figs["table2_confusion"] = figures.confusion_matrices(
-        {spec_label(sp, trunks): cvr.confusion(sp) for sp in TABLE2_SPECS},
-        title=f"Table 2, condition {main} (test: {res.conditions[-1].primary} rendering): confusion matrices "
-              f"summed over folds")
-    figs["fig4b_confusion"] = figures.confusion_matrices(
-        {"mask only": cvr.confusion("mask_only"),
-         f"ROI only ({spec_label('imagenet_finetune', trunks)})": cvr.confusion("imagenet_finetune")},
-        title=f"Fig. 4(b), condition {main}")
-    for name in ("table2_confusion", "fig4b_confusion"):
-        save_figure(figs[name], name, rd)
-    from mammo_lib.utils.files import write_text
-    write_text(rd / "tables" / "summary.notes.md", "\n".join(verdict) + "\n")
-    return {"result": res, "design": design, "gate": gate_all, "trunks": trunk_tab, "primary": primary,
-            "per_trunk": per_trunk, "mechanism": None if mech is None else mech["table"], "dose": dose,
-            "comparison": comp, "controls": controls, "fig4b": fig4, "summaries": summaries, "verdict": verdict,
-            "figures": figs, "gate_passes": {i: gate_passes(gate, i) for i in trunks} if len(gate) else {}}
-
-
 def write_text_note(results_dir: Path, name: str, text: str) -> None:
     """Add ``text`` to ``tables/<name>.notes.md``, the note the report prints under that table
     (a paragraph already there stays first; the same text is not added twice)."""
@@ -1093,39 +960,6 @@ def trunk_gate_failures(row: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------- significance
-def step_significance(cfg: Config, *, progress: bool = True) -> pd.DataFrame:
-    """Notebook 06: per condition, KT vs fine-tune (and vs the shuffled teacher): the paired t-test
-    over folds (the one test consistent with the paper's p-values), Wilcoxon, McNemar over pooled
-    lesions, bootstrap CI."""
-    from mammo_lib.repro import paper
-    from mammo_lib.metrics.stats import significance_table
-
-    res, _ = run(cfg, progress=progress)
-    tables = []
-    for c in res.conditions:
-        cvr = res.cv_result(c.name)
-        pairs = [(kt, ft) for kt, ft in (("imagenet_transfer", "imagenet_finetune"), ("ddsm_transfer", "ddsm_finetune"),
-                                         ("imagenet_transfer", "imagenet_shuffled"), ("ddsm_transfer", "ddsm_shuffled"))]
-        t = significance_table(cvr, pairs, seed=int(cfg["seed"]))
-        t.insert(0, "condition", c.name)
-        tables.append(t)
-    table = pd.concat(tables, ignore_index=True)
-    table["paper p"] = [paper.P_VALUES["imagenet"] if a == "imagenet_transfer" and b.endswith("finetune") else
-                        paper.P_VALUES["ddsm"] if a == "ddsm_transfer" and b.endswith("finetune") else np.nan
-                        for a, b in zip(table["spec_a"], table["spec_b"])]
-    write_table(table, "significance_full", cfg.results_dir, floatfmt=".4g")
-    compact = pd.DataFrame({
-        "condition": table["condition"],
-        "comparison": table["spec_a"] + " vs " + table["spec_b"],
-        "accuracy difference (points)": (100 * table["mean_diff"]).round(1),
-        "paired t-test p (folds; comparable to the paper)": table["t_p"],
-        "Wilcoxon p (folds; min possible)": [f"{p:.3g} ({m:.3g})" for p, m in zip(table["wilcoxon_p"], table["wilcoxon_min_p"])],
-        "McNemar p (pooled lesions)": table["mcnemar_p"],
-        "bootstrap 95% CI (points)": [f"[{100 * lo:.1f}, {100 * hi:.1f}]" for lo, hi in zip(table["boot_lo"], table["boot_hi"])],
-        "paper p": table["paper p"],
-    })
-    write_table(compact, "significance", cfg.results_dir, floatfmt=".3g")
-    return compact
 
 
 def fold_model(cfg: Config, spec: str, fold: int, condition: str | None = None, *,
@@ -1153,3 +987,22 @@ def fold_model(cfg: Config, spec: str, fold: int, condition: str | None = None, 
     model = build_model(cfg["arch"], weights=trunks[init]["weights"], seed=int(cfg["seed"]) + 1000 * t + fold,
                         head=head)
     return load_head(model, path)
+
+
+def ddsm_checkpoint(cfg: Config, *, progress: bool = True) -> Path:
+    """The DDSM pre-trained checkpoint of the profile (pre-trains first when absent)."""
+    from mammo_lib.repro.table2 import ddsm_trunk
+
+    return Path(ddsm_trunk(cfg, progress=progress)["weights"])
+
+
+def initial_network(cfg: Config, spec: str):
+    """The network ``spec``'s runs start from (the pre-trained trunk, its group 4 not yet trained for
+    the task; the teacher of knowledge transfer), built as :func:`mammo_lib.repro.table2.fold_model` builds
+    a run's model before loading its trained head."""
+    from mammo_lib.networks.densenet import build_model
+
+    _, trunks = run(cfg, progress=False)
+    init = "imagenet" if spec == "mask_only" else spec.split("_")[0]
+    return build_model(cfg["arch"], weights=trunks[init]["weights"], seed=int(cfg["seed"]),
+                       head=cfg.section("train").get("head", "gap"))

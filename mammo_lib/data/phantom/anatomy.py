@@ -14,7 +14,7 @@ from scipy.special import expit
 
 from mammo_lib.data.records import BENIGN, MALIGNANT
 from mammo_lib.data.roi import crop_box, mask_bbox
-from mammo_lib.data.phantom.config import PhantomConfig, _SCALES
+from mammo_lib.data.phantom.config import PhantomConfig, SCALES
 
 
 _PLACE_TRIES = 12
@@ -227,28 +227,28 @@ class SimulatedCase:
     window: tuple[int, int, int, int]
 
 
-def _calcification_room(config: PhantomConfig) -> float:
+def calcification_room(config: PhantomConfig) -> float:
     """Footprint radius of the largest calcification cluster at the smallest scale tried."""
-    return _SCALES[-1] * config.calcification_cluster_radius_px[1] + config.calcification_dot_radius_px[1] + 1.0
+    return SCALES[-1] * config.calcification_cluster_radius_px[1] + config.calcification_dot_radius_px[1] + 1.0
 
 
 def _fits_confounders(config: PhantomConfig, breast: Breast, mass: MassLayer,
                       window: tuple[int, int, int, int]) -> bool:
     """Whether the largest dense patch and then the largest calcification cluster, both at the
     smallest scale, find places in the window: then :func:`add_confounders` cannot fail."""
-    dense = _SCALES[-1] * config.dense_radius_px[1]
-    room = _calcification_room(config)
-    return _candidates(dense, window, mass.footprint, breast.dist, config, room_for=room).size > 0
+    dense = SCALES[-1] * config.dense_radius_px[1]
+    room = calcification_room(config)
+    return valid_centres(dense, window, mass.footprint, breast.dist, config, room_for=room).size > 0
 
 
-def _place_mass(spec: MassSpec, breast: Breast, config: PhantomConfig, rng: np.random.Generator, *,
+def place_mass(spec: MassSpec, breast: Breast, config: PhantomConfig, rng: np.random.Generator, *,
                 avoid: Optional[np.ndarray] = None, need_confounders: bool = True) -> MassLayer:
-    """Put the mass fully inside the breast (shrinking it through :data:`_SCALES` while it does
+    """Put the mass fully inside the breast (shrinking it through :data:`SCALES` while it does
     not fit), away from ``avoid``, with room for both confounders in its ROI window."""
     dist = breast.dist
     if avoid is not None:
         dist = np.minimum(dist, distance_transform_edt(~avoid))
-    for scale in _SCALES:
+    for scale in SCALES:
         s = spec if scale == 1.0 else spec.scaled(scale)
         ok = np.flatnonzero(dist.ravel() >= s.reach() + 2.0)
         for _ in range(_PLACE_TRIES if ok.size else 0):
@@ -274,7 +274,7 @@ def simulate_anatomy(config: PhantomConfig, label: int, rng: np.random.Generator
     spec = draw_mass(label, config, rng if mass_rng is None else mass_rng)
     texture = power_law_texture(shape, config.texture_beta, rng)
     tissue = np.maximum((config.tissue_level + config.texture_amplitude * texture) * breast.thickness, 0.02)
-    mass = _place_mass(spec, breast, config, rng, need_confounders=need_confounders)
+    mass = place_mass(spec, breast, config, rng, need_confounders=need_confounders)
     noise = config.noise_sigma * rng.standard_normal(shape)
     base = (tissue + mass.signal + noise) * breast.mask
     return SimulatedCase(label=label, base=base, breast=breast, mass=mass,
@@ -315,7 +315,7 @@ def _max_distance(cand: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.sqrt(d2.max(axis=1))
 
 
-def _candidates(ext: float, window: tuple[int, int, int, int], forbid: np.ndarray,
+def valid_centres(ext: float, window: tuple[int, int, int, int], forbid: np.ndarray,
                 breast_dist: np.ndarray, config: PhantomConfig, *,
                 room_for: Optional[float] = None) -> np.ndarray:
     """Valid centres for a disk of radius ``ext``; with ``room_for``, only those that leave a

@@ -15,7 +15,7 @@ import pandas as pd
 from mammo_lib.utils.files import atomic_dir
 from mammo_lib.utils.progress import tqdm
 from mammo_lib.data.records import BENIGN, LABEL_NAMES, MALIGNANT
-from mammo_lib.data.phantom.config import PHANTOM_VERSION, PhantomConfig, Rendering, config_hash, _KIND_CODES, _STREAM_ANATOMY, _STREAM_MASS, _STREAM_PATIENT
+from mammo_lib.data.phantom.config import PHANTOM_VERSION, PhantomConfig, Rendering, config_hash, KIND_CODES, STREAM_ANATOMY, STREAM_MASS, STREAM_PATIENT
 from mammo_lib.data.phantom.anatomy import simulate_anatomy
 from mammo_lib.data.phantom.confounders import add_confounders, extra_renderings
 
@@ -74,8 +74,8 @@ def plan_cases(kind: Kind, config: PhantomConfig) -> list[CasePlan]:
         prefix = {"": "", "train": "TR", "test": "TE"}[split] + ("B" if label == BENIGN else "M")
         k = 0
         while k < n:
-            key = (_KIND_CODES[kind], _SPLIT_CODES[split], label, k)
-            prng = np.random.default_rng([config.seed, *key, _STREAM_PATIENT])
+            key = (KIND_CODES[kind], _SPLIT_CODES[split], label, k)
+            prng = np.random.default_rng([config.seed, *key, STREAM_PATIENT])
             paired = bool(prng.random() < config.paired_patient_prob) and k + 1 < n
             two_views = bool(prng.random() < config.two_view_fraction)
             side = "LEFT" if prng.random() < 0.5 else "RIGHT"
@@ -84,7 +84,7 @@ def plan_cases(kind: Kind, config: PhantomConfig) -> list[CasePlan]:
             plans.append(CasePlan(f"{prefix}{k:04d}", pid, label, split, side,
                                   "CC" if paired and two_views else view, key, key))
             if paired:
-                key2 = (_KIND_CODES[kind], _SPLIT_CODES[split], label, k + 1)
+                key2 = (KIND_CODES[kind], _SPLIT_CODES[split], label, k + 1)
                 other = side if two_views else ("RIGHT" if side == "LEFT" else "LEFT")
                 plans.append(CasePlan(f"{prefix}{k + 1:04d}", pid, label, split, other,
                                       "MLO" if two_views else view, key2, key if two_views else key2))
@@ -92,7 +92,7 @@ def plan_cases(kind: Kind, config: PhantomConfig) -> list[CasePlan]:
     return plans
 
 
-def _to_uint16(image: np.ndarray) -> np.ndarray:
+def to_uint16(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
@@ -106,8 +106,8 @@ def _save_png(path: Path, arr: np.ndarray) -> None:
 def _case_rows(plan: CasePlan, config: PhantomConfig, root: Path, renderings: Sequence[Rendering]
                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Simulate one case, write its mask and renderings; return CSV rows and confounder records."""
-    case = simulate_anatomy(config, plan.label, plan.rng(config.seed, _STREAM_ANATOMY),
-                            mass_rng=plan.rng(config.seed, _STREAM_MASS, mass=True), side=plan.side)
+    case = simulate_anatomy(config, plan.label, plan.rng(config.seed, STREAM_ANATOMY),
+                            mass_rng=plan.rng(config.seed, STREAM_MASS, mass=True), side=plan.side)
     mask_rel = f"masks/{plan.case_id}.png"
     _save_png(root / mask_rel, case.mass.mask.astype(np.uint8) * 255)
     spec = case.mass.spec
@@ -116,7 +116,7 @@ def _case_rows(plan: CasePlan, config: PhantomConfig, root: Path, renderings: Se
         out = add_confounders(case, config, rendering, plan.rng(config.seed, _confounder_stream(rendering)))
         img_rel = f"images/{rendering}/{plan.case_id}.png"
         conf_rel = f"confounders/{rendering}/{plan.case_id}.png"
-        _save_png(root / img_rel, _to_uint16(out.image))
+        _save_png(root / img_rel, to_uint16(out.image))
         _save_png(root / conf_rel, out.confounder_map)
         rows.append({
             "case_id": plan.case_id, "image_path": img_rel, "mask_path": mask_rel,
@@ -143,7 +143,7 @@ def _read_marker(path: Path) -> Optional[dict[str, Any]]:
         return None
 
 
-def _atomic_build(out_dir: Path, marker: str, digest: str, build: Callable[[Path], dict[str, Any]]) -> Path:
+def atomic_build(out_dir: Path, marker: str, digest: str, build: Callable[[Path], dict[str, Any]]) -> Path:
     """Build a folder once (:func:`mammo_lib.utils.files.atomic_dir`) with ``marker`` written last. An
     ``out_dir`` with a marker of the same hash is complete: kept (also when another process
     finishes it first). One with another marker is replaced. A non-empty folder without a marker
@@ -180,7 +180,7 @@ def generate_phantom(out_dir: str | Path, config: Optional[PhantomConfig] = None
     ``phantom.json`` (config + hash, written last). ``bcdr_like``: ``cases.csv`` holds the
     ``train`` rendering and ``cases_shifted.csv`` the ``shifted`` one (same ids and masks), split
     empty; every extra rendering ``e`` (see :func:`extra_renderings`) is ``cases_<e>.csv``. ``ddsm_like``: split ``train`` (rendering ``train``) and ``test`` (``shifted``).
-    A folder holding the same generation is returned untouched; see :func:`_atomic_build`.
+    A folder holding the same generation is returned untouched; see :func:`atomic_build`.
     """
     config = PhantomConfig() if config is None else config
     if not isinstance(config, PhantomConfig):
@@ -211,4 +211,4 @@ def generate_phantom(out_dir: str | Path, config: Optional[PhantomConfig] = None
         return {"format": "mammo-kt phantom", "version": PHANTOM_VERSION, "kind": kind,
                 "n_cases": len(plans), "config": config.to_dict()}
 
-    return _atomic_build(Path(out_dir), MARKER, config_hash(config, kind), build)
+    return atomic_build(Path(out_dir), MARKER, config_hash(config, kind), build)

@@ -14,9 +14,9 @@ from scipy.ndimage import distance_transform_edt
 
 from mammo_lib.utils.progress import tqdm
 from mammo_lib.data.records import BENIGN, MALIGNANT
-from mammo_lib.data.phantom.config import PHANTOM_VERSION, PhantomConfig, config_hash, _KIND_CODES, _STREAM_ANATOMY
-from mammo_lib.data.phantom.anatomy import MassLayer, draw_mass, simulate_anatomy, _place_mass
-from mammo_lib.data.phantom.build import _atomic_build, _to_uint16
+from mammo_lib.data.phantom.config import PHANTOM_VERSION, PhantomConfig, config_hash, KIND_CODES, STREAM_ANATOMY
+from mammo_lib.data.phantom.anatomy import MassLayer, draw_mass, simulate_anatomy, place_mass
+from mammo_lib.data.phantom.build import atomic_build, to_uint16
 
 
 #: Header of the CBIS-DDSM mass description CSVs (Sec. 3.1).
@@ -111,7 +111,7 @@ def write_cbis_tree(out_dir: str | Path, config: Optional[PhantomConfig] = None,
     def build(root: Path) -> dict[str, Any]:
         return _build_cbis(root, cfg, int(n_cases), bool(renamed), progress)
 
-    return _atomic_build(Path(out_dir), CBIS_MARKER, digest, build)
+    return atomic_build(Path(out_dir), CBIS_MARKER, digest, build)
 
 
 @dataclass
@@ -147,21 +147,21 @@ def _cbis_plan(n_cases: int, rng: np.random.Generator) -> list[_CbisImage]:
 
 def _cbis_render(cfg: PhantomConfig, index: int, im: _CbisImage) -> tuple[np.ndarray, list[MassLayer]]:
     """Full mammogram (uint16) and its mass layers; a second mass keeps clear of the first."""
-    rng = np.random.default_rng([cfg.seed, _KIND_CODES["cbis_tree"], 0, 0, index, _STREAM_ANATOMY])
+    rng = np.random.default_rng([cfg.seed, KIND_CODES["cbis_tree"], 0, 0, index, STREAM_ANATOMY])
     case = simulate_anatomy(cfg, im.labels[0], rng, side=im.side, need_confounders=False)
     layers, image = [case.mass], case.base
     for label in im.labels[1:]:
         avoid = distance_transform_edt(~case.mass.footprint) < cfg.confounder_gap_px
-        layer = _place_mass(draw_mass(label, cfg, rng), case.breast, cfg, rng, avoid=avoid,
+        layer = place_mass(draw_mass(label, cfg, rng), case.breast, cfg, rng, avoid=avoid,
                             need_confounders=False)
         layers.append(layer)
         image = image + layer.signal * case.breast.mask
-    return _to_uint16(image), layers
+    return to_uint16(image), layers
 
 
 def _build_cbis(root: Path, cfg: PhantomConfig, n_cases: int, renamed: bool, progress: bool) -> dict[str, Any]:
     """Write the tree of :func:`write_cbis_tree` into ``root``; return the ground-truth record."""
-    rng = np.random.default_rng([cfg.seed, _KIND_CODES["cbis_tree"], 99])
+    rng = np.random.default_rng([cfg.seed, KIND_CODES["cbis_tree"], 99])
     used: set[str] = set()
     rows: dict[str, list[list[str]]] = {"train": [], "test": []}
     truth: list[dict[str, Any]] = []

@@ -22,10 +22,10 @@ PHANTOM_VERSION = 2
 #: Values of the confounder label map written next to every image.
 CONFOUNDER_NONE, CONFOUNDER_CALCIFICATION, CONFOUNDER_DENSE = 0, 1, 2
 CONFOUNDER_TYPES = {CONFOUNDER_CALCIFICATION: "calcification", CONFOUNDER_DENSE: "dense_tissue"}
-_KIND_CODES = {"bcdr_like": 1, "ddsm_like": 2, "cbis_tree": 3}
-_STREAM_ANATOMY, _STREAM_MASS, _STREAM_PATIENT = 0, 1, 2
+KIND_CODES = {"bcdr_like": 1, "ddsm_like": 2, "cbis_tree": 3}
+STREAM_ANATOMY, STREAM_MASS, STREAM_PATIENT = 0, 1, 2
 #: Shrink factors tried, in order, for a mass that does not fit or a confounder without room.
-_SCALES = tuple(0.85 ** k for k in range(8))  # 1 ... 0.32
+SCALES = tuple(0.85 ** k for k in range(8))  # 1 ... 0.32
 
 
 def _default_calcification_prob() -> dict[str, dict[int, float]]:

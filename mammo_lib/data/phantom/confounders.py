@@ -9,8 +9,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from mammo_lib.data.phantom.config import CONFOUNDER_CALCIFICATION, CONFOUNDER_DENSE, PhantomConfig, Rendering, _SCALES
-from mammo_lib.data.phantom.anatomy import SimulatedCase, _calcification_room, _candidates
+from mammo_lib.data.phantom.config import CONFOUNDER_CALCIFICATION, CONFOUNDER_DENSE, PhantomConfig, Rendering, SCALES
+from mammo_lib.data.phantom.anatomy import SimulatedCase, calcification_room, valid_centres
 
 
 #: Rendering -> key of the confounder probability tables.
@@ -54,10 +54,10 @@ class Rendered:
 def _pick_centre(ext_of_scale: Callable[[float], float], case: SimulatedCase, forbid: np.ndarray,
                  config: PhantomConfig, rng: np.random.Generator, *,
                  room_for: Optional[float] = None) -> tuple[float, tuple[int, int]]:
-    """Uniform random valid centre, shrinking the confounder through :data:`_SCALES` until one
+    """Uniform random valid centre, shrinking the confounder through :data:`SCALES` until one
     exists. Returns ``(scale, (row, col))``."""
-    for scale in _SCALES:
-        cand = _candidates(ext_of_scale(scale), case.window, forbid, case.breast.dist, config,
+    for scale in SCALES:
+        cand = valid_centres(ext_of_scale(scale), case.window, forbid, case.breast.dist, config,
                            room_for=room_for)
         if len(cand):
             row, col = cand[rng.integers(len(cand))]
@@ -147,7 +147,7 @@ def add_confounders(case: SimulatedCase, config: PhantomConfig, rendering: Rende
     forbid = case.mass.footprint.copy()
     found: list[Confounder] = []
     if has_dense:
-        room = _calcification_room(config) if has_calc else None
+        room = calcification_room(config) if has_calc else None
         found.append(_render_dense(config, case, forbid, rng, signal, labels, room_for=room))
     if has_calc:
         found.append(_render_calcifications(config, case, forbid, rng, signal, labels))
