@@ -34,7 +34,7 @@ case "$cmd" in
     setup
     export MPLBACKEND=Agg
     # 1) the library's tests, two processes with one torch thread each
-    OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest -n 2 -q tests "$@"
+    OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest -n 2 -q --durations=15 tests "$@"
     # 2) the notebooks on the smoke profile under nbval, from scratch (in order: later ones reuse earlier results)
     rm -rf runs/smoke
     MAMMO_PROFILE=smoke "$VENV/bin/python" -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \

@@ -114,7 +114,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     from PIL import Image
 
     from mammo_lib.networks.densenet import build_model
-    from test_integration import _bcdr
+    from support.bcdr import write_bcdr_folder
 
     base = tmp_path_factory.mktemp("cli")
     ph = generate_phantom(base / "ph", PhantomConfig(seed=8, image_shape=(256, 224), n_benign=14, n_malignant=14),
@@ -125,8 +125,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     vroot = base / "vdata"
     shutil.copytree(FIXTURE_CSVS, vroot / "CBIS-DDSM")
     bcdr_root = base / "bcdr"
-    _bcdr(bcdr_root / "BCDR" / "BCDR-D01_dataset", "bcdr_d01_outlines.csv", 16, 3)
-    _bcdr(bcdr_root / "BCDR" / "BCDR-F01_dataset", "bcdr_f01_outlines.csv", 16, 4)
+    write_bcdr_folder(bcdr_root / "BCDR" / "BCDR-D01_dataset", "bcdr_d01_outlines.csv", 16, 3)
+    write_bcdr_folder(bcdr_root / "BCDR" / "BCDR-F01_dataset", "bcdr_f01_outlines.csv", 16, 4)
     ckpt = base / "small.pt"
     torch.save({"model_state": build_model("small", seed=0).state_dict(), "arch": "small",
                 "roi_spec": {"size": 64, "min_context": 224, "intensity": "dtype", "variant": "mass_centred"}}, ckpt)
@@ -604,7 +604,7 @@ def test_wrong_input_is_refused_or_noted_in_the_csv_and_the_summary(world, tmp_p
     import pydicom
     from PIL import Image
 
-    from _imageio_helpers import write_dicom
+    from support.images import write_dicom
 
     ph = tmp_path / "ph"
     shutil.copytree(world["ph"], ph)

@@ -23,7 +23,7 @@ import pytest
 import tifffile
 import torch
 
-from _imageio_helpers import ramp, rect_mask, truncate, write_dicom, write_png
+from support.images import ramp, rect_mask, truncate, write_dicom, write_png
 from mammo_lib.data.cbis_ddsm import load_cbis_ddsm
 from mammo_lib.data.generic_csv import load_generic
 from mammo_lib.data.images import MAX_PIXELS, load_record, read_image

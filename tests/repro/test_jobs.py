@@ -23,7 +23,7 @@ from mammo_lib.repro import table2
 from mammo_lib.repro.config import load_config
 from mammo_lib.repro.runtime import pin_threads
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # (spec, fold) -> exact ValueError fragment
 BAD_JOB_CASES = [

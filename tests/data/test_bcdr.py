@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from scipy.spatial import ConvexHull
 
-from _imageio_helpers import ramp, write_tiff
-from conftest import shared_path
+from support.images import ramp, write_tiff
+from support.shared import shared_path
 from mammo_lib.data import bcdr
-from mammo_lib.data import images as imageio
 from mammo_lib.data.bcdr import balanced_draw, load_bcdr, polygon_mask
 from mammo_lib.data.images import load_record
 from mammo_lib.data.records import BENIGN, MALIGNANT, DataError, Exclusion, LoadResult, MassRecord
@@ -79,8 +78,7 @@ def test_polygon_pick_on_random_convex_lattice_polygons():
         assert polygon_mask(x, y, (12, 12)).sum() == _shoelace(x, y) + boundary / 2 + 1
 
 
-def test_polygon_mask_is_one_function():
-    assert bcdr.polygon_mask is imageio.polygon_mask
+def test_polygon_mask_refuses_outlines_it_cannot_draw():
     with pytest.raises(ValueError, match="outline outside image"):
         polygon_mask((0, 12, 0), (0, 0, 5), (10, 12))  # x = 12 is past the last column (11)
     with pytest.raises(ValueError, match="at least 3"):

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _imageio_helpers import ramp, rect_mask, write_png
+from support.images import ramp, rect_mask, write_png
 from mammo_lib.data.generic_csv import load_generic, parse_label, read_csv_strings
 from mammo_lib.data.images import load_record
 from mammo_lib.data.records import BENIGN, MALIGNANT, DataError

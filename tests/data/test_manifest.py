@@ -12,7 +12,7 @@ from mammo_lib.utils.files import write_csv
 from mammo_lib.data.manifest import MANIFEST_COLUMNS, generate_manifest, read_manifest, sha256_file, verify_manifest
 from mammo_lib.data.records import DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "data_manifest.csv"
 CBIS = ROOT / "tests" / "fixtures" / "cbis_ddsm"
 CBIS_FILES = ["mass_case_description_test_set.csv", "mass_case_description_train_set.csv"]

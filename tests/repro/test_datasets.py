@@ -10,7 +10,7 @@ import pytest
 from mammo_lib.repro import datasets
 from mammo_lib.repro.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # dataset_table on hand-made ROI indexes: (set, index rows (dataset, label, patient, padded), expected counts)
 TABLE_CASES = [

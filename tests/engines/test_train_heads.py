@@ -12,7 +12,7 @@ from mammo_lib.engines.training import TrainConfig, make_optimizer, epoch_genera
 from mammo_lib.engines.trunk_cache import (StackedHead, _flip_codes, build_cache, group4_activation, head_logits, head_loss,
                                    train_head, train_heads)
 
-from test_trunk_cache import S, data  # tiny ROIs and masks, small DenseNet: 2x2 group-4 grid at 64 px
+from support.tiny import S, data  # tiny ROIs and masks, small DenseNet: 2x2 group-4 grid at 64 px
 
 # name, what goes wrong, expected ValueError message
 JOINT_FAIL_CASES = [

@@ -157,7 +157,7 @@ def test_torchrun_entry_point_writes_the_pipeline_checkpoint(tmp_path, no_torchr
     from mammo_lib.repro.config import load_config
     from mammo_lib.repro.table2 import ddsm_trunk
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), "-m", "mammo_lib.repro.ddp_pretrain", "pretrain", "--profile", "smoke", "--no-progress",
            "--work-dir", str(tmp_path), "--trunk-seed", "0"]

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _imageio_helpers import ramp, rect_mask, truncate, write_dicom, write_png, write_tiff
+from support.images import ramp, rect_mask, truncate, write_dicom, write_png, write_tiff
 from mammo_lib.data.images import (LoadedCase, binary_mask, load_record, read_dicom_header, read_image,
                                resize_nearest, to_unit_float)
 from mammo_lib.data.records import DataError, MassRecord

@@ -13,7 +13,7 @@ import pytest
 
 from mammo_lib.repro.fingerprint import ATOL, RTOL, VOLATILE, compare, main, table_fingerprint, text_difference, write
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROBE = ROOT / "tests" / "scripts" / "fingerprint_probe.py"
 
 A_CSV = "spec,fold,acc,prob,passes,beta per fold\nft,0,0.75,0.123456789,True,\"0, 8\"\nkt,0,0.5,0.5,False,\"8, 8\"\n"

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+from support.bcdr import write_bcdr_folder
+
 from mammo_lib.data.cbis_ddsm import load_cbis_ddsm
 from mammo_lib.cli import main
 from mammo_lib.data.images import load_record
@@ -66,8 +68,8 @@ def test_cli_explain_writes_json_and_figure(phantom_dir: Path, tmp_path: Path):
 
 
 def test_cli_verify_data_on_the_fixtures(capsys):
-    root = Path(__file__).parent / "fixtures" / "cbis_ddsm"
-    manifest = Path(__file__).parents[1] / "data_manifest.csv"
+    root = Path(__file__).resolve().parents[1] / "fixtures" / "cbis_ddsm"
+    manifest = Path(__file__).parents[2] / "data_manifest.csv"
     assert main(["verify-data", "--root", str(root), "--manifest", str(manifest), "--dataset", "CBIS-DDSM"]) == 0
     assert "ok" in capsys.readouterr().out
 
@@ -84,37 +86,14 @@ def test_cli_reports_bad_input_with_file(tmp_path: Path, capsys):
 # ---------------------------------------------------------------------------------------------
 # The real-data path of the reproduction (full profile) on a fake data root with the real layout
 # ---------------------------------------------------------------------------------------------
-BCDR_HEADER = ("patient_id,study_id,series,lesion_id,segmentation_id,image_view,image_filename,lw_x_points,"
-               "lw_y_points,mammography_type,mammography_nodule,mammography_calcification,"
-               "mammography_microcalcification,mammography_axillary_adenopathy,"
-               "mammography_architectural_distortion,mammography_stroma_distortion,age,density,classification")
-
-
-def _bcdr(folder: Path, name: str, n: int, seed: int) -> None:
-    import tifffile
-
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = [BCDR_HEADER]
-    for i in range(n):
-        rel = f"patient_{i}/study_{i}/img_{i}_{i}_1_LCC.tif"
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        tifffile.imwrite(folder / rel, rng.integers(0, 4000, (300, 240), dtype=np.uint16))
-        cx, cy, r = 120, 150, 20 + i
-        t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
-        xs = " ".join(str(int(cx + r * np.cos(a))) for a in t)
-        ys = " ".join(str(int(cy + r * np.sin(a))) for a in t)
-        cls = " Benign" if i % 2 == 0 else " Malign"
-        lines.append(f"{i},{i},1,{i},{i},2, {rel}, {xs}, {ys},1,1,0,0,0,0,0,60,2,{cls}")
-    (folder / name).write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
 def real_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("real")
     write_cbis_tree(root / "CBIS-DDSM", SMALL, n_cases=8, renamed=True, seed=5)
-    _bcdr(root / "BCDR" / "BCDR-D01_dataset", "bcdr_d01_outlines.csv", 6, 1)
-    _bcdr(root / "BCDR" / "BCDR-F01_dataset", "bcdr_f01_outlines.csv", 8, 2)
+    write_bcdr_folder(root / "BCDR" / "BCDR-D01_dataset", "bcdr_d01_outlines.csv", 6, 1)
+    write_bcdr_folder(root / "BCDR" / "BCDR-F01_dataset", "bcdr_f01_outlines.csv", 8, 2)
     return root
 
 
@@ -125,7 +104,7 @@ def _full_cfg(real_root: Path, tmp_path: Path):
                                 "results_dir": str(tmp_path / "r"), "arch": "small", "roi_size": 64,
                                 "device": "cpu", "workers": 1,
                                 "real_data": {"bcdr_f01": {"draw": {"n_benign": 3, "n_malignant": 3}}}},
-                       root=Path(__file__).parents[1], honour_env=False)
+                       root=Path(__file__).parents[2], honour_env=False)
 
 
 def test_full_profile_reads_real_layouts(real_root: Path, tmp_path: Path):
@@ -177,8 +156,8 @@ def real_root_cv(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("real_cv")
     write_cbis_tree(root / "CBIS-DDSM", PhantomConfig(seed=6, image_shape=(256, 224), benign_radius_px=(12.0, 30.0),
                                                       malignant_radius_px=(12.0, 30.0)), n_cases=40, renamed=True, seed=6)
-    _bcdr(root / "BCDR" / "BCDR-D01_dataset", "bcdr_d01_outlines.csv", 16, 3)
-    _bcdr(root / "BCDR" / "BCDR-F01_dataset", "bcdr_f01_outlines.csv", 16, 4)
+    write_bcdr_folder(root / "BCDR" / "BCDR-D01_dataset", "bcdr_d01_outlines.csv", 16, 3)
+    write_bcdr_folder(root / "BCDR" / "BCDR-F01_dataset", "bcdr_f01_outlines.csv", 16, 4)
     return root
 
 
@@ -197,7 +176,7 @@ def test_full_profile_table2_instrument_on_real_layouts(real_root_cv: Path, tmp_
                "fold_seeds": [0], "min_passing_trunks": 1, "controls": ["shuffled", "oracle"],
                "positive_control": False},
         "real_data": {"bcdr_f01": {"draw": {"n_benign": 8, "n_malignant": 8}}}},
-        root=Path(__file__).parents[1], honour_env=False)
+        root=Path(__file__).parents[2], honour_env=False)
     out = steps.step_table2(cfg, progress=False)
     assert out["gate"].empty                                   # no calibration gate on real data
     assert "No calibration gate on real data" in out["verdict"][0]

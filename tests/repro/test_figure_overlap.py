@@ -267,5 +267,5 @@ def test_every_committed_figure_is_checked() -> None:
     functions as the smoke run) has a builder above."""
     from pathlib import Path
 
-    committed = {p.stem for p in (Path(__file__).resolve().parents[1] / "results" / "figures").glob("*.png")}
+    committed = {p.stem for p in (Path(__file__).resolve().parents[2] / "results" / "figures").glob("*.png")}
     assert committed and committed <= set(SMOKE_FIGURES), sorted(committed - set(SMOKE_FIGURES))

@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from support.tiny import S, data  # tiny ROIs and masks, small DenseNet: 2x2 group-4 grid at 64 px
+
 from mammo_lib.networks.activation import GroupActivations, activation_map
 from mammo_lib.networks.densenet import apply_train_mode, build_model, mask_to_model_input, set_trainable, to_model_input
 from mammo_lib.engines.training import TrainConfig, _step_loss
@@ -15,19 +17,6 @@ from mammo_lib.networks.densenet import passthrough_channels
 from mammo_lib.engines.trunk_cache import (FLIPS, TrunkCache, _target_maps, build_cache, derangement, group4_activation,
                                    group4_maps_cached, head_logits, head_loss, predict_cached, rolled_maps, train_head,
                                    trunk_forward)
-
-S = 64  # small DenseNet: 2x2 group-4 grid at 64 px
-
-
-def data(n=8, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.random((n, S, S), dtype=np.float32)
-    m = np.zeros((n, S, S), np.uint8)
-    for i in range(n):
-        r0, c0 = rng.integers(0, S - 24, 2)
-        m[i, r0:r0 + 20, c0:c0 + 16] = 1
-    y = np.arange(n) % 2
-    return x, m, y
 
 
 # name, build_cache kwargs, expected error

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _imageio_helpers import ramp, rect_mask, write_dicom
+from support.images import ramp, rect_mask, write_dicom
 from mammo_lib.data.cbis_ddsm import REQUIRED_COLUMNS, SeriesIndex, load_cbis_ddsm, split_from_filename
 from mammo_lib.data.images import load_record, to_unit_float
 from mammo_lib.data.records import BENIGN, MALIGNANT, DataError
 
-FIX = Path(__file__).parent / "fixtures" / "cbis_ddsm"
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "cbis_ddsm"
 TRAIN, TEST = FIX / "mass_case_description_train_set.csv", FIX / "mass_case_description_test_set.csv"
 
 # published counts (TCIA CBIS-DDSM mass subset): rows, patients, MALIGNANT/BENIGN/BENIGN_WITHOUT_CALLBACK
