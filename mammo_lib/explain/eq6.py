@@ -449,7 +449,7 @@ def explain_roi(model: nn.Module, roi: np.ndarray, *, lesion: np.ndarray | None 
 
     The result's ``sanity["pixel_change_agreement"]`` is the share of cells whose Eq. 6 label
     equals the one of "the replacement that changes fewer pixels"
-    (:func:`mammo_lib.explain.sanity.pixel_change_agreement`); near 1 means the labels say little
+    (:func:`pixel_change_agreement`); near 1 means the labels say little
     about the network.
 
     >>> from mammo_lib.networks.densenet import build_model

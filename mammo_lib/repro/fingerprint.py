@@ -18,7 +18,7 @@ instruction set, another oneDNN blocking), the check compares what can be promis
   last printed digit;
 - every other number within :data:`RTOL` relative plus :data:`ATOL` absolute. Measured: another
   capability setting moves the smoke tables by at most about 1e-4 relative; a change of one loss
-  term moves them by more than 1e-2 (``tests/test_fingerprint.py``).
+  term moves them by more than 1e-2 (``tests/repro/test_fingerprint.py``).
 
 A failing check names, for each differing table, the columns, the largest difference, its row
 and the tolerance.

@@ -61,7 +61,7 @@ class JobOutcome:
 class Collected:
     """What :func:`collect` found: ``result`` (the merged :class:`~mammo_lib.protocol.instrument.InstrumentResult`
     of the runs done), ``done`` and ``missing`` (spec, fold) pairs, ``tables`` (the output of
-    :func:`mammo_lib.repro.table2.step_table2` when asked for and nothing is missing)."""
+    :func:`mammo_lib.repro.steps.table2_finetune_vs_transfer.table2_tables` when asked for and nothing is missing)."""
 
     result: Any
     done: list[tuple[str, int]]
@@ -200,7 +200,7 @@ def collect(cfg: Config, *, tables: bool = False, progress: bool = False) -> Col
     """Merge the runs done into the :class:`~mammo_lib.protocol.instrument.InstrumentResult` that
     :func:`mammo_lib.repro.table2.run` would return (same rows, same order) and list the missing
     (spec, fold) pairs, training nothing. ``tables=True`` and nothing missing: also write
-    Table 2's tables and figures (:func:`mammo_lib.repro.table2.step_table2`, from this result).
+    Table 2's tables and figures (:func:`mammo_lib.repro.steps.table2_finetune_vs_transfer.table2_tables`, from this result).
 
     >>> # c = collect(load_config("demo")); print(c.describe()); c.missing
     """
@@ -239,9 +239,10 @@ def collect(cfg: Config, *, tables: bool = False, progress: bool = False) -> Col
         trunks = {t: tr for t, (_, tr) in datas.items()}
         data0 = next(iter(datas.values()))[0]
         patients = dict(zip(data0.ids, data0.groups if data0.groups is not None else data0.ids))
-        table2._RUNS[(str(cfg.root), cfg.digest())] = table2.Design(res, trunks, table2.default_replicate(cfg, trunks),
-                                                                    patients, datas)
-        out.tables = table2.step_table2(cfg, progress=progress)
+        from mammo_lib.repro.steps.table2_finetune_vs_transfer import table2_tables
+
+        table2.remember_design(cfg, table2.Design(res, trunks, table2.default_replicate(cfg, trunks), patients, datas))
+        out.tables = table2_tables(cfg, progress=progress)
     return out
 
 

@@ -390,6 +390,12 @@ def default_replicate(cfg: Config, trunks: dict[int, dict[str, dict[str, Any]]])
 _RUNS: dict[tuple[str, str], Design] = {}
 
 
+def remember_design(cfg: Config, design: Design) -> None:
+    """Make ``design`` the one :func:`run_design` returns for ``cfg`` in this process (a design
+    assembled elsewhere, e.g. from collected jobs: :func:`mammo_lib.repro.jobs.collect`)."""
+    _RUNS[(str(cfg.root), cfg.digest())] = design
+
+
 def run_design(cfg: Config, *, progress: bool = True) -> Design:
     """Run (or read back) every replicate of the instrument (:func:`instruments`): each unit's
     runs resume from their ``result.json``. Within one process the design is reused."""

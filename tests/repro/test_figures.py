@@ -1,4 +1,4 @@
-"""Tests for mammo_lib.repro.figures: every figure builds from tiny synthetic inputs (saving: tests/test_io.py)."""
+"""Tests for mammo_lib.repro.figures: every figure builds from tiny synthetic inputs (saving: tests/utils/test_files.py)."""
 from __future__ import annotations
 
 import matplotlib

@@ -85,7 +85,7 @@ def _tables(res) -> tuple[pd.DataFrame, ...]:
 
 def _reference(cfg):
     """Table 2 in one process (``table2.run`` -> ``run_instrument``), then an empty folder again;
-    at the profile's thread count, as the job processes compute (``pipeline.pin_threads``)."""
+    at the profile's thread count, as the job processes compute (``runtime.pin_threads``)."""
     _clean(cfg)
     old = torch.get_num_threads()
     try:

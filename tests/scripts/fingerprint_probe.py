@@ -1,4 +1,4 @@
-"""A tiny Table-2-like run for tests/test_fingerprint.py, run in a subprocess so that the CPU
+"""A tiny Table-2-like run for tests/repro/test_fingerprint.py, run in a subprocess so that the CPU
 kernel settings (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_CBWR) can differ per run:
 fine-tuning and knowledge transfer (Eq. 5, beta 8) of the small DenseNet on cached 64-px ROIs,
 then a table of test probabilities, decisions and accuracies under ``OUT/tables``.

@@ -16,6 +16,13 @@ from mammo_lib.utils.files import write_text
 
 
 def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Notebook 05: the phantom's (or real data's) notes under the tables first, then
+    :func:`table2_tables`."""
+    write_phantom_notes(cfg)  # first: the step adds the design's note under the same tables
+    return table2_tables(cfg, progress=progress)
+
+
+def table2_tables(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """Notebook 05: the gates of every trunk, the pre-specified primary analysis with its
     co-primary outcomes, controls and positive control (``table2_trunks``, ``table2_primary``,
     ``table2_per_trunk``), the mechanism, then Table 2 beside the paper, the dose-response and
@@ -23,8 +30,6 @@ def step_table2(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     from mammo_lib.protocol.instrument import METHOD_LABELS, calibration_gate, gate_passes
     from mammo_lib.repro import figures, paper
     from mammo_lib.repro.report import table2_comparison
-
-    write_phantom_notes(cfg)  # first: the step adds the design's note under the same tables
 
     design = run_design(cfg, progress=progress)
     res, trunks = design.default_result(), design.trunks[design.default[0]]
