@@ -34,14 +34,14 @@ case "$cmd" in
     setup
     export MPLBACKEND=Agg
     # 1) the library's tests, two processes with one torch thread each
-    OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest -n 2 -q tests "$@"
+    OMP_NUM_THREADS=1 "$VENV/bin/python" -m pytest -n 2 -q --durations=15 tests "$@"
     # 2) the notebooks on the smoke profile under nbval, from scratch (in order: later ones reuse earlier results)
     rm -rf runs/smoke
     MAMMO_PROFILE=smoke "$VENV/bin/python" -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env \
       --nbval-sanitize-with notebooks/nbval_sanitize.cfg --nbval-cell-timeout 900 notebooks
     # 3) what they wrote must be what is committed: a stale result cannot land (bit for bit on an
     #    AVX2 CPU; elsewhere decisions equal and numbers within the stated tolerance: docs/DECISIONS.md)
-    "$VENV/bin/python" -m mammo_lib.fingerprint --check runs/smoke/results results/smoke
+    "$VENV/bin/python" -m mammo_lib.repro.fingerprint --check runs/smoke/results results/smoke
     ;;
   *)
     echo "usage: bash run.sh reproduce [--profile demo|smoke|full] [--data-root DIR]" >&2

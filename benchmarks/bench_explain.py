@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mammo_lib.explain import explain_roi
-from mammo_lib.glcm import glcm_variance_map, quantize
-from mammo_lib.model import build_model
-from mammo_lib.io import write_json
-from mammo_lib.report import environment_info
+from mammo_lib.explain.eq6 import explain_roi
+from mammo_lib.explain.glcm import glcm_variance_map, quantize
+from mammo_lib.networks.densenet import build_model
+from mammo_lib.utils.files import write_json
+from mammo_lib.repro.report import environment_info
 
 
 def _best_of(fn, repeats: int) -> float:

@@ -1,6 +1,6 @@
 """Benchmark: Table 2's beta grid (six heads: beta 0, 2, 8, 32, 128 in Eq. 4's form and 1000 in the
-attention-transfer form) trained one by one (:func:`~mammo_lib.trunk_cache.train_head` six times)
-vs together (:func:`~mammo_lib.trunk_cache.train_heads`, one grouped step), at 224 px (7x7
+attention-transfer form) trained one by one (:func:`~mammo_lib.engines.trunk_cache.train_head` six times)
+vs together (:func:`~mammo_lib.engines.trunk_cache.train_heads`, one grouped step), at 224 px (7x7
 group-4 map) for the small network and DenseNet121.
 
 Two measures, both as ratios of this one run (the machine is shared and noisy):
@@ -28,12 +28,12 @@ import pandas as pd
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mammo_lib.instrument import beta_grid
-from mammo_lib.io import write_json, write_text
-from mammo_lib.model import build_model
-from mammo_lib.report import environment_info, markdown_table
-from mammo_lib.training import TrainConfig
-from mammo_lib.trunk_cache import TrunkCache, train_head, train_heads
+from mammo_lib.protocol.instrument import beta_grid
+from mammo_lib.utils.files import write_json, write_text
+from mammo_lib.networks.densenet import build_model
+from mammo_lib.repro.report import environment_info, markdown_table
+from mammo_lib.engines.training import TrainConfig
+from mammo_lib.engines.trunk_cache import TrunkCache, train_head, train_heads
 
 
 class _CountOps(TorchDispatchMode):

@@ -1,11 +1,11 @@
 """Benchmark: the input side of the uncached trainings (the DDSM pre-training, Table 1, the generic
 stand-in), which kept the GPU waiting in the H200 run (``results/benchmarks/GPU.md``).
 
-- ``prefetch``: one epoch of :func:`~mammo_lib.training.train_model` (all layers, flips and
+- ``prefetch``: one epoch of :func:`~mammo_lib.engines.training.train_model` (all layers, flips and
   rotation, batches of 16 at 224 px) with ``prefetch_threads`` 0 (each batch assembled when the
   step needs it) vs N (batches assembled ahead in threads); the weights are bit-identical (tested),
   so only the time differs;
-- ``task``: drawing the generic task's images (:func:`~mammo_lib.stand_in.shape_task`) with 1 vs
+- ``task``: drawing the generic task's images (:func:`~mammo_lib.protocol.stand_in.shape_task`) with 1 vs
   N worker processes (identical images).
 
 Medians of interleaved repeats, as ratios of this one run (the machine is shared and noisy). The
@@ -28,11 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mammo_lib.io import write_json, write_text
-from mammo_lib.model import build_model
-from mammo_lib.report import environment_info, markdown_table
-from mammo_lib.stand_in import shape_task
-from mammo_lib.training import TensorData, TrainConfig, train_model
+from mammo_lib.utils.files import write_json, write_text
+from mammo_lib.networks.densenet import build_model
+from mammo_lib.repro.report import environment_info, markdown_table
+from mammo_lib.protocol.stand_in import shape_task
+from mammo_lib.engines.training import TensorData, TrainConfig, train_model
 
 
 def _interleaved(ways: dict, repeats: int) -> dict[str, list[float]]:

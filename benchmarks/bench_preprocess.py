@@ -34,10 +34,10 @@ try:
 except ImportError:  # pragma: no cover
     psutil = None
 
-from mammo_lib.cbis_ddsm import load_cbis_ddsm
-from mammo_lib.phantom import PhantomConfig, write_cbis_tree
-from mammo_lib.preprocess import preprocess
-from mammo_lib.io import write_json
+from mammo_lib.data.cbis_ddsm import load_cbis_ddsm
+from mammo_lib.data.phantom import PhantomConfig, write_cbis_tree
+from mammo_lib.data.preprocess import preprocess
+from mammo_lib.utils.files import write_json
 
 
 class _RssSampler:

@@ -22,12 +22,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mammo_lib.model import apply_train_mode, build_model, set_trainable
-from mammo_lib.io import write_json
-from mammo_lib.report import environment_info, markdown_table
-from mammo_lib.training import TrainConfig, _step_loss
-from mammo_lib.transfer import KnowledgeTransferLoss, make_teacher
-from mammo_lib.trunk_cache import build_cache, head_loss, train_head
+from mammo_lib.networks.densenet import apply_train_mode, build_model, set_trainable
+from mammo_lib.utils.files import write_json
+from mammo_lib.repro.report import environment_info, markdown_table
+from mammo_lib.engines.training import TrainConfig, _step_loss
+from mammo_lib.networks.transfer import KnowledgeTransferLoss, make_teacher
+from mammo_lib.engines.trunk_cache import build_cache, head_loss, train_head
 
 
 def _timed(fn) -> float:

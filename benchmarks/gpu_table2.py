@@ -41,11 +41,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from mammo_lib import table2  # noqa: E402
-from mammo_lib.config import load_config  # noqa: E402
-from mammo_lib.instrument import run_instrument  # noqa: E402
-from mammo_lib.pipeline import roi_sets, train_config  # noqa: E402
-from mammo_lib.io import write_json  # noqa: E402
+from mammo_lib.repro import table2  # noqa: E402
+from mammo_lib.repro.config import load_config  # noqa: E402
+from mammo_lib.protocol.instrument import run_instrument  # noqa: E402
+from mammo_lib.repro.datasets import roi_sets  # noqa: E402
+from mammo_lib.repro.runtime import train_config  # noqa: E402
+from mammo_lib.utils.files import write_json  # noqa: E402
 
 VARIANTS = {"bf16": {"amp": "bf16", "channels_last": True}, "fp32": {"amp": "off", "channels_last": False}}
 STAGES = ("generic_pretrain", "ddsm_pretrain", "trunk_caches", "instrument")

@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _maps_and_split(model, x: np.ndarray, *, mask_input: bool, n_old: int, bs: int = 64):
     """F^4 of all channels, of the frozen pass-through channels and of the new channels (N,g,g) x 3."""
-    from mammo_lib.model import mask_to_model_input, preserve_mode, to_model_input
+    from mammo_lib.networks.densenet import mask_to_model_input, preserve_mode, to_model_input
 
     feats = []
     h = model.features.norm5.register_forward_hook(lambda m, i, o: feats.append(F.relu(o)))
@@ -91,13 +91,13 @@ def _maps_and_split(model, x: np.ndarray, *, mask_input: bool, n_old: int, bs: i
 
 
 def _d(teacher_map: torch.Tensor, student_map: torch.Tensor) -> np.ndarray:
-    from mammo_lib.activation import activation_distance
+    from mammo_lib.networks.activation import activation_distance
     return activation_distance(teacher_map, student_map, form="paper").numpy()
 
 
 def _saliency_shares(model, images: np.ndarray, masks: np.ndarray, conf: np.ndarray) -> dict[str, float]:
     """Mean share of |d(logit_1 - logit_0)/d input| on mass, calcification, dense tissue pixels."""
-    from mammo_lib.model import preserve_mode, to_model_input
+    from mammo_lib.networks.densenet import preserve_mode, to_model_input
 
     out = {"sal_mass": [], "sal_calc": [], "sal_dense": []}
     with preserve_mode(model):
@@ -123,18 +123,19 @@ def _saliency_shares(model, images: np.ndarray, masks: np.ndarray, conf: np.ndar
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     sys.path.insert(0, str(args.lib_root.resolve()))
-    from mammo_lib import datasets, pipeline
-    from mammo_lib.config import load_config
-    from mammo_lib.model import build_model
-    from mammo_lib.protocol import inner_split, make_folds
-    from mammo_lib.training import TensorData, predict, train_model
-    from mammo_lib.transfer import make_teacher
+    from mammo_lib.repro import datasets
+    from mammo_lib.repro import runtime, table2
+    from mammo_lib.repro.config import load_config
+    from mammo_lib.networks.densenet import build_model
+    from mammo_lib.protocol.cross_validation import inner_split, make_folds
+    from mammo_lib.engines.training import TensorData, predict, train_model
+    from mammo_lib.networks.transfer import make_teacher
 
     tmp_results = tempfile.mkdtemp(prefix="kt_investigate_")  # step_pretrain writes a table there
     cfg = load_config(args.profile, {"work_dir": str(args.work_dir.resolve()), "results_dir": tmp_results},
                       root=args.lib_root.resolve(), honour_env=False)
     ds = datasets.roi_sets(cfg, progress=False)
-    ckpt = pipeline.ddsm_checkpoint(cfg, progress=False)
+    ckpt = table2.ddsm_checkpoint(cfg, progress=False)
     cv, cvt = ds.cv, ds.cv_test
     if args.renorm_quantile is not None:
         for s in (cv, cvt):
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         for vname in args.variants:
             over = dict(VARIANTS[vname])
             mask_in = over.get("input") == "mask"
-            tc = pipeline.train_config(cfg, seed=int(cfg["seed"]) + k, **over)
+            tc = runtime.train_config(cfg, seed=int(cfg["seed"]) + k, **over)
             m = build_model(cfg["arch"], weights=str(ckpt), seed=int(cfg["seed"]) + k)
             states = []
             t0 = time.time()

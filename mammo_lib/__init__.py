@@ -7,7 +7,7 @@ Importing the package pins the CPU kernels' instruction set (:mod:`mammo_lib.num
 seed gives the same numbers on any x86-64 CPU with AVX2; import it before torch runs anything
 (``MAMMO_NUMERICS=native`` opts out).
 """
-from .numerics import pin_environment as _pin_environment
+from mammo_lib.numerics import pin_environment as _pin_environment
 
 _pin_environment()
 __version__ = "0.1.0"

@@ -27,9 +27,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .options import (BACKGROUND_RULE_ALIASES, BACKGROUND_RULES, DEFAULT_BACKGROUND_RULE, DEFAULT_INTENSITY,
+from mammo_lib.utils.options import (BACKGROUND_RULE_ALIASES, BACKGROUND_RULES, DEFAULT_BACKGROUND_RULE, DEFAULT_INTENSITY,
                       INTENSITY_MODES, MAX_ROI_SIZE, MIN_ROI_SIZE, parse_device)
-from .records import DataError, Exclusion, LoadResult
+from mammo_lib.data.records import DataError, Exclusion, LoadResult
 
 #: ``train --dataset`` names (any case; ``-``/``_`` alike) and the manifest datasets each reads.
 TRAIN_DATASETS = {"CBIS-DDSM": ("CBIS-DDSM",), "BCDR": ("BCDR-D01", "BCDR-F01"), "BCDR-D01": ("BCDR-D01",),
@@ -107,7 +107,7 @@ _device.__name__ = "device"
 
 def _check_device(device: str) -> str:
     """``--device`` checked against this machine (a CUDA GPU present) before any work."""
-    from .training import check_device
+    from mammo_lib.engines.training import check_device
 
     return check_device(device, "--device")
 
@@ -146,8 +146,9 @@ def _kinds(paths: Sequence[str | Path]) -> str:
 def _verify(a: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .manifest import (canonical_dataset, data_layout, dataset_folder, default_manifest_path, read_manifest,
-                           verify_manifest)
+    from mammo_lib.data.manifest import (canonical_dataset, dataset_folder, default_manifest_path, read_manifest,
+                                         verify_manifest)
+    from mammo_lib.repro.config import data_layout
 
     manifest = Path(a.manifest) if a.manifest else default_manifest_path()
     df = read_manifest(manifest)
@@ -159,7 +160,7 @@ def _verify(a: argparse.Namespace) -> int:
         names = list(dict.fromkeys(df.loc[df["relative_path"] != "", "dataset"]))
     summary, problems, checked, unlisted = [], [], [], []
     for name in names:
-        folder = dataset_folder(root, name)
+        folder = dataset_folder(root, name, layout)
         rep = verify_manifest(manifest, folder, dataset=name, progress=int((df["dataset"] == name).sum()) > 50)
         if not (rep.ok or rep.altered or rep.unchecked) and name in layout:
             folder = root / layout[name]  # nothing found: say where the README's layout expects it
@@ -208,16 +209,18 @@ def _writable_file(path: str | Path, option: str = "--out") -> Path:
 
 
 def _pin(a: argparse.Namespace) -> int:
-    from .manifest import canonical_dataset, data_layout, dataset_folder, generate_manifest
+    from mammo_lib.data.manifest import canonical_dataset, dataset_folder, generate_manifest
+    from mammo_lib.repro.config import data_layout
 
     root = _data_root(a.root)
     out = _writable_file(a.out)
     name = a.dataset
+    layout = data_layout()
     try:
-        name = canonical_dataset(name, list(data_layout()))
+        name = canonical_dataset(name, list(layout))
     except ValueError:
         pass  # a lab's own dataset: its name as given, its files under --root
-    folder = dataset_folder(root, name)
+    folder = dataset_folder(root, name, layout)
     df = generate_manifest(folder, name, a.source, a.licence, out_csv=out)
     print(f"pinned {len(df)} files of {name} in {folder} (size, sha256) in {out}")
     return 0
@@ -233,7 +236,7 @@ def resolve_weights(arch: str, weights: str) -> str:
     >>> resolve_weights("small", "auto")
     'none'
     """
-    from .model import WeightsUnavailableError, build_model, imagenet_weights_path
+    from mammo_lib.networks.densenet import WeightsUnavailableError, build_model, imagenet_weights_path
 
     key = weights.strip().lower()
     if key == "auto":
@@ -260,26 +263,27 @@ def resolve_weights(arch: str, weights: str) -> str:
 
 def _load_dataset(a: argparse.Namespace) -> tuple[LoadResult, str]:
     """Records of ``--csv`` or of ``--dataset`` under the data root ``--root`` (exclusions recorded)."""
-    from .bcdr import load_bcdr
-    from .cbis_ddsm import load_cbis_ddsm
-    from .generic import load_generic
-    from .manifest import canonical_dataset, data_layout, dataset_folder
+    from mammo_lib.data.bcdr import load_bcdr
+    from mammo_lib.data.cbis_ddsm import load_cbis_ddsm
+    from mammo_lib.data.generic_csv import load_generic
+    from mammo_lib.data.manifest import canonical_dataset, dataset_folder
+    from mammo_lib.repro.config import data_layout
 
     if a.csv:
         return load_generic(a.csv, on_error="skip"), str(a.csv)
     name = canonical_dataset(a.dataset, list(TRAIN_DATASETS))
     root = _data_root(a.root)
+    layout = data_layout()
     if name == "CBIS-DDSM":
-        folder = dataset_folder(root, name)
+        folder = dataset_folder(root, name, layout)
         csvs = sorted(folder.glob("mass_case_description_*_set.csv"))
         if not csvs:
             raise DataError(f"no CBIS-DDSM mass description CSV (mass_case_description_train_set.csv, "
                             f"mass_case_description_test_set.csv) in {folder}", root)
         return load_cbis_ddsm(csvs, folder, on_error="skip"), f"CBIS-DDSM in {folder}"
     result, used, absent = LoadResult(), [], []
-    layout = data_layout()
     for sub in TRAIN_DATASETS[name]:
-        folder = dataset_folder(root, sub)
+        folder = dataset_folder(root, sub, layout)
         outlines = folder / f"bcdr_{sub[-3:].lower()}_outlines.csv"
         if outlines.is_file():
             result.extend(load_bcdr(outlines, folder, subset=sub[-3:], on_error="skip"))
@@ -350,10 +354,10 @@ def _train(a: argparse.Namespace) -> int:
         raise ValueError(f"--dataset {a.dataset} needs --root DATA_ROOT (the folder holding CBIS-DDSM/, BCDR/)")
     if a.root and not a.dataset:
         raise ValueError("--root is the data root of --dataset; a --csv names its files itself")
-    from .io import write_csv
-    from .preprocess import preprocess
-    from .protocol import RunSpec, check_cv_sizes, run_cv
-    from .training import TrainConfig
+    from mammo_lib.utils.files import write_csv
+    from mammo_lib.data.preprocess import preprocess
+    from mammo_lib.protocol.cross_validation import RunSpec, check_cv_sizes, run_cv
+    from mammo_lib.engines.training import TrainConfig
 
     cfg = TrainConfig(method=a.method, epochs=a.epochs, beta=a.beta, batch_size=a.batch_size, lr=a.lr,
                       device=a.device, seed=a.seed)
@@ -400,8 +404,8 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _train_job(a: argparse.Namespace) -> int:
-    """``train --profile P --spec S --fold K``: one Table 2 job (:func:`mammo_lib.jobs.run_job`)."""
-    from .jobs import cli_run_job
+    """``train --profile P --spec S --fold K``: one Table 2 job (:func:`mammo_lib.repro.jobs.run_job`)."""
+    from mammo_lib.repro.jobs import cli_run_job
 
     if a.profile is None or a.spec is None or a.fold is None:
         raise ValueError("one Table 2 job needs all of --profile P --spec S --fold K (see: mammo-kt collect)")
@@ -414,7 +418,7 @@ def _train_job(a: argparse.Namespace) -> int:
 
 def _collect(a: argparse.Namespace) -> int:
     """``collect --profile P``: merge the finished Table 2 jobs, name the missing ones."""
-    from .jobs import cli_collect
+    from mammo_lib.repro.jobs import cli_collect
 
     if a.device is not None:
         a.device = _check_device(a.device)
@@ -425,11 +429,11 @@ def _explain(a: argparse.Namespace) -> int:
     import numpy as np
 
     a.device = _check_device(a.device)
-    from .explain import explain_roi
-    from .imageio import image_notes, read_image, read_unit_float
-    from .io import save_figure
-    from .model import build_model, checkpoint_meta
-    from .roi import extract_roi
+    from mammo_lib.explain.eq6 import explain_roi
+    from mammo_lib.data.images import image_notes, read_image, read_unit_float
+    from mammo_lib.utils.files import save_figure
+    from mammo_lib.networks.densenet import build_model, checkpoint_meta
+    from mammo_lib.data.roi import extract_roi
 
     if not Path(a.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {a.checkpoint}")
@@ -492,8 +496,35 @@ def _explain(a: argparse.Namespace) -> int:
     return 0
 
 
+def _reproduce(argv: Sequence[str]) -> int:
+    """``mammo-kt reproduce`` (also ``python -m mammo_lib.reproduce``): every notebook in order
+    (:func:`mammo_lib.repro.runner.run_all`); exit status 1 names the failing notebook and cell. Other
+    errors (e.g. a missing dataset, :func:`mammo_lib.repro.runner.check_real_data`) reach :func:`main`."""
+    from mammo_lib.repro import runner
+
+    ap = argparse.ArgumentParser(prog="mammo-kt reproduce", description=runner.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="demo", help="smoke | demo | full | path to a YAML profile (default: demo)")
+    ap.add_argument("--data-root", default="", help="folder with the real datasets (full profile)")
+    ap.add_argument("--device", default="", help="cpu | cuda (default: the profile's)")
+    ap.add_argument("--force", action="store_true",
+                    help="re-execute every notebook even when unchanged (over the library's caches: same numbers)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="delete the profile's caches and result files first: recompute everything from scratch")
+    ap.add_argument("--only", nargs="*", help="run only notebooks whose names start with these, e.g. 05 06")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a = ap.parse_args(argv)
+    try:
+        runner.run_all(a.profile, data_root=a.data_root, device=a.device, force=a.force, fresh=a.fresh,
+                       only=a.only, progress=not a.no_progress)
+    except runner.NotebookFailed as err:
+        print(f"mammo-kt: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``mammo-kt`` argument parser (``reproduce`` is delegated to :mod:`mammo_lib.reproduce`).
+    """The ``mammo-kt`` argument parser (``reproduce`` is delegated to :mod:`mammo_lib.repro.runner`).
     Imports nothing heavy (NumPy, torch): ``mammo-kt --help`` answers at once."""
     ap = _Parser(prog="mammo-kt", description=__doc__, formatter_class=_Help)
     ap.add_argument("--debug", action="store_true", help="show the traceback of an error (any position)")
@@ -605,7 +636,7 @@ def describe_error(err: BaseException) -> tuple[int, str]:
     >>> describe_error(PermissionError(13, "Permission denied", "/data/out"))
     (1, 'Permission denied: /data/out')
     """
-    from .model import WeightsUnavailableError
+    from mammo_lib.networks.densenet import WeightsUnavailableError
 
     if isinstance(err, FileNotFoundError) and err.filename is not None:
         status, msg = 2, f"file not found: {err.filename}"
@@ -620,7 +651,7 @@ def describe_error(err: BaseException) -> tuple[int, str]:
                           f"cache), a training batch (--batch-size ROIs through the network) and the --workers "
                           f"processes share the memory; lower whichever is large")
     else:
-        from .reproduce import NotebookFailed
+        from mammo_lib.repro.runner import NotebookFailed
 
         expected = isinstance(err, (NotebookFailed, OSError))
         status, msg = 1, str(err) if expected else (f"{type(err).__name__}: {err} (unexpected; run again with "
@@ -654,9 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _one_line_warning
     try:
         if argv and argv[0] == "reproduce":
-            from .reproduce import main as reproduce_main
-
-            return reproduce_main(argv[1:])
+            return _reproduce(argv[1:])
         a = build_parser().parse_args(argv)
         return a.func(a)
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ tests works), and ``MAMMO_NUMERICS=native`` leaves the machine's fastest kernels
 
 What cannot be pinned this way (oneDNN's blocking by cache size, a CPU without AVX2) is covered
 by the committed-results check, which compares tables within stated tolerances
-(:mod:`mammo_lib.fingerprint`).
+(:mod:`mammo_lib.repro.fingerprint`).
 
 >>> env = {}
 >>> sorted(pin_environment(env, flags={"avx2", "fma"}))

@@ -29,9 +29,9 @@ progress: bool = True  # show progress bars for long steps
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from mammo_lib import pipeline
+from mammo_lib.repro import steps
 
-cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
+cfg = steps.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
 
 # %% [markdown]
 # ## Step 1: check the real files
@@ -44,7 +44,7 @@ cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also
 if cfg.uses_phantom:
     print("built-in phantom: generated deterministically from seed", cfg["phantom"]["seed"])
 else:
-    from mammo_lib.datasets import verify_data
+    from mammo_lib.repro.datasets import verify_data
 
     display(verify_data(cfg))
 
@@ -57,7 +57,7 @@ else:
 # border, resized with bicubic interpolation (the mask with nearest neighbour).
 
 # %%
-out = pipeline.step_data(cfg, progress=progress)
+out = steps.step_data(cfg, progress=progress)
 display(out["counts"])
 
 # %%

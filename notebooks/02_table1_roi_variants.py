@@ -29,9 +29,9 @@ progress: bool = True  # show progress bars for long steps
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from mammo_lib import pipeline
+from mammo_lib.repro import steps
 
-cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
+cfg = steps.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
 
 # %% [markdown]
 # ## Step 1: fine-tune each configuration with k-fold cross-validation
@@ -42,5 +42,5 @@ cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also
 # beside the paper's number.
 
 # %%
-out = pipeline.step_table1(cfg, progress=progress)
+out = steps.step_table1(cfg, progress=progress)
 out["table"]

@@ -29,9 +29,9 @@ progress: bool = True  # show progress bars for long steps
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from mammo_lib import pipeline
+from mammo_lib.repro import steps
 
-cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
+cfg = steps.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
 
 # %% [markdown]
 # ## Step 1: the two starting networks
@@ -44,7 +44,7 @@ cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also
 # `pretrain.patience` epochs after their best validation accuracy and keep that epoch.
 
 # %%
-out = pipeline.step_pretrain(cfg, progress=progress)
+out = steps.step_pretrain(cfg, progress=progress)
 display(out["table"])
 print("DDSM checkpoint:", out["checkpoint"].name)
 

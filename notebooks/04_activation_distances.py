@@ -27,9 +27,9 @@ progress: bool = True  # show progress bars for long steps
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from mammo_lib import pipeline
+from mammo_lib.repro import steps
 
-cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
+cfg = steps.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
 
 # %% [markdown]
 # ## Step 1: Eq. 4 distances over the training set
@@ -39,7 +39,7 @@ cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also
 # the two maps, each flattened and l2-normalised. The table summarises d^j per group.
 
 # %%
-out = pipeline.step_distances(cfg, progress=progress)
+out = steps.step_distances(cfg, progress=progress)
 print("network:", out["network"])
 display(out["summary"])
 

@@ -31,9 +31,9 @@ progress: bool = True  # show progress bars for long steps
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from mammo_lib import pipeline
+from mammo_lib.repro import steps
 
-cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
+cfg = steps.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
 
 # %% [markdown]
 # ## Step 1: train every model of the comparison
@@ -46,7 +46,7 @@ cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also
 # shortcut in training, scored on a neutral and on a reversed rendering of the test masses.
 
 # %%
-out = pipeline.step_table2(cfg, progress=progress)
+out = steps.step_table2(cfg, progress=progress)
 
 # %% [markdown]
 # ## Step 2: the gates of every trunk

@@ -27,9 +27,9 @@ progress: bool = True  # show progress bars for long steps
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from mammo_lib import pipeline
+from mammo_lib.repro import steps
 
-cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
+cfg = steps.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
 
 # %% [markdown]
 # ## Step 1: the tests, per condition and starting network
@@ -41,4 +41,4 @@ cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also
 # over every trunk and fold seed (Nadeau-Bengio, Holm) is `table2_primary` (notebook 05).
 
 # %%
-pipeline.step_significance(cfg, progress=progress)
+steps.step_significance(cfg, progress=progress)

@@ -28,9 +28,9 @@ progress: bool = True  # show progress bars for long steps
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from mammo_lib import pipeline
+from mammo_lib.repro import steps
 
-cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
+cfg = steps.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
 
 # %% [markdown]
 # ## Step 1: how much of the activation falls on the mass
@@ -40,7 +40,7 @@ cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also
 # per Table 2 model.
 
 # %%
-out = pipeline.step_localization(cfg, progress=progress)
+out = steps.step_localization(cfg, progress=progress)
 out["summary"]
 
 # %% [markdown]

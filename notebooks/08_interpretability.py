@@ -29,9 +29,9 @@ progress: bool = True  # show progress bars for long steps
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from mammo_lib import pipeline
+from mammo_lib.repro import steps
 
-cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
+cfg = steps.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
 
 # %% [markdown]
 # ## Step 1: sanity checks of the explanation
@@ -44,7 +44,7 @@ cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also
 # evidence (`docs/DECISIONS.md`: the Background image).
 
 # %%
-out = pipeline.step_interpretability(cfg, progress=progress)
+out = steps.step_interpretability(cfg, progress=progress)
 display(out["sanity"])
 print("Background rule used below:", out["rule"], "| any rule passes:", out["sanity"].attrs["any_passes"])
 

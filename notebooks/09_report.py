@@ -29,9 +29,9 @@ progress: bool = True  # show progress bars for long steps
 # %matplotlib inline
 from IPython.display import Markdown, display
 
-from mammo_lib import pipeline
+from mammo_lib.repro import steps
 
-cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
+cfg = steps.open_profile(profile, data_root=data_root, device=device)  # also pins the CPU threads
 
 # %% [markdown]
 # ## Step 1: write and show REPORT.md
@@ -39,7 +39,7 @@ cfg = pipeline.open_profile(profile, data_root=data_root, device=device)  # also
 # A table or figure that a skipped notebook did not make is named as missing, not left out.
 
 # %%
-from mammo_lib.report import write_report
+from mammo_lib.repro.report import write_report
 
 path = write_report(cfg)
 Markdown(path.read_text())

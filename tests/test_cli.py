@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mammo_lib.phantom import PhantomConfig, generate_phantom, write_cbis_tree
+from mammo_lib.data.phantom import PhantomConfig, generate_phantom, write_cbis_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_CSVS = ROOT / "tests" / "fixtures" / "cbis_ddsm"
@@ -113,8 +113,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     """A generic phantom CSV, a data root with CBIS-DDSM only, one with the real CSVs, one with BCDR."""
     from PIL import Image
 
-    from mammo_lib.model import build_model
-    from test_integration import _bcdr
+    from mammo_lib.networks.densenet import build_model
+    from support.bcdr import write_bcdr_folder
 
     base = tmp_path_factory.mktemp("cli")
     ph = generate_phantom(base / "ph", PhantomConfig(seed=8, image_shape=(256, 224), n_benign=14, n_malignant=14),
@@ -125,8 +125,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     vroot = base / "vdata"
     shutil.copytree(FIXTURE_CSVS, vroot / "CBIS-DDSM")
     bcdr_root = base / "bcdr"
-    _bcdr(bcdr_root / "BCDR" / "BCDR-D01_dataset", "bcdr_d01_outlines.csv", 16, 3)
-    _bcdr(bcdr_root / "BCDR" / "BCDR-F01_dataset", "bcdr_f01_outlines.csv", 16, 4)
+    write_bcdr_folder(bcdr_root / "BCDR" / "BCDR-D01_dataset", "bcdr_d01_outlines.csv", 16, 3)
+    write_bcdr_folder(bcdr_root / "BCDR" / "BCDR-F01_dataset", "bcdr_f01_outlines.csv", 16, 4)
     ckpt = base / "small.pt"
     torch.save({"model_state": build_model("small", seed=0).state_dict(), "arch": "small",
                 "roi_spec": {"size": 64, "min_context": 224, "intensity": "dtype", "variant": "mass_centred"}}, ckpt)
@@ -243,8 +243,8 @@ def test_verify_data_table_names_where_a_missing_dataset_belongs(world):
 
 
 def test_default_manifest_absent_is_a_clear_error(tmp_path, monkeypatch):
-    from mammo_lib import manifest
-    from mammo_lib.records import DataError
+    from mammo_lib.data import manifest
+    from mammo_lib.data.records import DataError
 
     monkeypatch.setattr(manifest, "__file__", str(tmp_path / "site-packages" / "mammo_lib" / "manifest.py"))
     with pytest.raises(DataError, match="no data_manifest.csv beside the mammo_lib package .* pass --manifest"):
@@ -383,7 +383,7 @@ def test_device_cuda_without_a_gpu_is_refused_at_once(world, tmp_path):
               str(tmp_path / "e"), "--device", "cuda")
     assert got.returncode == 2 and _error_line(got) == f"mammo-kt: error: {expected}"
     # the library: a clear ValueError, not a torch error deep in training
-    from mammo_lib.training import TrainConfig
+    from mammo_lib.engines.training import TrainConfig
 
     with pytest.raises(ValueError, match=re.escape(expected.replace("--device", "TrainConfig.device"))):
         TrainConfig(device="cuda")
@@ -394,7 +394,7 @@ def test_device_cuda_without_a_gpu_is_refused_at_once(world, tmp_path):
 def test_profile_values_the_library_refuses_are_refused_by_the_schema(tmp_path):
     import yaml
 
-    from mammo_lib.config import profile_path
+    from mammo_lib.repro.config import profile_path
 
     base = yaml.safe_load(profile_path("smoke").read_text())
     cases = [({"cv": {**base.get("cv", {}), "beta_grid": [0, -8]}},
@@ -604,7 +604,7 @@ def test_wrong_input_is_refused_or_noted_in_the_csv_and_the_summary(world, tmp_p
     import pydicom
     from PIL import Image
 
-    from _imageio_helpers import write_dicom
+    from support.images import write_dicom
 
     ph = tmp_path / "ph"
     shutil.copytree(world["ph"], ph)
@@ -689,7 +689,7 @@ def test_verify_data_says_what_it_checked_and_what_not(world, tmp_path):
 
 def test_library_checks_before_any_work(tmp_path):
     from mammo_lib.cli import describe_error
-    from mammo_lib.generic import load_generic
+    from mammo_lib.data.generic_csv import load_generic
 
     with pytest.raises(ValueError, match=r"^on_error must be 'raise' or 'skip', got 'ignore'$"):
         load_generic(tmp_path / "absent.csv", on_error="ignore")

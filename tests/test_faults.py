@@ -23,17 +23,17 @@ import pytest
 import tifffile
 import torch
 
-from _imageio_helpers import ramp, rect_mask, truncate, write_dicom, write_png
-from mammo_lib.cbis_ddsm import load_cbis_ddsm
-from mammo_lib.generic import load_generic
-from mammo_lib.imageio import MAX_PIXELS, load_record, read_image
-from mammo_lib.model import build_model
-from mammo_lib.phantom import write_cbis_tree
-from mammo_lib.preprocess import RoiSet, preprocess
-from mammo_lib.protocol import make_folds, pretrain, run_cv
-from mammo_lib.records import DataError, MassRecord
-from mammo_lib.training import TensorData, TrainConfig, train_model
-from mammo_lib.trunk_cache import DamagedCacheError, TrunkCache, build_cache
+from support.images import ramp, rect_mask, truncate, write_dicom, write_png
+from mammo_lib.data.cbis_ddsm import load_cbis_ddsm
+from mammo_lib.data.generic_csv import load_generic
+from mammo_lib.data.images import MAX_PIXELS, load_record, read_image
+from mammo_lib.networks.densenet import build_model
+from mammo_lib.data.phantom import write_cbis_tree
+from mammo_lib.data.preprocess import RoiSet, preprocess
+from mammo_lib.protocol.cross_validation import make_folds, pretrain, run_cv
+from mammo_lib.data.records import DataError, MassRecord
+from mammo_lib.engines.training import TensorData, TrainConfig, train_model
+from mammo_lib.engines.trunk_cache import DamagedCacheError, TrunkCache, build_cache
 
 FIXTURES = Path(__file__).parent / "fixtures" / "cbis_ddsm"
 SHAPE = (48, 64)
@@ -152,7 +152,7 @@ PARAM_FAULTS = [
     ("size_7", {"size": 7}, "size must be an int >= MIN_ROI_SIZE = 32 (the networks halve the ROI 5 times"),
     ("size_1", {"size": 1}, "size must be an int >= MIN_ROI_SIZE = 32"),
     ("size_True", {"size": True}, "size must be an int >= MIN_ROI_SIZE = 32 (the networks halve the ROI 5 "
-                                  "times: mammo_lib.roi.MIN_ROI_SIZE), got True"),
+                                  "times: mammo_lib.data.roi.MIN_ROI_SIZE), got True"),
 ]
 
 
@@ -336,7 +336,7 @@ def test_cbis_unreadable_dicom_and_missing_mask_series(tmp_path):
 
 # --- issue 21: small data, damaged results, full disks, silently wrong input (library side) ---------
 def test_inner_split_of_a_small_training_part_puts_both_classes_on_each_side():
-    from mammo_lib.protocol import inner_split
+    from mammo_lib.protocol.cross_validation import inner_split
 
     y = np.array([0, 0, 0, 0, 1, 1])
     tr, va = inner_split(y, seed=3)
@@ -354,7 +354,7 @@ def test_inner_split_of_a_small_training_part_puts_both_classes_on_each_side():
 
 
 def test_inner_split_of_enough_data_is_the_k_fold_split_as_before():
-    from mammo_lib.protocol import inner_split
+    from mammo_lib.protocol.cross_validation import inner_split
 
     y = np.array([0] * 12 + [1] * 9)
     g = np.array([f"p{i // 2}" for i in range(21)])
@@ -364,7 +364,7 @@ def test_inner_split_of_enough_data_is_the_k_fold_split_as_before():
 
 
 def test_too_small_data_is_refused_with_the_counts_and_the_folds_that_fit():
-    from mammo_lib.protocol import check_cv_sizes, min_cases_per_class
+    from mammo_lib.protocol.cross_validation import check_cv_sizes, min_cases_per_class
 
     # k test folds, and n - ceil(n / k) >= 2 left in every training part: k = 2 needs 4, k = 3 needs 3
     assert [min_cases_per_class(k) for k in (2, 3, 4, 5)] == [4, 3, 4, 5]
@@ -419,7 +419,7 @@ def test_mask_with_no_tissue_is_noted(tmp_path):
 
 
 def test_damaged_result_json_warns_and_is_recomputed(tmp_path):
-    from mammo_lib.io import read_done_marker
+    from mammo_lib.utils.files import read_done_marker
 
     path = tmp_path / "result.json"
     path.write_text('{"key": ')
@@ -436,7 +436,7 @@ def test_damaged_result_json_warns_and_is_recomputed(tmp_path):
 def test_disk_full_is_one_error_naming_the_file(tmp_path, monkeypatch):
     import errno
 
-    from mammo_lib import io as mio
+    from mammo_lib.utils import files as mio
 
     def full(tmp: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -457,8 +457,8 @@ def test_disk_full_is_one_error_naming_the_file(tmp_path, monkeypatch):
 
 
 def test_schema_bounds_come_from_the_library():
-    from mammo_lib.config import RoiSpec
-    from mammo_lib.roi import MAX_ROI_SIZE, MIN_ROI_SIZE
+    from mammo_lib.repro.config import RoiSpec
+    from mammo_lib.data.roi import MAX_ROI_SIZE, MIN_ROI_SIZE
 
     meta = {type(m).__name__: m for m in RoiSpec.model_fields["roi_size"].metadata}
     assert (meta["Ge"].ge, meta["Le"].le) == (MIN_ROI_SIZE, MAX_ROI_SIZE) == (32, 2048)

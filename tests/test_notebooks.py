@@ -128,8 +128,8 @@ def test_notebooks_read_as_the_papers_steps(nb: Path):
 
 def test_a_saved_figure_stays_displayable(tmp_path: Path):
     """The steps save each figure and return it; the object still draws the same PNG afterwards."""
-    from mammo_lib.figures import fig6_distance_distribution
-    from mammo_lib.report import save_figure
+    from mammo_lib.repro.figures import fig6_distance_distribution
+    from mammo_lib.repro.report import save_figure
 
     import pandas as pd
 

@@ -1,4 +1,4 @@
-"""A tiny Table-2-like run for tests/test_fingerprint.py, run in a subprocess so that the CPU
+"""A tiny Table-2-like run for tests/repro/test_fingerprint.py, run in a subprocess so that the CPU
 kernel settings (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_CBWR) can differ per run:
 fine-tuning and knowledge transfer (Eq. 5, beta 8) of the small DenseNet on cached 64-px ROIs,
 then a table of test probabilities, decisions and accuracies under ``OUT/tables``.
@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mammo_lib import trunk_cache
-from mammo_lib.model import build_model
-from mammo_lib.report import write_table
-from mammo_lib.training import TrainConfig
+from mammo_lib.engines import trunk_cache
+from mammo_lib.networks.densenet import build_model
+from mammo_lib.repro.report import write_table
+from mammo_lib.engines.training import TrainConfig
 
 
 def main(out: Path, mutate: bool) -> None:

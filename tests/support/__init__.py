@@ -1,0 +1,1 @@
+"""Helpers shared by the tests (not tests themselves): synthetic images and files, tiny data."""
