@@ -239,9 +239,7 @@ def write(results_dir: str | Path, committed: str | Path) -> Path:
             shutil.copyfile(p, tmp / p.name)
 
     atomic_dir(committed / "tables", build)
-    prov = Path(results_dir) / "provenance.json"
-    env = json.loads(prov.read_text()).get("environment", {}) if prov.exists() else {}
-    numerics = next((v for k, v in env.items() if k.startswith("numerics")), None) or describe()
+    numerics = _numerics_of(Path(results_dir), "provenance.json") or describe()
     return write_json(committed / "fingerprint.json",
                       {"note": "sha256 of the smoke profile's tables (mammo_lib.repro.fingerprint); copies in tables/; "
                                "numerics: the kernels of the run that wrote them",
