@@ -483,7 +483,9 @@ def _explain(a: argparse.Namespace) -> int:
     expl = explain_roi(model, roi, device=a.device, background_rule=a.background_rule)
     expl.to_json(out / "explanation.json")  # params["background_rule"], sanity["pixel_change_agreement"]
     # atomic, with the mode a plain open() would give (io.default_file_mode)
-    save_figure(expl.plot(roi, mask=mask_roi), out / "explanation.png")
+    from mammo_lib.visualize import plot_explanation
+
+    save_figure(plot_explanation(expl, roi, mask=mask_roi), out / "explanation.png")
     names = ["benign", "malignant"]
     lesion = float(np.mean(np.asarray(expl.cell_labels) == "Lesion"))
     print(f"prediction: {names[expl.prediction]} (p = {float(np.max(expl.probabilities)):.3f}); "

@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -14,8 +19,9 @@
 # Reproduces the paper's explanation of a prediction: the ROI is split into a *Lesion* and a
 # *Background* image by GLCM variance (Eq. 1-2), and each cell of the group-4 grid is labelled by
 # which of the two the model's activations stay closer to (Eq. 6). It produces the tables
-# `explanation_sanity`, `explain_timing`, `explanation_agreement`, `fig8b_correlation` and the
-# figures `fig5_lesion_background_*`, `fig8_panels_*`, `fig9_framework` and `explanation_grid`.
+# `explanation_sanity`, `explainer_randomisation`, `explain_timing`, `explanation_agreement` and
+# `fig8b_correlation`, and the figures `fig5_lesion_background_*`, `fig8_panels_*`, `fig9_framework`
+# and `explanation_grid`.
 
 # %% tags=["parameters"]
 # Parameters: papermill injects values after this cell; `papermill --help-notebook` lists them.
@@ -47,6 +53,15 @@ cfg = steps.open_profile(profile, data_root=data_root, device=device)  # also pi
 out = steps.step_interpretability(cfg, progress=progress)
 display(out["sanity"])
 print("Background rule used below:", out["rule"], "| any rule passes:", out["sanity"].attrs["any_passes"])
+
+# %% [markdown]
+# The same model-randomisation check for every explainer behind the one interface: Eq. 6, Grad-CAM,
+# HiResCAM and the kNN explanation, each compared with itself on the re-initialised network (equal
+# labels, rank correlation of the maps, overlap of the neighbours). An explanation that hardly changes
+# does not follow the trained weights.
+
+# %%
+display(out["randomisation"])
 
 # %% [markdown]
 # ## Step 2: the cost of an explanation

@@ -18,7 +18,7 @@ import pytest
 
 #: Allowed order, lowest first: a unit may import only from itself and the units before it.
 #: ``numerics`` is imported first by ``mammo_lib/__init__`` (pins the CPU kernels before torch).
-LAYERS = ("numerics", "utils", "data", "networks", "metrics", "engines", "protocol", "explain", "repro",
+LAYERS = ("numerics", "utils", "data", "networks", "metrics", "engines", "protocol", "explain", "visualize", "repro",
           "cli", "reproduce")
 ROOT = Path(__file__).resolve().parents[1] / "mammo_lib"
 

@@ -3,8 +3,10 @@
 The selected epoch is the one with the best validation score: higher accuracy, ties broken by the
 lower validation loss (``metric="accuracy"``), or the lower loss alone (``metric="loss"``); the
 first epoch always counts as an improvement. Training stops after ``patience`` epochs in a row
-without an improvement (``None``: never). Used by :func:`mammo_lib.engines.training.train_model`
-and :func:`mammo_lib.engines.trunk_cache.train_heads` (its ``select_also`` second selection too).
+without an improvement (``None``: never). Used by the package's three training loops:
+:func:`mammo_lib.engines.training.train_model`, :func:`mammo_lib.engines.trunk_cache.train_heads` (its
+``select_also`` second selection too) and :func:`mammo_lib.protocol.stand_in.pretrain_generic` (which
+measures no validation loss: it passes ``math.inf``, so a tie keeps the earlier epoch).
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Explanations of a prediction: the proposed Eq. 6 explanation (*Lesion* / *Background* cells), its
-sanity measures, GLCM texture (Eq. 1-2), Grad-CAM / HiResCAM, kNN feature explanations and
-localisation scores.
+"""Explanations of a prediction behind one interface (:mod:`.interface`): ``Eq6Explainer`` (the
+proposed *Lesion* / *Background* cells, Eq. 6), ``CamExplainer`` (Grad-CAM / HiResCAM) and
+``KnnExplainer`` (nearest training cases) are configured once and called per ROI, each returning
+an ``Attribution``; the sanity measures (``randomisation_table``: any explainer), GLCM texture
+(Eq. 1-2) and localisation scores. Drawing lives in :mod:`mammo_lib.visualize`.
 
 The names below are the subpackage's public interface, imported on first use (so that importing
 the package stays light).
@@ -12,7 +14,9 @@ _PUBLIC = {
     "BACKGROUND": "eq6",
     "explanation_sanity": "sanity", "pixel_change_agreement": "sanity", "randomisation_check": "sanity",
     "glcm_variance_map": "glcm", "glcm_feature_table": "glcm",
-    "cam_map": "cam",
+    "cam_map": "cam", "randomisation_table": "sanity",
+    "Attribution": "interface", "Explainer": "interface", "Eq6Explainer": "interface", "CamExplainer": "interface",
+    "KnnExplainer": "interface", "similarity": "interface",
     "knn_explain": "knn", "penultimate_features": "knn", "feature_correlation": "knn",
     "localization_table": "localization", "summarize_localization": "localization",
 }

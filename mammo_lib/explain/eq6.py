@@ -172,15 +172,15 @@ def split_roi(roi: np.ndarray, variance: np.ndarray, rule: str,
         background = r - lesion  # = (1 - w) * ROI, exactly complementary
         return lesion.astype(np.float32), background.astype(np.float32)
     lo, hi = float(r.min()), float(r.max())
-    lesion = lo + _unit(np.asarray(variance, dtype=np.float64)) * (hi - lo)
+    lesion = lo + unit_range(np.asarray(variance, dtype=np.float64)) * (hi - lo)
     if rule == "subtract_clip":
-        background = np.clip(_unit(r) - _unit(lesion), 0.0, None)
+        background = np.clip(unit_range(r) - unit_range(lesion), 0.0, None)
     else:  # "difference"
         background = np.clip(r - lesion, 0.0, None)
     return lesion.astype(np.float32), background.astype(np.float32)
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit_range(x: np.ndarray) -> np.ndarray:
     """Min-max rescaling to [0, 1]; a constant array becomes zeros."""
     lo, span = float(x.min()), float(x.max() - x.min())
     return (x - lo) / span if span > 0 else np.zeros_like(x)
@@ -316,80 +316,6 @@ class Explanation:
             return cls.from_dict(d)
         except (ValueError, TypeError) as err:  # json.JSONDecodeError is a ValueError
             raise DataError(f"cannot read an Explanation: {err}", path) from err
-
-    def plot(self, roi: np.ndarray, *, mask: np.ndarray | None = None, axes: Sequence[Any] | None = None,
-             cmap: str = "jet", alpha: float = 0.45, annotate: bool = True) -> Any:
-        """Figure of the explanation (Fig. 8d / Fig. 9 style); Agg-safe, no pyplot state.
-
-        Left: the ROI with ``F^4`` rescaled to [0, 1] and resized to the ROI (bilinear) as a colour
-        overlay (Fig. 7). Right: the ROI with each projection window coloured *Lesion* (red) or
-        *Background* (blue), annotated with ``dis^L`` / ``dis^B``. The mask outline, if given, is
-        drawn on both. Title: predicted class and its probability.
-
-        Args:
-            roi: the explained ROI, ``(S, S)`` with ``S = window * grid``.
-            mask: optional binary mask of the ROI's shape.
-            axes: two matplotlib Axes to draw on (default: a new Figure with two).
-
-        Returns:
-            the matplotlib Figure.
-        """
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Patch, Rectangle
-        from skimage.transform import resize
-
-        roi = check_grey_image(roi, "roi")
-        size = self.window * self.grid
-        if roi.shape != (size, size):
-            raise ValueError(f"roi must be {size}x{size} (window {self.window} x grid {self.grid}), "
-                             f"got {roi.shape}")
-        if mask is not None and np.shape(mask) != roi.shape:
-            raise ValueError(f"mask shape {np.shape(mask)} differs from roi shape {roi.shape}")
-        if axes is None:
-            fig = Figure(figsize=(9.0, 4.8), layout="constrained")
-            axes = fig.subplots(1, 2)
-        else:
-            if len(axes) != 2:
-                raise ValueError(f"axes must hold two matplotlib Axes, got {len(axes)}")
-            fig = axes[0].figure
-        ax_map, ax_cells = axes[0], axes[1]
-        extent = (-0.5, size - 0.5, size - 0.5, -0.5)
-
-        f01 = _unit(self.activation_map)
-        overlay = resize(f01, roi.shape, order=1, mode="edge", anti_aliasing=False)
-        ax_map.imshow(roi, cmap="gray", vmin=0, vmax=1, extent=extent)
-        im = ax_map.imshow(overlay, cmap=cmap, alpha=alpha, vmin=0, vmax=1, extent=extent)
-        fig.colorbar(im, ax=ax_map, fraction=0.046, pad=0.02, label="$F^4$ (rescaled)")
-        ax_map.set_title("activation map $F^4$")
-
-        ax_cells.imshow(roi, cmap="gray", vmin=0, vmax=1, extent=extent)
-        colours = {LESION: "tab:red", BACKGROUND: "tab:blue"}
-        fontsize = max(3.0, min(8.0, 42.0 / self.grid))
-        for p, q, rows, cols in window_grid(size, self.grid):
-            label = str(self.cell_labels[p, q])
-            ax_cells.add_patch(Rectangle((cols.start - 0.5, rows.start - 0.5), self.window, self.window,
-                                         facecolor=colours[label], alpha=0.3,
-                                         edgecolor="white", linewidth=0.5))
-            if annotate:
-                ax_cells.text(cols.start + self.window / 2 - 0.5, rows.start + self.window / 2 - 0.5,
-                              f"L {self.dis_lesion[p, q]:.2g}\nB {self.dis_background[p, q]:.2g}",
-                              ha="center", va="center", fontsize=fontsize, color="white")
-        ax_cells.legend(handles=[Patch(color=c, alpha=0.5, label=k) for k, c in colours.items()],
-                        loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=7,
-                        frameon=False)
-        ax_cells.set_title(f"Lesion / Background cells ({self.lesion_fraction:.0%} Lesion)")
-
-        if mask is not None:
-            for ax in (ax_map, ax_cells):
-                ax.contour(np.asarray(mask, dtype=float), levels=[0.5], colors="yellow", linewidths=1.0)
-        for ax in (ax_map, ax_cells):
-            ax.set_xlim(-0.5, size - 0.5)
-            ax.set_ylim(size - 0.5, -0.5)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.suptitle(f"prediction: {self.predicted_label} "
-                     f"(p = {self.probabilities[self.prediction]:.3f})")
-        return fig
 
 
 def _jsonable(obj: Any) -> Any:

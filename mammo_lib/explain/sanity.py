@@ -40,7 +40,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,8 @@ from mammo_lib.explain.eq6 import (DEFAULT_BACKGROUND_RULE, DEFAULT_SOFT_PERCENT
                                    explain_roi, lesion_agreement, pixel_change_agreement, pixel_change_labels,
                                    split_roi)
 from mammo_lib.explain.glcm import MeanForm, check_grey_image, glcm_variance_map
+from mammo_lib.explain.interface import Explainer, similarity
+from mammo_lib.explain.localization import energy_share
 from mammo_lib.networks.densenet import on_device, preserve_mode
 from mammo_lib.metrics.stats import cohen_kappa
 
@@ -63,6 +65,14 @@ PIXEL_CHANGE_AGREEMENT_MAX = 0.65
 #: "Clearly lower" than the self-agreement of 1.0: ``passes`` needs the label agreement between
 #: the trained and the group-4-randomised network at most this.
 RANDOM_LABEL_AGREEMENT_MAX = 0.85
+#: :func:`randomisation_table`: an explainer "changes" with the randomised network when its
+#: similarity to the trained network's explanation (equal labels, Spearman rho of the maps or
+#: Jaccard overlap of the neighbours) is at most this: the bar of the label agreement.
+RANDOM_SIMILARITY_MAX = RANDOM_LABEL_AGREEMENT_MAX
+#: Columns of :func:`randomisation_table`, in order.
+RANDOMISATION_COLUMNS = ("explainer", "method", "n_rois", "measure", "similarity", "label_agreement",
+                         "rank_correlation", "neighbour_overlap", "mass_share_trained", "mass_share_random",
+                         "changes")
 #: Rules compared by :func:`explanation_sanity` by default.
 DEFAULT_SANITY_RULES = ("soft", "otsu", "subtract_clip")
 #: Prefixes of the modules :func:`randomize_group4` re-initialises (group 4 + classifier).
@@ -165,6 +175,66 @@ def randomisation_check(expl_trained: Explanation, expl_random: Explanation) -> 
 
         rho = float(spearmanr(a, b).statistic)
     return {"label_agreement": agree, "rank_correlation": rho}
+
+
+def randomisation_table(explainers: Mapping[str, Explainer], rois: np.ndarray,
+                        masks: np.ndarray | None = None, *, seed: int = 0, progress: bool = False) -> pd.DataFrame:
+    """The model-randomisation check (Adebayo et al. 2018) for any explainer, one row per explainer.
+
+    Each explainer (:class:`~mammo_lib.explain.interface.Explainer`: Eq. 6, Grad-CAM / HiResCAM,
+    kNN) explains every ROI with its own model and again with
+    ``explainer.with_model(randomize_group4(explainer.model, seed))``; the two attributions of a
+    ROI are compared by :func:`~mammo_lib.explain.interface.similarity`. Columns (means over the
+    ROIs, NaNs skipped):
+
+    - ``measure`` / ``similarity``: the explainer's own similarity: ``label_agreement`` when it gives
+      cell labels, else ``rank_correlation`` of its maps, else ``neighbour_overlap``;
+    - ``label_agreement``, ``rank_correlation``, ``neighbour_overlap``: all three (NaN where the
+      explainer has no such evidence);
+    - ``mass_share_trained`` / ``_random``: share of the positive evidence on the mask
+      (:func:`~mammo_lib.explain.localization.energy_share` of ``max(evidence, 0)``), when masks
+      are given and the explainer gives a map;
+    - ``changes``: ``similarity <= RANDOM_SIMILARITY_MAX``: the explanation follows the trained
+      weights of group 4 (an explainer that ignores the model fails; NaN fails).
+
+    The explainers' models are not changed.
+
+    Raises:
+        ValueError: no explainer, or masks whose count or shape differs from the ROIs'.
+    """
+    if not explainers:
+        raise ValueError("no explainer given")
+    arr = np.asarray(rois)
+    if masks is not None:
+        masks = np.asarray(masks)
+        if masks.shape != arr.shape:
+            raise ValueError(f"masks shape {masks.shape} differs from rois shape {arr.shape}")
+    rows = []
+    for name, explainer in explainers.items():
+        trained = explainer.attribute(arr, progress=progress)
+        random = explainer.with_model(randomize_group4(explainer.model, seed)).attribute(arr, progress=progress)
+        sims = pd.DataFrame([similarity(a, b) for a, b in zip(trained, random)])
+        first = trained[0]
+        measure = ("label_agreement" if first.labels is not None else
+                   "rank_correlation" if first.evidence is not None else "neighbour_overlap")
+        row: dict[str, Any] = {"explainer": name, "method": first.method, "n_rois": len(arr), "measure": measure}
+        for col in ("label_agreement", "rank_correlation", "neighbour_overlap"):
+            row[col] = _nanmean(sims[col].to_numpy(dtype=float))
+        row["similarity"] = row[measure]
+        for kind, atts in (("trained", trained), ("random", random)):
+            shares = ([energy_share(np.clip(a.evidence, 0, None), m) for a, m in zip(atts, masks)]
+                      if masks is not None and first.evidence is not None else [])
+            row[f"mass_share_{kind}"] = _nanmean(np.asarray(shares, dtype=float))
+        row["changes"] = bool(row["similarity"] <= RANDOM_SIMILARITY_MAX)   # NaN compares False
+        rows.append(row)
+    table = pd.DataFrame(rows)[list(RANDOMISATION_COLUMNS)]
+    table.attrs.update(random_seed=int(seed), random_similarity_max=RANDOM_SIMILARITY_MAX)
+    return table
+
+
+def _nanmean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(np.mean(finite)) if finite.size else float("nan")
 
 
 # --------------------------------------------------------------------------- ground truth
@@ -387,7 +457,8 @@ def choose_default_rule(table: pd.DataFrame) -> str:
     return str(order["rule"].iloc[0])
 
 
-__all__ = ["PIXEL_CHANGE_AGREEMENT_MAX", "RANDOM_LABEL_AGREEMENT_MAX", "DEFAULT_SANITY_RULES",
+__all__ = ["PIXEL_CHANGE_AGREEMENT_MAX", "RANDOM_LABEL_AGREEMENT_MAX", "RANDOM_SIMILARITY_MAX", "DEFAULT_SANITY_RULES",
+           "RANDOMISATION_COLUMNS", "randomisation_table",
            "GROUP4_PREFIXES", "SANITY_COLUMNS", "pixel_change_labels", "pixel_change_agreement",
            "randomize_group4", "randomisation_check", "mass_margin", "explanation_sanity",
            "choose_default_rule"]

@@ -97,7 +97,13 @@ class BetaPoint:
         return self.beta == 0
 
 
-def beta_grid(paper: Sequence[float] = (0, 2, 8, 32, 128), at: Sequence[float] = (1000,)) -> list[BetaPoint]:
+#: The default Eq. 4 (``paper``) beta grid and the attention-transfer reference values (``at``);
+#: the profile's ``cv.beta_grid`` / ``cv.beta_grid_at`` default to these (docs/DECISIONS.md).
+DEFAULT_BETA_GRID: tuple[float, ...] = (0, 2, 8, 32, 128)
+DEFAULT_BETA_GRID_AT: tuple[float, ...] = (1000,)
+
+
+def beta_grid(paper: Sequence[float] = DEFAULT_BETA_GRID, at: Sequence[float] = DEFAULT_BETA_GRID_AT) -> list[BetaPoint]:
     """The beta grid: Eq. 4 (``paper``) values and attention-transfer reference (``at``) values."""
     pts = [BetaPoint("paper", float(b)) for b in paper] + [BetaPoint("at", float(b)) for b in at]
     if not pts or any(p.beta < 0 for p in pts):
@@ -639,6 +645,6 @@ def load_head(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     return model
 
 
-__all__ = ["BetaPoint", "beta_grid", "Condition", "PHANTOM_CONDITIONS", "REAL_CONDITION", "InstrumentData",
+__all__ = ["BetaPoint", "beta_grid", "DEFAULT_BETA_GRID", "DEFAULT_BETA_GRID_AT", "Condition", "PHANTOM_CONDITIONS", "REAL_CONDITION", "InstrumentData",
            "InstrumentResult", "Instrument", "UnitRows", "RunBusy", "run_instrument", "calibration_gate", "gate_passes",
            "load_head", "METHOD_LABELS", "CONTROL_TARGETS", "NULL_TARGETS", "POSITIVE_HEAD", "concat_results"]

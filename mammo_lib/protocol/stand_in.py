@@ -18,6 +18,7 @@ mass cells' share of the grid, and Fig. 6's distances d^1..d^4 reported.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from mammo_lib.networks.activation import activation_distance, activation_distan
 from mammo_lib.networks.densenet import build_model, set_trainable, to_model_input
 from mammo_lib.engines.amp import autocast_for, backward_step, check_amp, grad_scaler, maybe_channels_last
 from mammo_lib.utils.files import save_torch, write_json
+from mammo_lib.engines.selection import EarlySelection
 from mammo_lib.engines.training import epoch_generator
 
 #: Classes of the generic task.
@@ -219,7 +221,9 @@ def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int =
                               for s in range(0, len(x), 64)])
         return float((pred.numpy() == y).mean())
 
-    best, best_state, history = -1.0, None, []
+    # the package's one selection policy (best validation accuracy); no validation loss is measured
+    # here, so it enters as +inf and a tie keeps the earlier epoch
+    selection, best_state, history = EarlySelection("accuracy"), None, []
     for epoch in tqdm(range(epochs), disable=not progress, desc="generic pre-training"):
         gen = epoch_generator(seed, epoch)
         model.train()
@@ -238,11 +242,11 @@ def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int =
             losses.append(float(loss.detach()))
         acc = accuracy(xv, yv)
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_accuracy": acc})
-        if acc > best:
-            best, best_state = acc, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if selection.update(epoch, acc, math.inf):
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best_state)
     metrics = {"init": GENERIC_INIT_NOTE, "arch": arch, "test_accuracy": accuracy(test.images, test.targets),
-               "best_val_accuracy": best, "classes": list(SHAPES), "n_train": len(xt), "n_val": n_val,
+               "best_val_accuracy": selection.best_key[0], "classes": list(SHAPES), "n_train": len(xt), "n_val": n_val,
                "n_test": n_test, "seconds": round(time.perf_counter() - t0, 1), "checkpoint": str(ckpt),
                "history": history}
     save_torch({"model_state": {k: v.cpu() for k, v in model.state_dict().items()}, "arch": arch,

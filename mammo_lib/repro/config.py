@@ -144,6 +144,7 @@ def profile_model() -> type[BaseModel]:
     224
     """
     from mammo_lib.networks.densenet import ARCHS
+    from mammo_lib.protocol.instrument import DEFAULT_BETA_GRID, DEFAULT_BETA_GRID_AT
     from mammo_lib.data.phantom import PhantomConfig
     from mammo_lib.engines.training import TrainConfig
 
@@ -159,17 +160,17 @@ def profile_model() -> type[BaseModel]:
         bcdr_like: PhantomPart = Field(default_factory=PhantomPart)     # type: ignore[valid-type]
         ddsm_like: PhantomPart = Field(default_factory=PhantomPart)     # type: ignore[valid-type]
 
-    class Draw(_Section):
-        n_benign: Optional[StrictInt] = None
-        n_malignant: Optional[StrictInt] = None
-        seed: Optional[StrictInt] = None
+    class Draw(_Section):   # the balanced BCDR-F01 draw (Sec. 3.1: 59 benign, 74 malignant masses)
+        n_benign: StrictInt = Field(59, ge=0)
+        n_malignant: StrictInt = Field(74, ge=0)
+        seed: StrictInt = 2025
 
     class RealSource(_Section):
         csv: Optional[str | list[str]] = None
         dicom_root: Optional[str] = None
         outlines: Optional[str] = None
         images: Optional[str] = None
-        draw: Optional[Draw] = None
+        draw: Draw = Field(default_factory=Draw)        # read for bcdr_f01 only
 
     class RealData(_Section):
         cbis_ddsm: Optional[RealSource] = None
@@ -192,8 +193,8 @@ def profile_model() -> type[BaseModel]:
     class CV(_Section):
         n_splits: StrictInt = Field(5, ge=2)
         conditions: list[Literal["A", "B"]] = ["A", "B"]
-        beta_grid: list[_Beta] = [0, 2, 8, 32, 128]          # Eq. 5 weights: finite, >= 0
-        beta_grid_at: list[_Beta] = [1000]
+        beta_grid: list[_Beta] = list(DEFAULT_BETA_GRID)     # Eq. 5 weights: finite, >= 0
+        beta_grid_at: list[_Beta] = list(DEFAULT_BETA_GRID_AT)
         # The design (docs/DECISIONS.md, "The instrument"): trunk and fold seeds are offsets added
         # to the profile's seed; each trunk seed pre-trains its own generic and DDSM trunk.
         trunk_seeds: list[StrictInt] = Field(default_factory=lambda: [0], min_length=1)
@@ -344,7 +345,7 @@ def _check_with_dataclasses(typed: Any, values: Mapping[str, Any], source: str) 
 
     train = {k: v for k, v in typed.train.model_dump().items() if k != "head" and v is not None}
     p = typed.pretrain
-    pre = dict(train, trainable=p.trainable, epochs=p.epochs or train.get("epochs", 1), lr=p.lr or train.get("lr", 1))
+    pre = dict(train, trainable=p.trainable, epochs=p.epochs or train["epochs"], lr=p.lr or train["lr"])
     for where, kw in (("train", train), ("pretrain", pre)):
         try:
             TrainConfig(**kw)

@@ -47,7 +47,8 @@ def _phantom_records(cfg: Config, *, progress: bool) -> dict[str, LoadResult]:
     from mammo_lib.data.phantom import extra_renderings
 
     ph = cfg.section("phantom")
-    common = {"seed": int(ph.get("seed", cfg["seed"])), "image_shape": tuple(ph.get("image_shape", (640, 512))),
+    seed = ph.get("seed")  # None (the declared default): the profile's seed
+    common = {"seed": int(cfg["seed"] if seed is None else seed), "image_shape": tuple(ph["image_shape"]),
               **dict(ph.get("config") or {})}
     bl = {**common, **dict(ph.get("bcdr_like") or {})}
     dl = {**common, **dict(ph.get("ddsm_like") or {})}
@@ -85,9 +86,8 @@ def _real_records(cfg: Config) -> dict[str, LoadResult]:
     f01 = rd["bcdr_f01"]
     bd = load_bcdr(root / d01["outlines"], root / d01["images"], subset="D01", on_error="skip")
     bf = load_bcdr(root / f01["outlines"], root / f01["images"], subset="F01", on_error="skip")
-    draw = f01.get("draw", {})
-    bf_drawn = balanced_draw(bf, n_benign=int(draw.get("n_benign", 59)),
-                             n_malignant=int(draw.get("n_malignant", 74)), seed=int(draw.get("seed", 2025)))
+    draw = cfg.typed.real_data.bcdr_f01.draw   # defaults declared in the profile schema
+    bf_drawn = balanced_draw(bf, n_benign=draw.n_benign, n_malignant=draw.n_malignant, seed=draw.seed)
     # bf_drawn carries bf's exclusions and records every F01 mass not drawn, with its reason.
     bcdr = LoadResult(list(bd.records) + list(bf_drawn.records), list(bd.exclusions) + list(bf_drawn.exclusions))
     return {"bcdr": bcdr, "cbis_ddsm": cbis}
@@ -150,8 +150,8 @@ def _roi_sets(cfg: Config, *, variant: str, progress: bool, sources: dict[str, L
 
     sources = sources or load_sources(cfg, progress=progress)
     kw = dict(variant=variant, size=int(size or cfg["roi_size"]), min_context=int(cfg["min_context"]),
-              seed=int(cfg["seed"]), intensity=cfg.get("intensity", "minmax"),
-              workers=int(cfg.get("workers", 2)), on_error="skip", progress=progress)
+              seed=int(cfg["seed"]), intensity=cfg["intensity"],
+              workers=int(cfg["workers"]), on_error="skip", progress=progress)
     cache = cfg.work_dir / "cache"
     if cfg.uses_phantom:
         cv = preprocess(sources["bcdr_like"].records, cache, **kw)

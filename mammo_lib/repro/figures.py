@@ -21,6 +21,7 @@ from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
 from skimage.measure import find_contours
 
 from mammo_lib.explain.localization import CONFOUNDER_LABELS, upsample_map
+from mammo_lib.visualize.explanation import plot_explanation
 from mammo_lib.data.records import LABEL_NAMES
 
 #: Outline colours: the mass, and the phantom's confounders (label -> colour).
@@ -451,7 +452,7 @@ def fig5_lesion_background(roi: np.ndarray, lesion: np.ndarray, background: np.n
         left.suptitle("step 1: Lesion / Background" + (f" (rule: {rule})" if rule and rule != "given" else ""),
                       fontsize=FIG5_FONTSIZES["step"])
         cell_axes = right.subplots(1, 2)
-        explanation.plot(r, mask=None if m is None else m.astype(np.uint8), axes=cell_axes)
+        plot_explanation(explanation, r, mask=None if m is None else m.astype(np.uint8), axes=cell_axes)
         right.suptitle("steps 2-3: each window replaced (Fig. 9), Eq. 6 distances and cells\n"
                        + CELL_TEXT_KEY, fontsize=FIG5_FONTSIZES["step"])
         for ax in cell_axes:
@@ -607,7 +608,7 @@ def fig8_panels(roi: np.ndarray, cam: np.ndarray, corr_df: pd.DataFrame, knn_df:
     (a) the CAM (``cam.cam_map``: Grad-CAM, and HiResCAM if ``hirescam`` is given) over the ROI;
     (b) the Pearson correlation heatmap of GLCM vs deep features (``knn.feature_correlation``);
     (c) the k nearest training ROIs (``knn.knn_explain`` rows of one query, ``knn_rois`` the
-    matching images) with label and distance; (d) ``explanation.plot(roi, mask=mask, axes=...)``.
+    matching images) with label and distance; (d) :func:`mammo_lib.visualize.plot_explanation`.
     The CAM panels share one colourbar (each CAM rescaled to [0, 1]); the figure title names the
     explained ``model`` (all four panels explain it), ``true_label`` (if known) and the
     explanation's prediction with its probability (the softmax output, not a p-value).
@@ -669,7 +670,7 @@ def fig8_panels(roi: np.ndarray, cam: np.ndarray, corr_df: pd.DataFrame, knn_df:
     fc.suptitle(f"(c) {k} nearest training ROIs (deep features)", fontsize=FONTSIZES["group"])
 
     axes_d = fd.subplots(1, 2)
-    explanation.plot(r, mask=None if m is None else m.astype(np.uint8), axes=axes_d)
+    plot_explanation(explanation, r, mask=None if m is None else m.astype(np.uint8), axes=axes_d)
     for ax in axes_d:
         ax.set_title(ax.get_title(), fontsize=FONTSIZES["panel"] + 1, loc="center")
     fd.suptitle("(d) proposed: Lesion / Background cells (Eq. 6)\n" + CELL_TEXT_KEY, fontsize=FONTSIZES["group"])

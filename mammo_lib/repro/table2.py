@@ -61,12 +61,12 @@ def spec_label(spec: str, trunks: dict[str, Any] | None = None) -> str:
 def trunk_seeds(cfg: Config) -> list[int]:
     """The profile's trunk seeds (``cv.trunk_seeds``, offsets added to ``seed``): each pre-trains
     its own generic stand-in and its own DDSM trunk from it (``docs/DECISIONS.md``, "The instrument")."""
-    return [int(t) for t in cfg.section("cv").get("trunk_seeds", [0])]
+    return [int(t) for t in cfg.section("cv")["trunk_seeds"]]
 
 
 def fold_seeds(cfg: Config) -> list[int]:
     """The profile's fold seeds (``cv.fold_seeds``, offsets added to ``seed``): repeated cross-validation."""
-    return [int(f) for f in cfg.section("cv").get("fold_seeds", [0])]
+    return [int(f) for f in cfg.section("cv")["fold_seeds"]]
 
 
 def replicates(cfg: Config) -> list[tuple[int, int]]:
@@ -101,8 +101,8 @@ def _imagenet_trunk(cfg: Config, ts: int, *, progress: bool = True) -> dict[str,
     from mammo_lib.networks.densenet import WeightsUnavailableError, build_model
     from mammo_lib.protocol.stand_in import GENERIC_INIT_NOTE, pretrain_generic
 
-    w = cfg.get("imagenet_weights", "imagenet")
-    fallback = cfg.get("imagenet_fallback", "error")
+    w = cfg["imagenet_weights"]
+    fallback = cfg["imagenet_fallback"]
     if w != "none":
         try:
             build_model(cfg["arch"], weights=w)
@@ -119,7 +119,7 @@ def _imagenet_trunk(cfg: Config, ts: int, *, progress: bool = True) -> dict[str,
             m = pretrain_generic(out, arch=cfg["arch"], n_train=g.n_train, n_test=g.n_test, size=int(cfg["roi_size"]),
                                  epochs=g.epochs, batch_size=g.batch_size, lr=g.lr, seed=int(cfg["seed"]) + ts,
                                  device=cfg["device"], amp=t.amp, channels_last=t.channels_last,
-                                 workers=int(cfg.get("workers", 1) or 1), progress=progress)
+                                 workers=int(cfg["workers"]), progress=progress)
         return {"weights": m["checkpoint"], "note": GENERIC_INIT_NOTE, "test_accuracy": m["test_accuracy"],
                 "metrics": m}
     return {"weights": None, "note": "random (ImageNet unavailable; not a fair stand-in)", "test_accuracy": None}
@@ -141,7 +141,7 @@ def ddsm_trunk(cfg: Config, *, trunk_seed: int | None = None, progress: bool = T
     im = imagenet_trunk(cfg, trunk_seed=t, progress=progress)
     p = cfg.section("pretrain")
     tcfg = train_config(cfg, epochs=int(p.get("epochs") or cfg["train"]["epochs"]),
-                        trainable=p.get("trainable", "all"), method="finetune",
+                        trainable=p["trainable"], method="finetune",
                         lr=float(p.get("lr") or cfg["train"]["lr"]), seed=int(cfg["seed"]) + t,
                         **({"patience": int(p["patience"])} if p.get("patience") else {}))
     weights = im["weights"] or "none"
@@ -188,7 +188,7 @@ def trunk_gate_row(cfg: Config, init: str, trunk: dict[str, Any], *, progress: b
         row = trunk_gate(model, INIT_LABELS[init], acc if np.isfinite(acc) else 1.0, ds.cv.images, ds.cv.masks,
                          progress=False)
         row["own test accuracy"] = round(acc, 3) if np.isfinite(acc) else float("nan")
-        row = {"init": init, "seed": int(trunk.get("seed", 0)), **row, "initialisation": trunk["note"]}
+        row = {"init": init, "seed": int(trunk["seed"]), **row, "initialisation": trunk["note"]}
         write_json(path, {"key": key, "row": row})
     return to_jsonable(row)
 
@@ -234,7 +234,7 @@ def conditions(cfg: Config):
 
     if not cfg.uses_phantom:
         return (REAL_CONDITION,)
-    wanted = cfg.section("cv").get("conditions", ["A", "B"])
+    wanted = cfg.section("cv")["conditions"]
     return tuple(c for c in PHANTOM_CONDITIONS if c.name in wanted)
 
 
@@ -255,7 +255,7 @@ def instrument_data(cfg: Config, *, trunk_seed: int | None = None, progress: boo
     used = train_r | {r for c in conds for r in c.tests.values()}
     trunks = trunks_of(cfg, trunk_seed, progress=progress)
     arch, seed = cfg["arch"], int(cfg["seed"])
-    head = cfg.section("train").get("head", "gap")
+    head = cfg.section("train")["head"]
     tcfg = train_config(cfg)
     speed = {"device": tcfg.device, "amp": tcfg.amp, "channels_last": tcfg.channels_last}
 
@@ -288,7 +288,7 @@ def instrument_data(cfg: Config, *, trunk_seed: int | None = None, progress: boo
                                  ids=list(ds.cv.index["case_id"]), progress=progress, **speed)
             mcache.save(mpath)
     positive = ({k: factory(t["weights"], POSITIVE_HEAD) for k, t in trunks.items()}
-                if cfg.section("cv").get("positive_control", False) else None)
+                if cfg.section("cv")["positive_control"] else None)
     data = InstrumentData(inits={k: factory(t["weights"]) for k, t in trunks.items()}, caches=caches,
                           labels=ds.cv.labels, groups=ds.cv.groups, ids=list(ds.cv.index["case_id"]),
                           masks=ds.cv.masks, mask_cache=mcache, mask_init=factory(trunks["imagenet"]["weights"]),
@@ -322,7 +322,7 @@ def primary_point(cfg: Config):
     from mammo_lib.protocol.instrument import BetaPoint
 
     cv = cfg.section("cv")
-    return BetaPoint(str(cv.get("primary_form", "paper")), float(cv.get("primary_beta", 32)))
+    return BetaPoint(str(cv["primary_form"]), float(cv["primary_beta"]))
 
 
 def replicate_dir(cfg: Config, trunk_seed: int, fold_seed: int) -> Path:
@@ -345,8 +345,8 @@ def instruments(cfg: Config, datas: dict[int, tuple[Any, dict[str, Any]]]) -> li
         out.append(Instrument(data, conditions(cfg), replicate_dir(cfg, t, f),
                               train_config(cfg, method="finetune", seed=seed + 1000 * t), grid=grid_of(cfg),
                               n_splits=int(cv["n_splits"]), seed=seed + f, shuffle_seed=seed,
-                              tags={"trunk_seed": t, "fold_seed": f}, controls=tuple(cv.get("controls", ())),
-                              control_point=primary_point(cfg), positive=bool(cv.get("positive_control", False))))
+                              tags={"trunk_seed": t, "fold_seed": f}, controls=tuple(cv["controls"]),
+                              control_point=primary_point(cfg), positive=bool(cv["positive_control"])))
     return out
 
 
@@ -354,7 +354,7 @@ def grid_of(cfg: Config):
     from mammo_lib.protocol.instrument import beta_grid
 
     cv = cfg.section("cv")
-    return beta_grid(cv.get("beta_grid", [0, 2, 8, 32, 128]), cv.get("beta_grid_at", [1000]))
+    return beta_grid(cv["beta_grid"], cv["beta_grid_at"])
 
 
 def instrument_dir(cfg: Config) -> Path:
@@ -580,9 +580,9 @@ def primary_analysis(cfg: Config, design: Design, trunk_tab: pd.DataFrame) -> tu
     point = primary_point(cfg)
     grid = grid_of(cfg)
     ft_run = f"grid:{next(p for p in grid if p.is_finetune).name}"
-    controls = [c for c in cv.get("controls", ()) if c in CONTROL_TARGETS]
+    controls = [c for c in cv["controls"] if c in CONTROL_TARGETS]
     comps = _comparisons([c for c in controls if c != "oracle"] + (["oracle"] if "oracle" in controls else []),
-                         bool(cv.get("positive_control", False)))
+                         bool(cv["positive_control"]))
     rows, per_trunk = [], []
     for c in res.conditions:
         rc = runs[runs["condition"] == c.name]
@@ -672,7 +672,7 @@ def design_verdict(cfg: Config, trunk_tab: pd.DataFrame, primary: pd.DataFrame, 
     trend, and whether it beats every null. Knowledge transfer "helps" only where it beats
     fine-tuning and every null (Holm-adjusted Nadeau-Bengio p < 0.05, in its favour)."""
     cv = cfg.section("cv")
-    need = int(cv.get("min_passing_trunks", 1))
+    need = int(cv["min_passing_trunks"])
     beta = primary_point(cfg)
     lines = []
     if not any(str(c).startswith("calibration:") for c in trunk_tab.columns):
@@ -809,7 +809,7 @@ def run_model(cfg: Config, design: Design, replicate: tuple[int, int], condition
     from mammo_lib.networks.densenet import build_model
 
     t, f = replicate
-    head = POSITIVE_HEAD if run_name.startswith("positive:") else cfg.section("train").get("head", "gap")
+    head = POSITIVE_HEAD if run_name.startswith("positive:") else cfg.section("train")["head"]
     model = build_model(cfg["arch"], weights=design.trunks[t][init]["weights"],
                         seed=int(cfg["seed"]) + 1000 * t + fold, head=head)
     path = replicate_dir(cfg, t, f) / condition / init / f"fold_{fold}" / run_name.replace(":", "_") / "head.pt"
@@ -848,9 +848,9 @@ def mechanism(cfg: Config, design: Design, *, progress: bool = True) -> dict[str
     pt = primary_point(cfg)
     cv = cfg.section("cv")
     arms = [("fine-tune", "grid:b0"), (f"knowledge transfer (beta {pt.beta:g})", f"grid:{pt.name}")]
-    if "uniform" in cv.get("controls", ()):
+    if "uniform" in cv["controls"]:
         arms.append(("KT, uniform target", f"control:uniform:{pt.name}"))
-    if cv.get("positive_control", False):
+    if cv["positive_control"]:
         arms += [("positive control, fine-tune", "positive:b0"), ("positive control, KT", f"positive:{pt.name}")]
     rows = []
     pos = pairs["position"].to_numpy()
@@ -989,7 +989,7 @@ def fold_model(cfg: Config, spec: str, fold: int, condition: str | None = None, 
     init_dir = "mask" if spec == "mask_only" else init
     path = replicate_dir(cfg, t, f) / cond / init_dir / f"fold_{fold}" / run_name.replace(":", "_") / "head.pt"
     from mammo_lib.networks.densenet import build_model
-    head = POSITIVE_HEAD if spec.endswith(("_ownft", "_ownkt")) else cfg.section("train").get("head", "gap")
+    head = POSITIVE_HEAD if spec.endswith(("_ownft", "_ownkt")) else cfg.section("train")["head"]
     model = build_model(cfg["arch"], weights=trunks[init]["weights"], seed=int(cfg["seed"]) + 1000 * t + fold,
                         head=head)
     return load_head(model, path)
@@ -1011,4 +1011,4 @@ def initial_network(cfg: Config, spec: str):
     _, trunks = run(cfg, progress=False)
     init = "imagenet" if spec == "mask_only" else spec.split("_")[0]
     return build_model(cfg["arch"], weights=trunks[init]["weights"], seed=int(cfg["seed"]),
-                       head=cfg.section("train").get("head", "gap"))
+                       head=cfg.section("train")["head"])

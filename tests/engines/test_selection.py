@@ -1,6 +1,8 @@
 """The one model-selection policy of the training loops (mammo_lib.engines.selection.EarlySelection)."""
 from __future__ import annotations
 
+import math
+
 import doctest
 
 import pytest
@@ -53,3 +55,29 @@ def test_unknown_metric_is_refused():
 
 def test_docstring_examples():
     assert doctest.testmod(selection_mod).failed == 0
+
+
+def test_an_unmeasured_loss_keeps_the_earlier_of_tied_epochs():
+    sel = EarlySelection("accuracy")
+    assert [sel.update(e, a, math.inf) for e, a in enumerate([0.5, 0.5, 0.6, 0.6, 0.4])] == [
+        True, False, True, False, False]
+    assert sel.best_epoch == 2 and sel.best_key == (0.6, math.inf)
+
+
+def test_the_generic_pretraining_selects_with_the_shared_policy(tmp_path, monkeypatch):
+    """The third training loop (the ImageNet stand-in) keeps the epoch EarlySelection picks."""
+    from mammo_lib.protocol import stand_in
+
+    seen: list[tuple[int, float]] = []
+
+    class Recording(EarlySelection):
+        def update(self, epoch, acc, loss):
+            seen.append((epoch, acc))
+            return super().update(epoch, acc, loss)
+
+    monkeypatch.setattr(stand_in, "EarlySelection", Recording)
+    m = stand_in.pretrain_generic(tmp_path, arch="small", n_train=16, n_test=8, size=32, epochs=3, batch_size=8,
+                                  progress=False)
+    assert [e for e, _ in seen] == [0, 1, 2]
+    assert [a for _, a in seen] == [h["val_accuracy"] for h in m["history"]]
+    assert m["best_val_accuracy"] == max(a for _, a in seen)

@@ -261,6 +261,69 @@ def test_sections_fill_defaults_but_keep_the_derived_ones_open(monkeypatch):
     assert full.typed.roi.intensity == "percentile" and full.typed.explain.n_sanity == 40
 
 
+def _declared_keys() -> set[str]:
+    """Every key name the profile schema declares, at any depth."""
+    from mammo_lib.repro.config import _section_type, profile_model
+
+    out: set[str] = set()
+
+    def walk(model) -> None:
+        for name, f in model.model_fields.items():
+            out.add(name)
+            sub = _section_type(f.annotation)
+            if sub is not None:
+                walk(sub)
+
+    walk(profile_model())
+    return out
+
+
+def _inline_fallbacks(source: str, keys: set[str]) -> list[str]:
+    """``x.get("<declared key>", <default>)`` calls with a default other than None: a second,
+    possibly contradicting, declaration of that key's default."""
+    import ast
+
+    hits = []
+    for n in ast.walk(ast.parse(source)):
+        if (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "get"
+                and len(n.args) == 2 and isinstance(n.args[0], ast.Constant) and n.args[0].value in keys
+                and not (isinstance(n.args[1], ast.Constant) and n.args[1].value is None)):
+            hits.append(f"{n.lineno}: {ast.unparse(n)}")
+    return hits
+
+
+def test_the_fallback_scan_sees_an_inline_default():
+    keys = {"intensity", "workers"}
+    src = 'a = cfg.get("intensity", "minmax")\nb = cfg.get("workers")\nc = d.get("other", 1)\n'
+    assert _inline_fallbacks(src, keys) == ["1: cfg.get('intensity', 'minmax')"]
+
+
+def test_every_default_is_declared_once_in_the_schema():
+    """No module of the library repeats a declared profile default inline
+    (``cfg.get("intensity", "minmax")`` once contradicted the declared ``percentile``): the
+    resolved profile holds every default, so readers index it (``cfg["intensity"]``) and a key whose
+    declared default is None reads as ``.get(key)``."""
+    keys = _declared_keys()
+    assert {"intensity", "workers", "beta_grid", "n_benign", "head"} <= keys
+    found = {str(p.relative_to(p.parents[2])): _inline_fallbacks(p.read_text(), keys)
+             for p in sorted((Path(__file__).resolve().parents[2] / "mammo_lib").rglob("*.py"))}
+    assert {f: h for f, h in found.items() if h} == {}
+
+
+def test_the_beta_grid_and_the_f01_draw_have_one_default():
+    from mammo_lib.protocol.instrument import DEFAULT_BETA_GRID, DEFAULT_BETA_GRID_AT, beta_grid
+    from mammo_lib.repro.config import profile_defaults
+
+    cv = profile_defaults()["cv"]
+    assert (cv["beta_grid"], cv["beta_grid_at"]) == ([0, 2, 8, 32, 128], [1000])
+    assert tuple(cv["beta_grid"]) == DEFAULT_BETA_GRID and tuple(cv["beta_grid_at"]) == DEFAULT_BETA_GRID_AT
+    assert [p.beta for p in beta_grid()] == [0, 2, 8, 32, 128, 1000]
+    # the balanced BCDR-F01 draw of Sec. 3.1, read from the schema when a profile gives no draw
+    cfg = load_config("demo", {"real_data": {"bcdr_f01": {"csv": "x.csv"}}}, honour_env=False)
+    d = cfg.typed.real_data.bcdr_f01.draw
+    assert (d.n_benign, d.n_malignant, d.seed) == (59, 74, 2025)
+
+
 def test_intensity_default_is_one_constant():
     import inspect
 

@@ -26,7 +26,7 @@ def step_data(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     src = ds.sources["bcdr_like" if cfg.uses_phantom else "bcdr"].records
     # Fig. 2: the two ROI contexts of one mass (the first malignant one).
     rec = next((r for r in src if r.label == 1), src[0])
-    case = load_record(rec, intensity=cfg.get("intensity", "minmax"))
+    case = load_record(rec, intensity=cfg["intensity"])
     fig = figures.fig2_roi_contexts(case.image, case.mask, min_context=int(cfg["min_context"]),
                                     size=int(cfg["roi_size"]))
     save_figure(fig, "fig2_roi_contexts", rd)

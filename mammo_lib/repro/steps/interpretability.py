@@ -1,5 +1,6 @@
-"""Notebook 08, interpretability: the Eq. 6 explanation (Fig. 5), its sanity table, Grad-CAM /
-HiResCAM and the kNN comparisons (Fig. 8), GLCM features."""
+"""Notebook 08, interpretability: the Eq. 6 explanation (Fig. 5), its sanity table, the
+model-randomisation check of every explainer, Grad-CAM / HiResCAM and the kNN comparisons (Fig. 8),
+GLCM features."""
 from __future__ import annotations
 
 import time
@@ -39,10 +40,12 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     model_kt = fold_model(cfg, "ddsm_transfer", 0)
     model_ft = fold_model(cfg, "ddsm_finetune", 0)
     labels = t.labels
-    chosen = [int(np.flatnonzero(labels == c)[0]) for c in (0, 1) if (labels == c).any()][: int(ex.get("n_cases", 2))]
+    chosen = [int(np.flatnonzero(labels == c)[0]) for c in (0, 1) if (labels == c).any()][: int(ex["n_cases"])]
     rd = cfg.results_dir
     # The explanation's sanity table; the Background rule is the fixed default (docs/DECISIONS.md).
     sanity, rule = explanation_sanity_step(cfg, t, model_kt, model_ft, progress=progress)
+    randomisation = explainer_randomisation_step(cfg, t, model_kt, ds.cv.images[tr_idx], ds.cv.labels[tr_idx],
+                                                 rule, progress=progress)
     timings = []
     cases = []
     figs: dict[str, Any] = {}  # name -> matplotlib Figure, also written as figures/<name>.png
@@ -58,7 +61,7 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     for c in chosen:
         roi, mask = t.images[c], t.masks[c]
         t0 = time.perf_counter()
-        expl = explain_roi(model_kt, roi, batch_size=int(ex.get("batch_size", 33)), device=cfg["device"],
+        expl = explain_roi(model_kt, roi, batch_size=int(ex["batch_size"]), device=cfg["device"],
                            background_rule=rule)
         dt = time.perf_counter() - t0
         timings.append({"case_id": ids[te_idx][c], "label": int(labels[c]), "forward passes": 1 + 2 * expl.grid ** 2,
@@ -74,7 +77,7 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
         # final ReLU they coincide for global-average-pooling + one linear layer.
         cam = cam_map(model_kt, roi[None], method="gradcam", target_layer="norm5", device=cfg["device"])[0]
         hires = cam_map(model_kt, roi[None], method="hirescam", target_layer="norm5", device=cfg["device"])[0]
-        knn = knn_explain(test_feats[c:c + 1], train_feats, ds.cv.labels[tr_idx], k=int(ex.get("knn_k", 5)),
+        knn = knn_explain(test_feats[c:c + 1], train_feats, ds.cv.labels[tr_idx], k=int(ex["knn_k"]),
                           train_ids=list(ids[tr_idx]))
         knn_rois = ds.cv.images[tr_idx][knn["train_index"].to_numpy()]
         fig = figures.fig8_panels(roi, cam, corr_by_class.get(int(labels[c]), corr), knn, knn_rois, expl, mask=mask,
@@ -98,10 +101,44 @@ def step_interpretability(cfg: Config, *, progress: bool = True) -> dict[str, An
     save_figure(figs["explanation_grid"], "explanation_grid", rd)
     timing = pd.DataFrame(timings)
     write_table(timing, "explain_timing", rd)
-    agreement = explanation_agreement(cfg, t, n=int(ex.get("n_agreement", 40)), background_rule=rule)
+    agreement = explanation_agreement(cfg, t, n=int(ex["n_agreement"]), background_rule=rule)
     write_table(agreement, "explanation_agreement", rd)
     return {"timing": timing, "cases": cases, "correlation": corr, "agreement": agreement, "sanity": sanity,
-            "rule": rule, "figures": figs}
+            "randomisation": randomisation, "rule": rule, "figures": figs}
+
+
+def explainer_randomisation_step(cfg: Config, test: Any, model_kt: Any, train_rois: np.ndarray,
+                                 train_labels: np.ndarray, rule: str, *, progress: bool = True) -> pd.DataFrame:
+    """Notebook 08's model-randomisation check of every explainer (``tables/explainer_randomisation``):
+    :func:`mammo_lib.explain.sanity.randomisation_table` on the DDSM knowledge-transfer model of fold 0
+    over the first ``explain.n_sanity`` test ROIs, for Eq. 6 (rule ``rule``), Grad-CAM and HiResCAM
+    (at norm5, as Fig. 8a) and the kNN explanation (``explain.knn_k`` neighbours among the fold's
+    training ROIs). ``tables/explainer_randomisation.notes.md`` names the explainers that do not
+    change when group 4 is re-initialised."""
+    from mammo_lib.explain.interface import CamExplainer, Eq6Explainer, KnnExplainer
+    from mammo_lib.explain.sanity import RANDOM_SIMILARITY_MAX, randomisation_table
+
+    ex = cfg.section("explain")
+    n = min(int(ex.get("n_sanity") or ex["n_agreement"]), len(test))
+    common = dict(device=cfg["device"], batch_size=int(ex["batch_size"]))
+    explainers = {
+        f"Eq. 6 ({rule})": Eq6Explainer(model_kt, background_rule=rule, **common),
+        "Grad-CAM (norm5)": CamExplainer(model_kt, method="gradcam", target_layer="norm5", **common),
+        "HiResCAM (norm5)": CamExplainer(model_kt, method="hirescam", target_layer="norm5", **common),
+        f"kNN (k={int(ex['knn_k'])})": KnnExplainer(model_kt, train_rois, train_labels, k=int(ex["knn_k"]), **common),
+    }
+    table = randomisation_table(explainers, test.images[:n], test.masks[:n], seed=int(cfg["seed"]),
+                                progress=progress)
+    rd = cfg.results_dir
+    write_table(table, "explainer_randomisation", rd)
+    still = [f"{r.explainer} ({r.measure.replace('_', ' ')} {r.similarity:.2f})"
+             for r in table.itertuples() if not r.changes]
+    write_text(rd / "tables" / "explainer_randomisation.notes.md",
+               f"Model randomisation (group 4 and the classifier re-initialised, seed {int(cfg['seed'])}), "
+               f"{n} test ROIs: an explanation that stays within {RANDOM_SIMILARITY_MAX:g} of itself does "
+               f"not follow the trained weights. "
+               + (f"Unchanged: {', '.join(still)}." if still else "Every explainer changes.") + "\n")
+    return table
 
 
 def explanation_sanity_step(cfg: Config, test: Any, model_kt: Any, model_ft: Any, *,
@@ -119,9 +156,9 @@ def explanation_sanity_step(cfg: Config, test: Any, model_kt: Any, model_ft: Any
 
     ex = cfg.section("explain")
     rd = cfg.results_dir
-    n = min(int(ex.get("n_sanity", ex.get("n_agreement", 40))), len(test))
+    n = min(int(ex.get("n_sanity") or ex["n_agreement"]), len(test))
     sanity = explanation_sanity(model_kt, test.images[:n], test.masks[:n], random_seed=int(cfg["seed"]),
-                                batch_size=int(ex.get("batch_size", 33)), device=cfg["device"], progress=progress,
+                                batch_size=int(ex["batch_size"]), device=cfg["device"], progress=progress,
                                 initial_model=initial_network(cfg, "ddsm_transfer"), other_model=model_ft,
                                 baseline_rules=(DEFAULT_BACKGROUND_RULE,))
     rule = DEFAULT_BACKGROUND_RULE
@@ -158,7 +195,7 @@ def explanation_agreement(cfg: Config, test: Any, *, n: int = 40, background_rul
     rows = []
     for spec in TABLE2_SPECS:
         model = fold_model(cfg, spec, 0)
-        per = [lesion_agreement(explain_roi(model, test.images[i], batch_size=int(ex.get("batch_size", 33)),
+        per = [lesion_agreement(explain_roi(model, test.images[i], batch_size=int(ex["batch_size"]),
                                             device=cfg["device"], background_rule=background_rule), test.masks[i])
                for i in range(min(n, len(test)))]
         df = pd.DataFrame(per)

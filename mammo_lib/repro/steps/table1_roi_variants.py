@@ -27,10 +27,10 @@ def step_table1(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     init = trunk["weights"] or "none"
     for name, (variant, augs) in TABLE1_CONFIGS.items():
         ds = roi_sets(cfg, variant=variant, progress=progress, pretraining=False,
-                      size=int(t1.get("roi_size", cfg["roi_size"])))
-        tcfg = train_config(cfg, method="finetune", augment=tuple(augs), epochs=int(t1.get("epochs", cfg["train"]["epochs"])))
+                      size=int(t1.get("roi_size") or cfg["roi_size"]))
+        tcfg = train_config(cfg, method="finetune", augment=tuple(augs), epochs=int(t1.get("epochs") or cfg["train"]["epochs"]))
         res = run_cv(ds.cv, [RunSpec(name, init, tcfg)], run_dir(cfg, "table1"), arch=cfg["arch"],
-                     n_splits=int(t1.get("n_splits", 5)), seed=int(cfg["seed"]), test_data=ds.cv_test,
+                     n_splits=int(t1["n_splits"]), seed=int(cfg["seed"]), test_data=ds.cv_test,
                      imagenet_fallback="error", progress=progress)
         s = res.summary().iloc[0]
         label, acc_paper = paper.TABLE1[name]
