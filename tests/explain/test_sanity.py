@@ -349,7 +349,7 @@ def test_default_rule_is_the_complementary_soft_split():
     assert explain_module.canonical_background_rule(None) == "soft"
     assert '``"soft"`` (the default)' in explain_module.lesion_background.__doc__
     decisions = (Path(__file__).resolve().parents[2] / "docs" / "DECISIONS.md").read_text()
-    assert "`explain.DEFAULT_BACKGROUND_RULE` = `soft`" in decisions
+    assert "`explain.eq6.DEFAULT_BACKGROUND_RULE` = `soft`" in decisions
     assert "- `soft` (default)" in decisions
 
 
