@@ -135,8 +135,8 @@ def explainer_randomisation_step(cfg: Config, test: Any, model_kt: Any, train_ro
              for r in table.itertuples() if not r.changes]
     write_text(rd / "tables" / "explainer_randomisation.notes.md",
                f"Model randomisation (group 4 and the classifier re-initialised, seed {int(cfg['seed'])}), "
-               f"{n} test ROIs: an explanation that stays within {RANDOM_SIMILARITY_MAX:g} of itself does "
-               f"not follow the trained weights. "
+               f"{n} test ROIs: an explainer whose explanation on the randomised network stays more than "
+               f"{RANDOM_SIMILARITY_MAX:g} similar to its own does not follow the trained weights. "
                + (f"Unchanged: {', '.join(still)}." if still else "Every explainer changes.") + "\n")
     return table
 
