@@ -334,6 +334,14 @@ def _jsonable(obj: Any) -> Any:
 # --------------------------------------------------------------------------- step 3
 
 
+def default_label_names(k: int) -> tuple[str, ...]:
+    """Class names of a ``k``-output model: ``records.LABEL_NAMES`` in label order for 2 classes,
+    else ``"class 0"``, ``"class 1"``, ..."""
+    if k == len(LABEL_NAMES):
+        return tuple(LABEL_NAMES[i] for i in sorted(LABEL_NAMES))
+    return tuple(f"class {i}" for i in range(k))
+
+
 def classify_cells(dis_lesion: np.ndarray, dis_background: np.ndarray) -> np.ndarray:
     """Eq. 6 decision: ``"Lesion"`` where ``dis^L < dis^B``, else ``"Background"`` (ties too)."""
     return np.where(np.asarray(dis_lesion) < np.asarray(dis_background), LESION, BACKGROUND)
@@ -425,8 +433,7 @@ def explain_roi(model: nn.Module, roi: np.ndarray, *, lesion: np.ndarray | None 
 
     probabilities, f4, dis_l, dis_b, grid = result
     if label_names is None:
-        label_names = ([LABEL_NAMES[k] for k in sorted(LABEL_NAMES)] if len(probabilities) == len(LABEL_NAMES)
-                       else [f"class {k}" for k in range(len(probabilities))])
+        label_names = default_label_names(len(probabilities))
     if len(label_names) != len(probabilities):
         raise ValueError(f"{len(label_names)} label names for a model with {len(probabilities)} outputs")
     explanation = Explanation(prediction=int(np.argmax(probabilities)), probabilities=probabilities,

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mammo_lib.data.records import LABEL_NAMES
 from mammo_lib.engines.training import predict
 from mammo_lib.explain.cam import CamMethod, TargetLayer, cam_map
-from mammo_lib.explain.eq6 import DEFAULT_SOFT_PERCENTILE, BackgroundRule, Explanation, explain_roi
+from mammo_lib.explain.eq6 import (DEFAULT_SOFT_PERCENTILE, BackgroundRule, Explanation, default_label_names,
+                                   explain_roi)
 from mammo_lib.explain.glcm import MeanForm, check_grey_image
 from mammo_lib.explain.knn import Metric, knn_explain, penultimate_features
 
@@ -107,11 +107,6 @@ class Attribution:
         return cls("eq6", explanation.prediction, explanation.probabilities, explanation.label_names,
                    evidence=explanation.dis_background - explanation.dis_lesion,
                    labels=explanation.cell_labels, detail=explanation)
-
-
-def _label_names(k: int) -> tuple[str, ...]:
-    return tuple(LABEL_NAMES[i] for i in sorted(LABEL_NAMES)) if k == len(LABEL_NAMES) else tuple(
-        f"class {i}" for i in range(k))
 
 
 def _check_batch(rois: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
@@ -223,7 +218,7 @@ class CamExplainer(Explainer):
         probs = self._probabilities(arr)
         maps = cam_map(self.model, arr, method=self.method, target_class=self.target_class, device=self.device,
                        target_layer=self.target_layer, batch_size=self.batch_size, progress=progress)
-        names = _label_names(probs.shape[1])
+        names = default_label_names(probs.shape[1])
         return [Attribution(self.method, int(np.argmax(p)), p, names, evidence=m) for p, m in zip(probs, maps)]
 
 
@@ -267,7 +262,7 @@ class KnnExplainer(Explainer):
             feats = penultimate_features(self.model, r[None], device=self.device)
             table = knn_explain(feats, self.train_features, self.train_labels, k=self.k, train_ids=self.train_ids,
                                 metric=self.metric)
-            out.append(Attribution("knn", int(np.argmax(probs[i])), probs[i], _label_names(probs.shape[1]),
+            out.append(Attribution("knn", int(np.argmax(probs[i])), probs[i], default_label_names(probs.shape[1]),
                                    neighbours=table["train_index"].to_numpy(),
                                    neighbour_labels=table["label"].to_numpy(), detail=table))
         return out

@@ -119,7 +119,7 @@ def explainer_randomisation_step(cfg: Config, test: Any, model_kt: Any, train_ro
     from mammo_lib.explain.sanity import RANDOM_SIMILARITY_MAX, randomisation_table
 
     ex = cfg.section("explain")
-    n = min(int(ex.get("n_sanity") or ex["n_agreement"]), len(test))
+    n = _n_sanity(cfg, test)
     common = dict(device=cfg["device"], batch_size=int(ex["batch_size"]))
     explainers = {
         f"Eq. 6 ({rule})": Eq6Explainer(model_kt, background_rule=rule, **common),
@@ -156,7 +156,7 @@ def explanation_sanity_step(cfg: Config, test: Any, model_kt: Any, model_ft: Any
 
     ex = cfg.section("explain")
     rd = cfg.results_dir
-    n = min(int(ex.get("n_sanity") or ex["n_agreement"]), len(test))
+    n = _n_sanity(cfg, test)
     sanity = explanation_sanity(model_kt, test.images[:n], test.masks[:n], random_seed=int(cfg["seed"]),
                                 batch_size=int(ex["batch_size"]), device=cfg["device"], progress=progress,
                                 initial_model=initial_network(cfg, "ddsm_transfer"), other_model=model_ft,
@@ -204,3 +204,9 @@ def explanation_agreement(cfg: Config, test: Any, *, n: int = 40, background_rul
                      "P(Lesion | other cell)": round(float(df["p_lesion_off_mass"].mean()), 3),
                      "Lesion fraction": round(float(df["lesion_fraction"].mean()), 3)})
     return pd.DataFrame(rows)
+
+
+def _n_sanity(cfg: Config, test: Any) -> int:
+    """The ROIs of the sanity checks: ``explain.n_sanity`` (None: ``n_agreement``), at most the test set."""
+    ex = cfg.section("explain")
+    return min(int(ex.get("n_sanity") or ex["n_agreement"]), len(test))
