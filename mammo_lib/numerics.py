@@ -10,12 +10,17 @@ pick by the machine. Measured on the project's machine (``docs/DECISIONS.md`` ha
   AMX CPU oneDNN picks other kernels with another summation order.
 - **MKL's code path** (``MKL_CBWR``, conditional numerical reproducibility): the GEMMs of the
   linear layers and of convolutions without oneDNN.
+- **NumPy's SIMD dispatch** (``NPY_DISABLE_CPU_FEATURES``): float32 ``exp``/``log``/``sin``/``tanh``
+  and float64 ``tanh`` differ in their last bits between NumPy's AVX2 (``X86_V3``) and baseline
+  loops; an AVX-512 CPU would take NumPy's ``X86_V4``/``AVX512_*`` loops (the phantom, the
+  preprocessing and the statistics compute with them).
 - **The thread count** (the profile's ``threads``): every parallel reduction.
 
 :func:`pin_environment` fixes the first three at AVX2, the newest instruction set every x86-64
 CPU of the last decade has, so that a run on an AVX-512 or AMX machine takes the same kernels as
 one on an AVX2 machine. It must run before torch executes its first operation, so the package
-calls it when it is imported (``import mammo_lib`` before ``import torch``); the reproduction,
+calls it when it is imported (``import mammo_lib`` before ``import torch`` and ``import numpy``: NumPy
+reads its variable when it is imported); the reproduction,
 the jobs and the test command also set it in the environment of every process they start. A
 variable the caller has set is never overridden (that is how the capability emulation of the
 tests works), and ``MAMMO_NUMERICS=native`` leaves the machine's fastest kernels in place.
@@ -26,7 +31,7 @@ by the committed-results check, which compares tables within stated tolerances
 
 >>> env = {}
 >>> sorted(pin_environment(env, flags={"avx2", "fma"}))
-['ATEN_CPU_CAPABILITY', 'MKL_CBWR', 'ONEDNN_MAX_CPU_ISA']
+['ATEN_CPU_CAPABILITY', 'MKL_CBWR', 'NPY_DISABLE_CPU_FEATURES', 'ONEDNN_MAX_CPU_ISA']
 >>> env["ATEN_CPU_CAPABILITY"], env["ONEDNN_MAX_CPU_ISA"], env["MKL_CBWR"]
 ('avx2', 'AVX2', 'AVX2')
 >>> pin_environment({"MAMMO_NUMERICS": "native"}, flags={"avx2"})
@@ -40,7 +45,11 @@ from pathlib import Path
 from typing import Any, Mapping, MutableMapping, Optional
 
 #: The variables pinned on a CPU with AVX2 and the value each gets.
-PINNED: Mapping[str, str] = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+PINNED: Mapping[str, str] = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2",
+                             # NumPy's groups above AVX2 (X86_V3); disabling one the CPU lacks is a no-op
+                             "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
+#: NumPy's dispatch groups, highest first (``numpy_simd``).
+_NUMPY_GROUPS = ("AVX512_SPR", "AVX512_ICL", "X86_V4", "X86_V3", "X86_V2")
 #: ``MAMMO_NUMERICS``: ``pinned`` (default) or ``native`` (leave the libraries' choice).
 MODE_VAR = "MAMMO_NUMERICS"
 MODES = ("pinned", "native")
@@ -108,12 +117,24 @@ def describe() -> dict[str, Any]:
         "aten capability": torch.backends.cpu.get_cpu_capability(),
         "onednn max isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "unset (the CPU's best)"),
         "mkl cbwr": os.environ.get("MKL_CBWR", "unset (the CPU's best)"),
+        "numpy simd": numpy_simd(),
         "torch threads": torch.get_num_threads(),
     }
+
+
+def numpy_simd() -> str:
+    """The highest SIMD group NumPy dispatches to in this process (``X86_V3`` is AVX2's), or
+    ``"unknown"`` for a NumPy that does not report its groups."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # pragma: no cover - NumPy < 2
+        return "unknown"
+    return next((g for g in _NUMPY_GROUPS if features.get(g)), "baseline")
 
 
 def is_pinned(info: Mapping[str, Any]) -> bool:
     """Whether ``info`` (from :func:`describe`) is the pinned AVX2 environment."""
     return (str(info.get("aten capability", "")).upper() == "AVX2"
             and str(info.get("onednn max isa", "")).upper() == "AVX2"
-            and str(info.get("mkl cbwr", "")).upper().startswith("AVX2"))
+            and str(info.get("mkl cbwr", "")).upper().startswith("AVX2")
+            and str(info.get("numpy simd", "X86_V3")).upper() == "X86_V3")
