@@ -117,10 +117,33 @@ def _distance_to_region(point: tuple[int, int], region: np.ndarray) -> float:
     return float(np.sqrt(np.min((rows - point[0]) ** 2 + (cols - point[1]) ** 2)))
 
 
+#: Values within this fraction of a map's maximum are the maximum (a tie). A bilinear upsampling
+#: has plateaus (the clamped border of a cell, a cell's centre at an integer scale) whose values are
+#: equal in exact arithmetic but differ in their last bits, and which of those bits is largest
+#: depends on the CPU's interpolation kernel; with exact ties only, the pointing game picked a
+#: pixel of the plateau by rounding and a hit could change across CPUs (``docs/DECISIONS.md``,
+#: "Same numbers on every CPU"). 1e-9 is far above rounding (1e-16) and far below what separates
+#: two distinct pixels of a map.
+PEAK_RTOL = 1e-9
+
+
+def peak_index(up: np.ndarray) -> np.ndarray:
+    """Flat index of each map's maximum, ``(N, P) -> (N,)``: the first pixel in raster order whose
+    value is within :data:`PEAK_RTOL` of the row's maximum.
+
+    >>> peak_index(np.array([[1.0, 3.0 - 1e-15, 3.0, 2.0]]))   # the plateau's first pixel
+    array([1])
+    """
+    flat = np.asarray(up, dtype=np.float64)
+    peak = flat.max(axis=1, keepdims=True)
+    return (flat >= peak - PEAK_RTOL * np.abs(peak)).argmax(axis=1)
+
+
 def pointing_game(F: np.ndarray, region_mask: np.ndarray, tolerance_px: float = 0) -> bool:
     """Pointing game: is the maximum of the upsampled map within ``tolerance_px`` of the region?
 
-    The maximum is ``np.argmax`` of the bilinearly upsampled map (ties: first in raster order).
+    The maximum is that of the bilinearly upsampled map (ties, within :data:`PEAK_RTOL` of it:
+    the first in raster order; :func:`peak_index`).
     ``tolerance_px = 0`` asks for the maximum inside the region; a positive tolerance accepts a
     maximum within that Euclidean distance of a region pixel (the region dilated by a disk).
     An empty region is a miss.
@@ -135,7 +158,7 @@ def pointing_game(F: np.ndarray, region_mask: np.ndarray, tolerance_px: float = 
     if not arr.any():
         raise ValueError("all-zero activation map: it has no maximum to point with")
     up = upsample_map(arr, region.shape)
-    point = np.unravel_index(int(np.argmax(up)), up.shape)
+    point = np.unravel_index(int(peak_index(up.reshape(1, -1))[0]), up.shape)
     return bool(_distance_to_region((int(point[0]), int(point[1])), region) <= tolerance_px)
 
 
@@ -199,7 +222,7 @@ def localization_table(maps: np.ndarray, masks: np.ndarray, confounders: Optiona
         present = reg.reshape(n, -1).any(axis=1)
         data[f"share_{name}"] = np.where(present, share(reg), np.nan)
 
-    flat_arg = up.reshape(n, -1).argmax(axis=1)
+    flat_arg = peak_index(up.reshape(n, -1)) if n else np.zeros(0, np.int64)
     rows, cols = np.unravel_index(flat_arg, region.shape[1:])
     if tolerance_px == 0:
         hits = region[np.arange(n), rows, cols]
