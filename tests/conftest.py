@@ -24,6 +24,17 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+@pytest.fixture(autouse=True)
+def _restore_float_precision():
+    """A test that opens the smoke profile sets torch's default dtype to float64 for its process
+    (``runtime.pin_numerics``, as a notebook kernel does); the next test starts from the default."""
+    import torch
+
+    before = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(before)
+
+
 def _spawning_helpers(module) -> set[str]:
     """Names of the module's own functions that start a process (directly, or through another one)."""
     funcs = {n: f for n, f in vars(module).items()

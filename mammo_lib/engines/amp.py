@@ -4,7 +4,8 @@ precision").
 Both are speed settings of :class:`~mammo_lib.engines.training.TrainConfig` (``amp``, ``channels_last``)
 and take effect only when the device is CUDA; on the CPU every helper here is an exact no-op
 (no autocast, no memory-format change), so CPU results are bit-identical with the flags on or off.
-The Eq. 4 distance and the losses are always computed in float32: callers cast activations and
+The Eq. 4 distance and the losses are always computed in full precision (float32, or the run's
+float64: :func:`mammo_lib.utils.precision.full`): callers cast activations and
 logits with ``.float()`` after the autocast region.
 
 >>> import torch

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from mammo_lib.utils.progress import tqdm
 from mammo_lib.utils.files import save_torch, write_json
+from mammo_lib.utils.precision import full
 from mammo_lib.networks.activation import DISTANCE_FORMS, GROUP_LAYERS, GroupActivations, activation_map
 from mammo_lib.data.augment import AUGMENTATIONS, AugmentParams, JointAugment
 from mammo_lib.engines.selection import SELECTION_METRICS, EarlySelection
@@ -132,7 +133,7 @@ class TrainConfig:
         patience: stop after this many epochs without a better selection score (None: never).
         class_weighting: weight the cross-entropy by inverse class frequency of the training data.
         amp: mixed precision on CUDA, ``"off"``, ``"bf16"`` or ``"fp16"`` (loss scaling); forward
-            passes autocast, Eq. 4 distances and losses in float32 (:mod:`mammo_lib.engines.amp`).
+            passes autocast, Eq. 4 distances and losses in full precision (:mod:`mammo_lib.engines.amp`).
         channels_last: channels-last memory format for model and inputs on CUDA.
             Both are no-ops on the CPU (same numbers as off).
         prefetch_threads: threads that assemble and augment the next training batches while the
@@ -331,7 +332,7 @@ def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor
 
 def _model_input(x: np.ndarray, kind: str, device: torch.device, channels_last: bool = False) -> Tensor:
     t = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-    t = to_model_input(t.float()) if kind == "roi" else mask_to_model_input(t)
+    t = to_model_input(full(t)) if kind == "roi" else mask_to_model_input(t)
     return maybe_channels_last(t, channels_last, device)
 
 
@@ -339,7 +340,7 @@ def class_weights(labels: np.ndarray, device: torch.device) -> Tensor:
     counts = np.bincount(labels, minlength=2).astype(np.float64)
     if (counts == 0).any():
         raise ValueError("class_weighting needs both classes in the training data")
-    return torch.tensor(len(labels) / (2.0 * counts), dtype=torch.float32, device=device)
+    return torch.tensor(len(labels) / (2.0 * counts), dtype=torch.get_default_dtype(), device=device)
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -352,7 +353,7 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
 def _evaluate(model: nn.Module, data: TensorData, kind: str, batch_size: int,
               device: torch.device, amp: str = "off", channels_last: bool = False) -> tuple[float, float, np.ndarray]:
     """Mean cross-entropy, accuracy and (N,2) probabilities in eval mode (mode restored); forward
-    under :func:`~mammo_lib.engines.amp.autocast_for`, losses in float32."""
+    under :func:`~mammo_lib.engines.amp.autocast_for`, losses in full precision."""
     with preserve_mode(model):
         model.eval()
         src = data.images if kind == "roi" else data.masks
@@ -361,7 +362,7 @@ def _evaluate(model: nn.Module, data: TensorData, kind: str, batch_size: int,
             sl = slice(start, start + batch_size)
             with autocast_for(device, amp):
                 logits = model(_model_input(src[sl], kind, device, channels_last))
-            logits = logits.float()
+            logits = full(logits)
             y = torch.from_numpy(data.labels[sl]).to(device)
             losses.append(F.cross_entropy(logits, y, reduction="sum").item())
             probs.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
@@ -603,7 +604,7 @@ def _step_loss(model: nn.Module, x: Tensor, m: Tensor, y: Tensor, cfg: TrainConf
                kt_loss: Optional[KnowledgeTransferLoss], teacher: Optional[nn.Module],
                weight: Optional[Tensor]) -> tuple[Tensor, dict[str, float]]:
     """Loss of one batch: cross-entropy, or Eq. 5 with the teacher's (gradient-free) mask maps.
-    Forward passes under ``cfg.amp`` autocast; logits and maps are cast to float32 before the losses."""
+    Forward passes under ``cfg.amp`` autocast; logits and maps are cast to full precision before the losses."""
     y = y.to(device)
 
     def prep(t: Tensor) -> Tensor:
@@ -613,7 +614,7 @@ def _step_loss(model: nn.Module, x: Tensor, m: Tensor, y: Tensor, cfg: TrainConf
         with autocast_for(device, cfg.amp):
             logits = model(prep(to_model_input(x.to(device)) if cfg.input == "roi"
                                 else mask_to_model_input(m.to(device))))
-        logits = logits.float()
+        logits = full(logits)
         ce = F.cross_entropy(logits, y, weight=weight)
         return ce, {"ce": float(ce.detach()), "total": float(ce.detach())}
     if teacher is None:
@@ -622,8 +623,8 @@ def _step_loss(model: nn.Module, x: Tensor, m: Tensor, y: Tensor, cfg: TrainConf
         mask_maps = teacher_maps(teacher, prep(mask_to_model_input(m.to(device))), cfg.omega)
         with GroupActivations(model, cfg.omega) as acts:
             logits = model(prep(to_model_input(x.to(device))))
-    logits = logits.float()
-    roi_maps = {j: activation_map(acts[j].float()) for j in cfg.omega}  # Eq. 3-4 in float32
+    logits = full(logits)
+    roi_maps = {j: activation_map(full(acts[j])) for j in cfg.omega}  # Eq. 3-4 in full precision
     loss, parts = kt_loss(logits, y, roi_maps, mask_maps)
     if weight is not None:  # Eq. 5 with a class-weighted cross-entropy term
         ce_w = F.cross_entropy(logits, y, weight=weight)

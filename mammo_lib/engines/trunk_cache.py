@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from mammo_lib.utils.files import save_torch
 from mammo_lib.utils.progress import tqdm
+from mammo_lib.utils.precision import full
 from mammo_lib.data.records import DamagedCacheError
 from mammo_lib.networks.activation import activation_distance, activation_map
 from mammo_lib.engines.amp import autocast_for, backward_step, channels_last_while, grad_scaler, maybe_channels_last
@@ -104,9 +105,9 @@ class TrunkCache:
     """Stored trunk outputs of N ROIs under F flips.
 
     Attributes:
-        features: ``(N, F, C, g, g)`` float32, the input of group 4 (``transition3``'s output).
-        teacher_maps: ``(N, F, g, g)`` float32, F^4 (Eq. 3) of the teacher's forward of each mask.
-        oracle_maps: ``(N, F, g, g)`` float32, the mask average-pooled to the grid.
+        features: ``(N, F, C, g, g)`` in the run's precision (float32 or float64), the input of group 4 (``transition3``'s output).
+        teacher_maps: ``(N, F, g, g)``, the same precision, F^4 (Eq. 3) of the teacher's forward of each mask.
+        oracle_maps: ``(N, F, g, g)``, the same precision, the mask average-pooled to the grid.
         labels: ``(N,)`` int64; ``ids``: case ids.
         flips: the flip names of axis 1.
     """
@@ -182,7 +183,7 @@ def build_cache(model: nn.Module, images: np.ndarray, masks: np.ndarray, *,
         images: ``(N,S,S)`` ROIs in [0, 1]; masks: ``(N,S,S)`` in {0, 1}.
         flips: which of :data:`FLIPS` to store (``("none",)`` for evaluation-only data).
         amp, channels_last: as :class:`~mammo_lib.engines.training.TrainConfig`'s (CUDA only; the cache
-            is stored in float32 either way).
+            is stored in full precision either way).
     """
     images, masks = np.asarray(images, dtype=np.float32), np.asarray(masks)
     if images.ndim != 3 or masks.shape != images.shape:
@@ -210,10 +211,10 @@ def build_cache(model: nn.Module, images: np.ndarray, masks: np.ndarray, *,
                 t = trunk_forward(model, maybe_channels_last(to_model_input(_flip(x, c)), channels_last, device))
                 mt = maybe_channels_last(mask_to_model_input(_flip(mk, c)), channels_last, device)
                 a_mask = group4_activation(teacher, trunk_forward(teacher, mt))
-                f_b.append(t.float().contiguous().cpu())
-                t_b.append(activation_map(a_mask.float()).cpu())
+                f_b.append(full(t).contiguous().cpu())
+                t_b.append(activation_map(full(a_mask)).cpu())
                 g = a_mask.shape[-1]
-                o_b.append(F.adaptive_avg_pool2d(_flip(mk, c).float()[:, None], g)[:, 0].cpu())
+                o_b.append(F.adaptive_avg_pool2d(_flip(mk, c).to(torch.get_default_dtype())[:, None], g)[:, 0].cpu())
             feats.append(torch.stack(f_b, 1))
             tmaps.append(torch.stack(t_b, 1))
             omaps.append(torch.stack(o_b, 1))
@@ -316,7 +317,7 @@ def _target_maps(teacher: Tensor, oracle: Tensor, idx: Tensor, codes: Tensor, ta
 def over_cache(model: nn.Module, cache: TrunkCache, read: Any, *, flip: int, batch_size: int,
                 device: str | torch.device, amp: str = "off", channels_last: bool = False) -> Tensor:
     """``read(group-4 activation)`` over the cached features of one flip, batched, eval mode;
-    group 4 under ``amp`` autocast, ``read`` on its float32 cast."""
+    group 4 under ``amp`` autocast, ``read`` on its full-precision cast."""
     device = torch.device(device)
     out = []
     with on_device(model, device), eval_mode(model):  # the caller's model goes back where it was
@@ -324,7 +325,7 @@ def over_cache(model: nn.Module, cache: TrunkCache, read: Any, *, flip: int, bat
             t = maybe_channels_last(cache.features[s:s + batch_size, flip].to(device), channels_last, device)
             with autocast_for(device, amp):
                 a = group4_activation(model, t)
-            out.append(read(a.float()).cpu())
+            out.append(read(full(a)).cpu())
     return torch.cat(out)
 
 
@@ -332,7 +333,7 @@ def predict_cached(model: nn.Module, cache: TrunkCache, *, flip: int = 0, batch_
                    device: str | torch.device = "cpu", amp: str = "off", channels_last: bool = False) -> np.ndarray:
     """Softmax probabilities ``(N, 2)`` from cached trunk features (eval mode, modes restored);
     ``amp``/``channels_last`` as :class:`~mammo_lib.engines.training.TrainConfig`'s (group 4 only; the
-    classifier runs on the float32 activation)."""
+    classifier runs on the full-precision activation)."""
     if not len(cache):
         return np.empty((0, 2))
     return over_cache(model, cache, lambda a: torch.softmax(head_logits(model, a).double(), 1), flip=flip,
@@ -346,7 +347,7 @@ CHANNEL_SETS = ("all", "own", "passthrough")
 def group4_maps_cached(model: nn.Module, cache: TrunkCache, *, flip: int = 0, batch_size: int = 256,
                        device: str | torch.device = "cpu", amp: str = "off",
                        channels_last: bool = False, channels: str = "all") -> np.ndarray:
-    """F^4 (Eq. 3, float32) of every cached ROI, ``(N, g, g)``; ``channels="own"`` or
+    """F^4 (Eq. 3, full precision) of every cached ROI, ``(N, g, g)``; ``channels="own"`` or
     ``"passthrough"``: Eq. 3 over group 4's own channels or over the pass-through ones only
     (:func:`~mammo_lib.networks.densenet.passthrough_channels`), the mean over that part's channels."""
     if channels not in CHANNEL_SETS:
@@ -363,11 +364,11 @@ def group4_maps_cached(model: nn.Module, cache: TrunkCache, *, flip: int = 0, ba
 def head_loss(model: nn.Module, t: Tensor, y: Tensor, target_maps: Optional[Tensor], cfg: TrainConfig,
               weight: Optional[Tensor] = None) -> tuple[Tensor, dict[str, float]]:
     """Eq. 5 on cached features: ``CE + (beta/2) d^4`` (``target_maps`` None or beta 0: CE only).
-    Group 4 and the classifier under ``cfg.amp`` autocast; CE and Eq. 4 in float32."""
+    Group 4 and the classifier under ``cfg.amp`` autocast; CE and Eq. 4 in full precision."""
     with autocast_for(t.device, cfg.amp):
         a = group4_activation(model, maybe_channels_last(t, cfg.channels_last, t.device))
         logits = head_logits(model, a)
-    total, ce, d = _eq5(logits.float(), a.float(), y, target_maps, cfg, weight)
+    total, ce, d = _eq5(full(logits), full(a), y, target_maps, cfg, weight)
     parts = {"ce": float(ce.detach())}
     if d is not None:
         parts["d4"] = float(d.detach())
@@ -377,7 +378,7 @@ def head_loss(model: nn.Module, t: Tensor, y: Tensor, target_maps: Optional[Tens
 
 def _eq5(logits: Tensor, a: Tensor, y: Tensor, target_maps: Optional[Tensor], cfg: TrainConfig,
          weight: Optional[Tensor]) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Eq. 5 from float32 logits and group-4 activation: ``(CE + (beta/2) d^4, CE, d^4)``, with
+    """Eq. 5 from full-precision logits and group-4 activation: ``(CE + (beta/2) d^4, CE, d^4)``, with
     ``d^4`` (Eq. 4, mean over the batch) None when ``target_maps`` is None (CE only)."""
     ce = F.cross_entropy(logits, y, weight=weight)
     if target_maps is None:
@@ -394,7 +395,7 @@ def _stack_bn(bns: Sequence[nn.Module]) -> nn.BatchNorm2d:
     with torch.no_grad():
         for name in ("weight", "bias", "running_mean", "running_var"):
             if getattr(out, name) is not None:
-                getattr(out, name).copy_(torch.cat([getattr(b, name).detach().float().cpu() for b in bns]))
+                getattr(out, name).copy_(torch.cat([getattr(b, name).detach().cpu() for b in bns]))
         if out.num_batches_tracked is not None:
             out.num_batches_tracked.copy_(bns[0].num_batches_tracked.cpu())
     return out
@@ -408,9 +409,9 @@ def _stack_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
     out = nn.Conv2d(c0.in_channels * len(convs), c0.out_channels * len(convs), c0.kernel_size, stride=c0.stride,
                     padding=c0.padding, dilation=c0.dilation, groups=len(convs), bias=c0.bias is not None)
     with torch.no_grad():
-        out.weight.copy_(torch.cat([c.weight.detach().float().cpu() for c in convs]))
+        out.weight.copy_(torch.cat([c.weight.detach().cpu() for c in convs]))
         if out.bias is not None:
-            out.bias.copy_(torch.cat([c.bias.detach().float().cpu() for c in convs]))
+            out.bias.copy_(torch.cat([c.bias.detach().cpu() for c in convs]))
     return out
 
 
@@ -470,7 +471,7 @@ class StackedHead(nn.Module):
         self.classifiers = nn.ModuleList()
         for m in models:
             c = nn.Linear(m.classifier.in_features, m.classifier.out_features)
-            c.load_state_dict({k: v.detach().float().cpu() for k, v in m.classifier.state_dict().items()})
+            c.load_state_dict({k: v.detach().cpu() for k, v in m.classifier.state_dict().items()})
             self.classifiers.append(c)
 
     def forward(self, t: Tensor) -> Tensor:
@@ -545,7 +546,7 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
     update every weight on its own, so each network trains as :func:`train_head` would train it
     alone, up to the rounding of a grouped convolution. The configurations may differ only in
     :data:`PER_NETWORK_FIELDS`. Each network keeps its own selected epoch and, with
-    ``cfg.patience``, stops on its own. Trained in float32 or ``cfg.amp`` autocast (one loss scale
+    ``cfg.patience``, stops on its own. Trained in the run's precision or ``cfg.amp`` autocast (one loss scale
     for all with fp16); the head ignores ``channels_last`` (7x7 maps). ``wall_s`` of every result
     is the time of the whole group.
 
@@ -627,10 +628,10 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
             with autocast_for(device, cfg.amp):
                 a = head(t)
                 logits = head.logits(a)
-            a = a.float()
+            a = full(a)
             losses, ces, ds = [], [], []
             for g in range(n_nets):
-                loss, ce, d = _eq5(logits[g].float(), a[:, g], y, maps[targets[g]] if use_kt[g] else None,
+                loss, ce, d = _eq5(full(logits[g]), a[:, g], y, maps[targets[g]] if use_kt[g] else None,
                                    cfgs[g], weight)
                 losses.append(loss)
                 ces.append(ce)
@@ -699,12 +700,12 @@ def train_heads(models: Sequence[nn.Module], train: TrunkCache, val: TrunkCache,
 @torch.no_grad()
 def _stacked_predict(head: StackedHead, feats: Tensor, amp: str, batch_size: int = 256) -> list[np.ndarray]:
     """Every network's softmax ``(N, 2)`` (float64), as :func:`predict_cached`: group 4 under
-    ``amp`` autocast, the classifier on its float32 cast."""
+    ``amp`` autocast, the classifier on its full-precision cast."""
     out: list[list[Tensor]] = [[] for _ in range(head.n)]
     for s in range(0, len(feats), batch_size):
         with autocast_for(feats.device, amp):
             a = head(feats[s:s + batch_size])
-        for g, lg in enumerate(head.logits(a.float())):
+        for g, lg in enumerate(head.logits(full(a))):
             out[g].append(torch.softmax(lg.double(), 1).cpu())
     return [torch.cat(o).numpy() for o in out]
 

@@ -19,6 +19,7 @@ from scipy.spatial.distance import cdist
 from torch import nn
 
 from mammo_lib.utils.progress import tqdm
+from mammo_lib.utils.precision import full
 from mammo_lib.networks.densenet import eval_mode, on_device, to_model_input
 
 Metric = Literal["euclidean", "cosine", "cityblock"]
@@ -59,7 +60,7 @@ def penultimate_features(model: nn.Module, images: np.ndarray, *, batch_size: in
         for start in tqdm(range(0, len(arr), batch_size), disable=not progress, desc="deep features"):
             x = torch.as_tensor(arr[start:start + batch_size], dtype=param.dtype).to(device)
             a = F.relu(model.features(to_model_input(x)))
-            chunks.append(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1).float().cpu())
+            chunks.append(full(torch.flatten(F.adaptive_avg_pool2d(a, 1), 1)).cpu())
     if not chunks:
         raise ValueError("images is empty: nothing to extract features from")
     return torch.cat(chunks).numpy()

@@ -25,6 +25,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.models import DenseNet, DenseNet121_Weights
 
+from mammo_lib.utils.precision import widen
+
 #: Architectures, as keyword arguments of :class:`torchvision.models.DenseNet`.
 ARCHS: dict[str, dict[str, Any]] = {
     # torchvision.models.densenet121 (Huang et al.); the paper's network.
@@ -417,12 +419,14 @@ def _require_densenet(model: nn.Module) -> None:
 
 
 def to_model_input(x: Tensor) -> Tensor:
-    """Grey ROIs ``(N,H,W)`` or ``(N,1,H,W)`` in [0, 1] -> ``(N,3,H,W)`` with ImageNet mean/std."""
+    """Grey ROIs ``(N,H,W)`` or ``(N,1,H,W)`` in [0, 1] -> ``(N,3,H,W)`` with ImageNet mean/std,
+    float32 cast up to the run's precision (:func:`mammo_lib.utils.precision.widen`)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"expected a float tensor in [0, 1], got {x.dtype} (divide integer images "
                         f"by their maximum first; masks go through mask_to_model_input)")
+    x = widen(x)
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.ndim != 4 or x.shape[1] != 1:

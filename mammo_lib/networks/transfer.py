@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mammo_lib.utils.precision import full
 from mammo_lib.networks.activation import DISTANCE_FORMS, GROUP_LAYERS, DistanceForm, GroupActivations, activation_distance, activation_map
 
 #: Default weight of the transfer term. The paper gives no value; docs/DECISIONS.md: choose beta on
@@ -53,7 +54,7 @@ def teacher_maps(teacher: nn.Module, mask_input: Tensor, groups: Iterable[int] =
     groups = tuple(groups)
     with GroupActivations(teacher, groups, mode="eval", detach=True) as acts, torch.no_grad():
         teacher(mask_input)
-        return {g: activation_map(acts[g].float()) for g in groups}  # float32 maps also under autocast
+        return {g: activation_map(full(acts[g])) for g in groups}  # full-precision maps also under autocast
 
 
 class KnowledgeTransferLoss(nn.Module):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from skimage.draw import polygon as draw_polygon
 
 from mammo_lib.utils.progress import tqdm
+from mammo_lib.utils.precision import current as current_precision, full
 from mammo_lib.networks.activation import activation_distance, activation_distances
 from mammo_lib.networks.densenet import build_model, set_trainable, to_model_input
 from mammo_lib.engines.amp import autocast_for, backward_step, check_amp, grad_scaler, maybe_channels_last
@@ -182,7 +183,8 @@ def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int =
     features and starts a new 2-class head) and ``out_dir/generic_metrics.json``; both are reused
     when they exist for the same settings. Returns the metrics dict (``checkpoint`` included).
     ``amp`` and ``channels_last`` are :class:`~mammo_lib.engines.training.TrainConfig`'s speed settings
-    (CUDA only; the cross-entropy is computed in float32). ``workers``: processes drawing the task
+    (CUDA only; the cross-entropy is computed in full precision). A float64 run
+    (:mod:`mammo_lib.utils.precision`) trains in float64 and keys its files by it. ``workers``: processes drawing the task
     images (:func:`shape_task`; the same images for any number).
     """
     out = Path(out_dir)
@@ -192,6 +194,8 @@ def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int =
     check_amp(amp)
     if amp != "off" or channels_last:  # only when set: keys made before these settings stay valid
         key.update(amp=amp, channels_last=bool(channels_last))
+    if current_precision() != "float32":
+        key.update(precision=current_precision())
     if ckpt.exists() and meta.exists():
         saved = json.loads(meta.read_text())
         if saved.get("key") == key:
@@ -217,7 +221,7 @@ def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int =
     def accuracy(x: np.ndarray, y: np.ndarray) -> float:
         model.eval()
         with torch.no_grad(), autocast_for(dev, amp):
-            pred = torch.cat([model(prep(torch.from_numpy(x[s:s + 64]))).float().argmax(1).cpu()
+            pred = torch.cat([full(model(prep(torch.from_numpy(x[s:s + 64])))).argmax(1).cpu()
                               for s in range(0, len(x), 64)])
         return float((pred.numpy() == y).mean())
 
@@ -235,7 +239,7 @@ def pretrain_generic(out_dir: str | Path, *, arch: str = "small", n_train: int =
             x = _flip_batch(torch.from_numpy(xt[idx.numpy()]), gen)
             with autocast_for(dev, amp):
                 logits = model(prep(x))
-            loss = F.cross_entropy(logits.float(), torch.from_numpy(yt[idx.numpy()]).to(dev))
+            loss = F.cross_entropy(full(logits), torch.from_numpy(yt[idx.numpy()]).to(dev))
             opt.zero_grad(set_to_none=True)
             backward_step(loss, opt, scaler)
             sched.step()

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, c
 
 from mammo_lib.data.images import DEFAULT_INTENSITY, INTENSITY_MODES
 from mammo_lib.utils.digest import code_digest
-from mammo_lib.utils.options import MAX_ROI_SIZE, MIN_ROI_SIZE
+from mammo_lib.utils.options import MAX_ROI_SIZE, MIN_ROI_SIZE, PRECISION_NAMES
 
 PROFILE_NAMES = ("smoke", "demo", "full")
 ENV_PROFILE = "MAMMO_PROFILE"
@@ -46,12 +46,13 @@ class ConfigError(ValueError):
 
 #: Modules whose source decides what a model trained by :mod:`mammo_lib.protocol.cross_validation` is.
 _TRAINING_CODE = ("protocol.cross_validation", "engines.training", "networks.densenet", "networks.activation",
-                  "networks.transfer", "data.augment", "metrics.classification", "engines.amp", "engines.selection")
+                  "networks.transfer", "data.augment", "metrics.classification", "engines.amp", "engines.selection",
+                  "utils.precision")
 #: Modules whose source decides the ROIs a model sees (Table 1 fold keys hold case ids, not pixels).
 _DATA_CODE = ("data.phantom", "data.records", "data.images", "data.roi", "data.preprocess", "data.generic_csv",
               "data.cbis_ddsm", "data.bcdr")
 #: Settings every cached stage depends on (the data and the model).
-_DATA_KEYS = ("seed", "arch", "roi_size", "min_context", "intensity", "phantom", "data_root", "real_data")
+_DATA_KEYS = ("seed", "arch", "roi_size", "min_context", "intensity", "phantom", "data_root", "real_data", "precision")
 
 #: Cached stages: the profile keys (a section, or ``section.key``) and the ``mammo_lib`` modules a
 #: stage's artefacts depend on (:func:`stage_key`). A stage missing here uses :data:`DEFAULT_STAGE`.
@@ -61,8 +62,8 @@ STAGES: dict[str, dict[str, tuple[str, ...]]] = {
     "pretrain": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train",
                                         "pretrain"),
                  "code": _DATA_CODE + _TRAINING_CODE + ("repro.table2", "protocol.stand_in")},
-    "generic": {"keys": ("seed", "arch", "roi_size", "generic_pretrain", "train.amp", "train.channels_last"),
-                "code": ("protocol.stand_in", "networks.densenet", "engines.amp")},
+    "generic": {"keys": ("seed", "arch", "roi_size", "precision", "generic_pretrain", "train.amp", "train.channels_last"),
+                "code": ("protocol.stand_in", "networks.densenet", "engines.amp", "utils.precision")},
     "trunk_cache": {"keys": _DATA_KEYS + ("imagenet_weights", "imagenet_fallback", "generic_pretrain", "train",
                                            "pretrain"),
                     "code": _DATA_CODE + _TRAINING_CODE + ("engines.trunk_cache", "repro.table2", "protocol.stand_in")},
@@ -244,7 +245,8 @@ def profile_model() -> type[BaseModel]:
         device: str = tc["device"]
         seed: StrictInt = tc["seed"]
         workers: StrictInt = Field(2, ge=1)
-        threads: Optional[StrictInt] = Field(None, ge=1)  # torch CPU threads (runtime.pin_threads); None: torch's
+        threads: Optional[StrictInt] = Field(None, ge=1)  # torch CPU threads (runtime.pin_numerics); None: torch's
+        precision: Literal[tuple(PRECISION_NAMES)] = "float32"  # type: ignore[valid-type]  # runtime.pin_numerics
         arch: Literal[tuple(ARCHS)] = "small"  # type: ignore[valid-type]
         imagenet_weights: str = "imagenet"
         imagenet_fallback: Literal["error", "generic", "none"] = "error"
@@ -256,6 +258,14 @@ def profile_model() -> type[BaseModel]:
         cv: CV = Field(default_factory=CV)
         table1: Table1 = Field(default_factory=Table1)
         explain: Explain = Field(default_factory=Explain)
+
+        @model_validator(mode="after")
+        def _precision(self) -> "Profile":
+            amp = getattr(self.train, "amp", "off")
+            if self.precision != "float32" and amp != "off":
+                raise ValueError(f"precision {self.precision} computes every training in {self.precision}; "
+                                 f"train.amp {amp!r} would compute it in half precision: set train.amp: off")
+            return self
 
         @property
         def roi(self) -> "RoiSpec":

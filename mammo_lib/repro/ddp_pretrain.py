@@ -12,6 +12,7 @@ from typing import Any, Optional, Sequence
 
 from mammo_lib.engines.distributed import DDPHooks, barrier, process_group
 from mammo_lib.repro.config import load_config
+from mammo_lib.repro.runtime import pin_numerics
 from mammo_lib.repro.datasets import roi_sets
 from mammo_lib.repro.table2 import ddsm_trunk, imagenet_trunk
 from mammo_lib.repro.table2 import trunk_seeds as profile_seeds
@@ -60,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="a trunk seed of cv.trunk_seeds to pre-train (repeatable; default: every one)")
     a = ap.parse_args(argv)
     cfg = load_config(a.profile, {"data_root": a.data_root, "device": a.device, "work_dir": a.work_dir})
+    pin_numerics(cfg)  # each torchrun process computes at the profile's threads and precision
     out = pretrain_ddp(cfg, trunk_seeds=a.trunk_seed, progress=not a.no_progress)
     if os.environ.get("RANK", "0") == "0":
         for o in out["all"]:

@@ -247,20 +247,22 @@ def collect(cfg: Config, *, tables: bool = False, progress: bool = False) -> Col
 
 
 def _cli_config(args: Any) -> Config:
+    """The profile of a ``mammo-kt train`` / ``collect`` process, its threads and precision pinned
+    (the process computes as the notebooks do)."""
     from mammo_lib.repro.config import load_config
+    from mammo_lib.repro.runtime import pin_numerics
 
-    return load_config(args.profile, {"data_root": getattr(args, "data_root", None) or None,
-                                      "device": getattr(args, "device", None) or None})
+    cfg = load_config(args.profile, {"data_root": getattr(args, "data_root", None) or None,
+                                     "device": getattr(args, "device", None) or None})
+    pin_numerics(cfg)
+    return cfg
 
 
 def cli_run_job(args: Any) -> int:
     """``mammo-kt train --profile P --spec S --fold K [--no-wait]``: ``args`` has ``profile``,
     ``spec``, ``fold`` and optionally ``data_root``, ``device``, ``no_wait``. Prints the outcome;
     exit code 0 (ran or done) or 3 (busy)."""
-    from mammo_lib.repro.runtime import pin_threads
-
     cfg = _cli_config(args)
-    pin_threads(cfg)  # a job process computes at the profile's thread count, as the notebooks do
     out = run_job(cfg, args.spec, int(args.fold), wait=not getattr(args, "no_wait", False))
     print(f"{out.spec} fold {out.fold}: {out.status} ({out.trained} runs trained here, {len(out.runs)} rows)"
           + (f"; {out.message}" if out.message else ""))
@@ -277,9 +279,9 @@ def cli_collect(args: Any) -> int:
 
 def _worker(cfg: Config, spec: str, fold: int, wait: bool = True) -> dict[str, Any]:
     """What a submitted job runs (in the worker process): :func:`run_job`, a small summary back."""
-    from mammo_lib.repro.runtime import pin_threads
+    from mammo_lib.repro.runtime import pin_numerics
 
-    pin_threads(cfg)  # a job process computes at the profile's thread count, as the notebooks do
+    pin_numerics(cfg)  # a job process computes at the profile's threads and precision, as the notebooks do
     out = run_job(cfg, spec, fold, wait=wait, progress=False)
     return {"spec": out.spec, "fold": out.fold, "status": out.status, "trained": out.trained,
             "rows": len(out.runs), "message": out.message}

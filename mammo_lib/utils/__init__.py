@@ -1,5 +1,5 @@
 """Utilities below everything else: atomic result files, progress bars, source digests and the
-names and bounds shared by the command line and the profiles. Imports nothing of the package.
+names and bounds shared by the command line and the profiles, the run's float precision. Imports nothing of the package.
 
 The names below are the subpackage's public interface, imported on first use (so that importing
 the package stays light).
@@ -13,6 +13,7 @@ _PUBLIC = {
     "tqdm": "progress",
     "code_digest": "digest",
     "parse_device": "options",
+    "full": "precision", "widen": "precision", "in_precision": "precision", "set_precision": "precision", "PRECISIONS": "precision",
 }
 __all__ = sorted(_PUBLIC)
 

@@ -42,6 +42,10 @@ DEFAULT_BACKGROUND_RULE: str = "soft"
 #: Torch device types the library trains and explains on (:func:`mammo_lib.engines.training.check_device`).
 DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda")
 
+#: The float precisions a run may compute in (the profile's ``precision``;
+#: :mod:`mammo_lib.utils.precision`), the default first.
+PRECISION_NAMES: tuple[str, ...] = ("float32", "float64")
+
 
 def parse_device(device: object) -> str:
     """``device`` as a torch device string of a type in :data:`DEVICE_TYPES` (``cpu``, ``cuda``,

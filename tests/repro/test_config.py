@@ -350,7 +350,7 @@ def test_digest_is_of_the_profile_as_written(monkeypatch):
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     demo, smoke = load_config("demo"), load_config("smoke")
     assert (demo.digest(), demo.digest("train")) == ("2a4b8eb7cd905fe8", "ca192d1bd56905bf")
-    assert (smoke.digest(), smoke.digest("train")) == ("81a9333a7600fda7", "fc53afaed3674be7")
+    assert (smoke.digest(), smoke.digest("train")) == ("d99920c7b6186718", "fc53afaed3674be7")
 
 
 def test_explicit_profile_path_beats_the_environment(tmp_path, monkeypatch):
@@ -381,12 +381,32 @@ def test_code_digest_follows_the_source(tmp_path):
 
 
 @pytest.mark.parametrize("stage", ["table1", "pretrain", "generic", "trunk_cache", "instrument", "other"])
+def test_run_dir_is_keyed_by_the_precision_and_refuses_another_one(stage, tmp_path, monkeypatch):
+    from mammo_lib.repro.runtime import run_dir
+    from mammo_lib.utils.precision import in_precision
+
+    monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    f64 = load_config("smoke", root=tmp_path)
+    f32 = load_config("smoke", {"precision": "float32"}, root=tmp_path)
+    with in_precision("float64"):
+        d64 = run_dir(f64, stage)
+        with pytest.raises(RuntimeError, match="profile 'smoke' computes in float32 but this process computes in float64"):
+            run_dir(f32, stage)
+    assert run_dir(f32, stage) != d64                    # a cache of one precision is never another's
+    with pytest.raises(RuntimeError, match=r"call mammo_lib.repro.runtime.pin_numerics\(cfg\)"):
+        run_dir(f64, stage)
+
+
+@pytest.mark.parametrize("stage", ["table1", "pretrain", "generic", "trunk_cache", "instrument", "other"])
 def test_run_dir_changes_with_the_code_of_its_stage(stage, tmp_path, monkeypatch):
     from mammo_lib.repro import config as config_mod
     from mammo_lib.repro.runtime import run_dir
 
+    from mammo_lib.utils.precision import set_precision
+
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
     cfg = load_config("smoke", root=tmp_path)
+    set_precision("float64")  # the smoke profile's (conftest restores the default)
     same = run_dir(cfg, stage, "w")
     assert same == run_dir(load_config("smoke", root=tmp_path), stage, "w")     # unchanged code: resumes
     assert same.parent == tmp_path / "runs" / "smoke" and same.name.startswith(stage + "-")
@@ -405,8 +425,10 @@ def test_run_dir_changes_with_the_code_of_its_stage(stage, tmp_path, monkeypatch
 
 def test_run_dir_changes_with_the_settings_of_its_stage(tmp_path, monkeypatch):
     from mammo_lib.repro.runtime import run_dir
+    from mammo_lib.utils.precision import set_precision
 
     monkeypatch.delenv("MAMMO_PROFILE", raising=False)
+    set_precision("float64")  # the smoke profile's (conftest restores the default)
     cfg = load_config("smoke", root=tmp_path)
     gen = load_config("smoke", {"generic_pretrain": {"epochs": 2}}, root=tmp_path)
     tr = load_config("smoke", {"train": {"epochs": 3}}, root=tmp_path)
@@ -460,19 +482,33 @@ def test_config_pickles_after_its_typed_model_was_used():
     assert back.typed.train.epochs == 1 and back.typed.roi.roi_size == 64
 
 
-def test_pin_threads_sets_the_profiles_count_and_leaves_it_when_unset():
+def test_pin_numerics_sets_the_profiles_threads_and_precision_and_leaves_threads_when_unset():
     import torch
 
-    from mammo_lib.repro.runtime import pin_threads
+    from mammo_lib.repro.runtime import pin_numerics
 
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert pin_threads(load_config("smoke", honour_env=False)) == 2 == torch.get_num_threads()
+        assert pin_numerics(load_config("smoke", honour_env=False)) == 2 == torch.get_num_threads()
+        assert torch.get_default_dtype() == torch.float64           # the smoke profile computes in float64
+        assert torch.nn.Linear(2, 2).weight.dtype == torch.float64
         torch.set_num_threads(1)
-        assert pin_threads(Config(values={"threads": None})) == 1 == torch.get_num_threads()
+        assert pin_numerics(Config(values={"threads": None})) == 1 == torch.get_num_threads()
+        assert torch.get_default_dtype() == torch.float32           # no precision key: float32
+        pin_numerics(load_config("demo", honour_env=False))
+        assert torch.get_default_dtype() == torch.float32
     finally:
         torch.set_num_threads(old)
+        torch.set_default_dtype(torch.float32)
+
+
+def test_float64_with_amp_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"train.amp 'bf16' would compute it in half precision"):
+        load_config("smoke", {"train": {"amp": "bf16"}}, honour_env=False)
+    with pytest.raises(ConfigError, match="precision"):
+        load_config("smoke", {"precision": "float16"}, honour_env=False)
+    assert load_config("smoke", {"precision": "float32", "train": {"amp": "bf16"}}, honour_env=False)["precision"] == "float32"
 
 
 @pytest.mark.parametrize("name,trunks,folds", [("smoke", 2, 2), ("demo", 3, 3), ("full", 3, 3)])

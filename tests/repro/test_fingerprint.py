@@ -176,3 +176,26 @@ def test_another_capability_passes_and_a_loss_change_fails(tmp_path):
     diffs, _ = compare(mutated, pinned)
     assert any(d.table == "probe" and d.column == "prob_malignant" and d.largest > 5 * RTOL for d in diffs), \
         [str(d) for d in diffs]
+
+
+def _largest_change(a: Path, b: Path) -> float:
+    import pandas as pd
+
+    pa, pb = (pd.read_csv(d / "tables" / "probe.csv")["prob_malignant"].to_numpy() for d in (a, b))
+    return float(abs(pa - pb).max())
+
+
+@pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else True,
+                    reason="needs an x86-64 CPU with AVX2 (the pinned setting) to emulate a lower one")
+def test_float64_makes_the_kernels_effect_vanish(tmp_path):
+    """The smoke profile's ``precision: float64``: the same training under the lower capability
+    moves the probabilities by float64 rounding (measured 6e-17) where float32 moves them by float32
+    rounding grown through training (measured 2e-7); neither changes a decision."""
+    f32 = _largest_change(_probe(tmp_path / "f32", {}), _probe(tmp_path / "f32_lower", LOWER))
+    f64 = _largest_change(_probe(tmp_path / "f64", {}, "--float64"), _probe(tmp_path / "f64_lower", LOWER, "--float64"))
+    assert f32 > 1e-9, f"the lower capability should move float32 sums (else this shows nothing): {f32:g}"
+    assert f64 < 1e-12 and f64 < f32 * 1e-4, (f32, f64)
+    import pandas as pd
+
+    p32, p64 = (pd.read_csv(tmp_path / d / "tables" / "probe.csv") for d in ("f32", "f64"))
+    assert (p64["prob_malignant"].between(0, 1)).all() and len(p64) == len(p32)  # the same table, in float64

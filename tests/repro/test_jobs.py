@@ -21,7 +21,8 @@ from filelock import FileLock
 from mammo_lib.repro import jobs
 from mammo_lib.repro import table2
 from mammo_lib.repro.config import load_config
-from mammo_lib.repro.runtime import pin_threads
+from mammo_lib.repro.runtime import pin_numerics
+from mammo_lib.utils.precision import in_precision
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,10 +59,18 @@ def _cfg(work: Path, **cv):
                                  "train": {"epochs": 1}, "pretrain": {"epochs": 1}, "cv": {**ONE_REPLICATE, **cv}})
 
 
+@pytest.fixture(autouse=True)
+def _smoke_precision():
+    """In-process stages compute in the smoke profile's float64, as its notebooks and job processes do."""
+    with in_precision("float64"):
+        yield
+
+
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
     c = _cfg(tmp_path_factory.mktemp("jobs") / "work")
-    jobs.prepare(c, progress=False)
+    with in_precision("float64"):
+        jobs.prepare(c, progress=False)
     return c
 
 
@@ -85,11 +94,11 @@ def _tables(res) -> tuple[pd.DataFrame, ...]:
 
 def _reference(cfg):
     """Table 2 in one process (``table2.run`` -> ``run_instrument``), then an empty folder again;
-    at the profile's thread count, as the job processes compute (``runtime.pin_threads``)."""
+    at the profile's threads and precision, as the job processes compute (``runtime.pin_numerics``)."""
     _clean(cfg)
     old = torch.get_num_threads()
     try:
-        pin_threads(cfg)
+        pin_numerics(cfg)
         res, _ = table2.run(cfg, progress=False)
     finally:
         torch.set_num_threads(old)
@@ -154,6 +163,7 @@ def test_two_processes_on_one_job_train_it_once(cfg):
     _clean(cfg)
     code = ("import json,sys; from mammo_lib.repro.config import load_config; from mammo_lib.repro import jobs; "
             f"c=load_config('smoke', {({'work_dir': str(cfg.work_dir), 'results_dir': str(cfg.results_dir), 'train': {'epochs': 1}, 'pretrain': {'epochs': 1}, 'cv': ONE_REPLICATE})!r}); "
+            "from mammo_lib.repro.runtime import pin_numerics; pin_numerics(c); "  # as a job process does
             "o=jobs.run_job(c, 'imagenet_transfer', 0, progress=False); "
             "print(json.dumps({'status': o.status, 'trained': o.trained, 'acc': o.runs['accuracy'].tolist()}))")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=_env(), stdout=subprocess.PIPE,

@@ -3,10 +3,11 @@ kernel settings (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA, MKL_CBWR) can differ p
 fine-tuning and knowledge transfer (Eq. 5, beta 8) of the small DenseNet on cached 64-px ROIs,
 then a table of test probabilities, decisions and accuracies under ``OUT/tables``.
 
-    python tests/scripts/fingerprint_probe.py OUT [--mutate-loss]
+    python tests/scripts/fingerprint_probe.py OUT [--mutate-loss] [--float64]
 
 ``--mutate-loss`` doubles Eq. 4's term in the loss (beta instead of beta / 2): a deliberate code
-change that the committed-results check must catch.
+change that the committed-results check must catch. ``--float64`` computes everything in float64
+(the smoke profile's ``precision``; :mod:`mammo_lib.utils.precision`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from mammo_lib.engines import trunk_cache
 from mammo_lib.networks.densenet import build_model
 from mammo_lib.repro.report import write_table
 from mammo_lib.engines.training import TrainConfig
+from mammo_lib.utils.precision import in_precision
 
 
 def main(out: Path, mutate: bool) -> None:
@@ -56,4 +58,5 @@ def main(out: Path, mutate: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), "--mutate-loss" in sys.argv[2:])
+    with in_precision("float64" if "--float64" in sys.argv[2:] else "float32"):
+        main(Path(sys.argv[1]), "--mutate-loss" in sys.argv[2:])
