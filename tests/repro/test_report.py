@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from mammo_lib.repro import paper
@@ -102,3 +103,21 @@ def test_build_report_shows_the_design_first_then_the_verdict(tmp_path):
     # without the design's tables (an older run) the report starts with the verdict as before
     plain = build_report(tmp_path / "none", {"profile": "demo"})
     assert [line for line in plain.splitlines() if line.startswith("## ")][0] == "## Summary"
+
+
+@pytest.mark.parametrize("precision,says,not_says", [
+    ("float32", "a float32 training is another draw", "float64 keeps the trainings"),
+    ("float64", "float64 keeps the trainings the same draws", "another draw"),
+])
+def test_report_says_what_moves_on_another_machine(tmp_path, precision, says, not_says):
+    from mammo_lib.repro.report import on_another_machine
+
+    env = {"numerics (CPU kernels; docs/DECISIONS.md)": {"cpu": "Some CPU", "aten capability": "AVX2",
+                                                         "onednn max isa": "AVX2", "mkl cbwr": "AVX2", "torch threads": 2},
+           "float precision (profile key precision)": precision}
+    text = on_another_machine({"environment": env})
+    assert text.startswith("## On another machine\n\n") and f"computed in {precision} (Some CPU, ATen AVX2" in text
+    assert says in text and not_says not in text
+    report = build_report(tmp_path, {"profile": "demo", "environment": env})
+    assert report.index("## On another machine") < report.index("## Provenance")
+    assert f"- **float precision (profile key precision)**: {precision}" in report
