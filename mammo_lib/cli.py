@@ -5,7 +5,7 @@
   mammo-kt pin-data --root DATA_ROOT --dataset NAME --source TEXT --licence TEXT --out my_manifest.csv
   mammo-kt train (--csv cases.csv | --dataset cbis-ddsm|bcdr --root DATA_ROOT) --out runs/mine
                  [--method transfer] [--arch densenet121] [--weights auto|imagenet|none|FILE] ...
-  mammo-kt train --profile demo|full --spec SPEC --fold K      (one Table 2 job)
+  mammo-kt train --profile demo|full --spec NAME --fold K      (one Table 2 job)
   mammo-kt collect --profile demo|full                          (merge the Table 2 jobs done)
   mammo-kt explain --checkpoint best.pt --image mammogram.dcm --mask mask.png --out explanation/
                    [--background-rule soft|otsu|subtract_clip]
@@ -595,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="intensity scaling of each image to [0, 1] (docs/DECISIONS.md)")
     j = t.add_argument_group("one Table 2 job (README: spreading Table 2 over GPUs or a cluster)")
     j.add_argument("--profile", default=None, help="profile of the reproduction (demo, full, or a YAML file)")
-    j.add_argument("--spec", default=None,
+    j.add_argument("--spec", default=None, metavar="NAME",
                    help="imagenet_finetune | imagenet_transfer | ddsm_finetune | ddsm_transfer | mask_only")
     j.add_argument("--fold", type=_FOLD, default=None, help="outer fold, 0 .. cv.n_splits - 1")
     j.add_argument("--data-root", default=None, help="real data root (full profile)")

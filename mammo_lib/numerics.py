@@ -123,8 +123,9 @@ def describe() -> dict[str, Any]:
 
 
 def numpy_simd() -> str:
-    """The highest SIMD group NumPy dispatches to in this process (``X86_V3`` is AVX2's), or
-    ``"unknown"`` for a NumPy that does not report its groups."""
+    """The highest SIMD group NumPy dispatches to in this process (``X86_V3`` is AVX2's),
+    ``"baseline"`` when none of :data:`_NUMPY_GROUPS` is on, ``"unknown"`` for a NumPy that does
+    not report its groups."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as features
     except ImportError:  # pragma: no cover - NumPy < 2

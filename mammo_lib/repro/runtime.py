@@ -10,6 +10,13 @@ from typing import Any
 from mammo_lib.repro.config import Config
 
 
+def profile_precision(cfg: Config) -> str:
+    """The profile's ``precision``; the default (float32) for a configuration that does not set it."""
+    from mammo_lib.utils.options import PRECISION_NAMES
+
+    return cfg.get("precision") or PRECISION_NAMES[0]
+
+
 def pin_numerics(cfg: Config) -> int:
     """Set torch's CPU threads to the profile's ``threads`` (when set) and torch's default float
     dtype to its ``precision``; returns the thread count in use.
@@ -32,7 +39,7 @@ def pin_numerics(cfg: Config) -> int:
     n = cfg.get("threads")
     if n:
         torch.set_num_threads(int(n))
-    set_precision(cfg.get("precision") or "float32")
+    set_precision(profile_precision(cfg))
     return torch.get_num_threads()
 
 
@@ -50,7 +57,7 @@ def open_profile(profile: str = "", *, data_root: str = "", device: str = "") ->
     cfg = load_config(profile, {"data_root": data_root or None, "device": device or None})
     threads = pin_numerics(cfg)
     print(f"profile: {cfg.name}  arch: {cfg['arch']}  ROI size: {cfg['roi_size']}  device: {cfg['device']}  "
-          f"CPU threads: {threads}  precision: {cfg.get('precision') or 'float32'}")
+          f"CPU threads: {threads}  precision: {profile_precision(cfg)}")
     print(f"results: {cfg.results_dir}")
     return cfg
 
@@ -80,7 +87,7 @@ def run_dir(cfg: Config, stage: str, *extra: Any) -> Path:
     from mammo_lib.repro.config import stage_key
     from mammo_lib.utils.precision import current
 
-    want = cfg.get("precision") or "float32"
+    want = profile_precision(cfg)
     if current() != want:  # a cache keyed by one precision must not be computed in another
         raise RuntimeError(f"profile {cfg.name!r} computes in {want} but this process computes in {current()}: "
                            f"call mammo_lib.repro.runtime.pin_numerics(cfg) (open_profile does) before its stages")
